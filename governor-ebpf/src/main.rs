@@ -1,0 +1,28 @@
+//! governor's kernel programs. One file per hook; maps live in `maps.rs`;
+//! reading tracepoint records at run-time offsets lives in `record.rs`.
+#![no_std]
+#![no_main]
+// The atomic add on shared map values (see maps.rs).
+#![feature(core_intrinsics)]
+#![expect(internal_features, reason = "atomic_xadd is the only atomic add the BPF target offers")]
+
+mod maps;
+mod record;
+
+mod reset_received;
+mod reset_sent;
+mod retransmit;
+mod tcp_state;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any program that could reach this; there is no
+    // unwinding in the kernel.
+    loop {}
+}
+
+/// The helpers used (probe reads, ring buffer) are GPL-only.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,99 @@
+//! Every map and global of the kernel side. User space writes
+//! `GOVERNOR_CONFIG` before loading and resizes the maps with
+//! `set_max_entries`; the programs only write the maps below.
+
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    macros::map,
+    maps::{LruHashMap, PerCpuArray, RingBuf},
+};
+use governor_common::{EndpointKey, EndpointStats, KernelConfig, TRANSITION_SLOTS, counter};
+
+/// Tracepoint field offsets and the ephemeral port range; set by user space.
+#[unsafe(no_mangle)]
+pub static GOVERNOR_CONFIG: KernelConfig = KernelConfig::EMPTY;
+
+/// Host-wide TCP state transitions, indexed `from * 16 + to`.
+#[map]
+pub static TRANSITIONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(TRANSITION_SLOTS, 0);
+
+/// Host-wide counters, indexed by `governor_common::counter`.
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::SLOTS, 0);
+
+/// Resets and retransmits per service endpoint (ip:port), bounded, least
+/// recently used entries evicted first.
+#[map]
+pub static ENDPOINTS: LruHashMap<EndpointKey, EndpointStats> =
+    LruHashMap::with_max_entries(16_384, 0);
+
+/// Discrete events for user space. Resized at load time.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+/// Adds one to a per-CPU host counter.
+#[inline(always)]
+pub fn count(index: u32) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+        unsafe { *slot += 1 };
+    }
+}
+
+/// Adds one to the transition `from -> to`; states outside the matrix are
+/// ignored.
+#[inline(always)]
+pub fn count_transition(from: u32, to: u32) {
+    let slots = governor_common::TCP_STATE_SLOTS;
+    if from >= slots || to >= slots {
+        return;
+    }
+    if let Some(slot) = TRANSITIONS.get_ptr_mut(from * slots + to) {
+        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+        unsafe { *slot += 1 };
+    }
+}
+
+/// Which endpoint counter to bump.
+#[derive(Clone, Copy)]
+pub enum EndpointCounter {
+    ResetsSent,
+    ResetsReceived,
+    Retransmits,
+}
+
+/// Adds one to an endpoint's counter, creating the entry when it is missing.
+/// The entry is shared by all CPUs, so the add is atomic.
+#[inline(always)]
+pub fn count_endpoint(key: &EndpointKey, which: EndpointCounter) {
+    let entry = match ENDPOINTS.get_ptr_mut(key) {
+        Some(entry) => entry,
+        None => {
+            // Another CPU may insert the same key between the lookup and
+            // here; NOEXIST keeps its counts and the lookup below finds it.
+            let _ = ENDPOINTS.insert(key, &EndpointStats::default(), u64::from(BPF_NOEXIST));
+            match ENDPOINTS.get_ptr_mut(key) {
+                Some(entry) => entry,
+                None => {
+                    count(counter::ENDPOINT_UPDATE_FAILED);
+                    return;
+                }
+            }
+        }
+    };
+    // SAFETY: `entry` points at a live map value; the field pointers stay in it.
+    let field = unsafe {
+        match which {
+            EndpointCounter::ResetsSent => &raw mut (*entry).resets_sent,
+            EndpointCounter::ResetsReceived => &raw mut (*entry).resets_received,
+            EndpointCounter::Retransmits => &raw mut (*entry).retransmits,
+        }
+    };
+    // `AtomicU64::fetch_add` does not exist on the BPF target (no
+    // compare-and-swap), but the instruction set has an atomic add.
+    // SAFETY: the value is 8-byte aligned map memory that lives as long as
+    // the entry; other CPUs only touch it atomically.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(field, 1) };
+}

@@ -1,0 +1,36 @@
+//! `tcp:tcp_send_reset`: this host sends a RST.
+//!
+//! Fields used: `int state`, `enum sk_rst_reason reason`, and the addresses.
+//! Since 6.10 they are `__u8 saddr[28]`/`daddr[28]` holding a
+//! `struct sockaddr_in` or `sockaddr_in6` (user space points the offsets
+//! inside them); older kernels have `sport`/`dport`/`family` fields. The
+//! kernel stores the local side (the sender of the reset) as the source even
+//! when no socket exists and it answers from the packet alone.
+
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use governor_common::{counter, event_kind};
+
+use crate::{
+    maps::{EndpointCounter, GOVERNOR_CONFIG, count, count_endpoint},
+    record::{Flow, field},
+};
+
+#[tracepoint]
+pub fn gov_rst_sent(ctx: TracePointContext) -> u32 {
+    if try_gov_rst_sent(&ctx).is_err() {
+        count(counter::READ_ERRORS);
+    }
+    0
+}
+
+fn try_gov_rst_sent(ctx: &TracePointContext) -> Result<(), i64> {
+    // SAFETY: plain read of an immutable global set at load.
+    let l = unsafe { core::ptr::read_volatile(&raw const GOVERNOR_CONFIG.tcp_send_reset) };
+    count(counter::RESETS_SENT);
+    let flow = Flow::read(ctx, &l)?;
+    count_endpoint(&flow.local(), EndpointCounter::ResetsSent);
+    let state: i32 = field(ctx, l.state).unwrap_or(0);
+    let reason: u32 = field(ctx, l.reason).unwrap_or(0);
+    flow.emit(event_kind::RESET_SENT, state as u16, reason);
+    Ok(())
+}

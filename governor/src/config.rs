@@ -1,0 +1,298 @@
+//! The configuration file (TOML). Every key, its default and its limits live
+//! here; values are checked while the file is parsed, so every error names
+//! the key and its line. Nothing in this module does I/O except `load`.
+
+use std::{fmt, net::SocketAddr, path::Path, path::PathBuf};
+
+use serde::{Deserialize, Deserializer, de};
+
+/// The whole file. Unknown keys are errors.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub daemon: Daemon,
+    pub ebpf: Ebpf,
+    pub metrics: Metrics,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Daemon {
+    /// Where `/metrics`, `/healthz`, `/readyz` and `/api/v1` are served.
+    pub metrics_addr: SocketAddr,
+    /// How often the kernel maps are read, in milliseconds.
+    pub poll_interval_ms: Bounded<100, 60_000>,
+    pub log_format: LogFormat,
+}
+
+impl Default for Daemon {
+    fn default() -> Self {
+        Self {
+            metrics_addr: SocketAddr::from(([127, 0, 0, 1], 9966)),
+            poll_interval_ms: Bounded(1000),
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Ebpf {
+    /// Size of the per-endpoint table in the kernel (LRU: the least recently
+    /// used endpoint is evicted when it is full).
+    pub endpoint_table_entries: Bounded<64, 1_048_576>,
+    /// Size of the event ring buffer in bytes: a power of two, at least one
+    /// page (4096).
+    pub ring_buffer_bytes: RingBufferBytes,
+    /// How often the event ring buffer is drained, in milliseconds.
+    pub event_drain_interval_ms: Bounded<10, 1000>,
+    /// Where tracefs is (or gets) mounted.
+    pub tracefs: PathBuf,
+    /// Where bpffs is (or gets) mounted.
+    pub bpffs: PathBuf,
+    /// Mount tracefs and bpffs when they are missing.
+    pub mount_missing: bool,
+}
+
+impl Default for Ebpf {
+    fn default() -> Self {
+        Self {
+            endpoint_table_entries: Bounded(16_384),
+            ring_buffer_bytes: RingBufferBytes(1 << 20),
+            event_drain_interval_ms: Bounded(100),
+            tracefs: PathBuf::from("/sys/kernel/tracing"),
+            bpffs: PathBuf::from("/sys/fs/bpf"),
+            mount_missing: true,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Metrics {
+    /// Endpoint series per metric; further endpoints are summed under
+    /// `endpoint="other"`.
+    pub max_endpoint_series: Bounded<1, 100_000>,
+    /// Report client-side ports (the host's `ip_local_port_range`) as
+    /// `ip:ephemeral` instead of one series per port.
+    pub collapse_ephemeral_ports: bool,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self { max_endpoint_series: Bounded(200), collapse_ephemeral_ports: true }
+    }
+}
+
+/// An integer in `MIN..=MAX`; anything else is rejected while parsing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Bounded<const MIN: u32, const MAX: u32>(pub u32);
+
+impl<const MIN: u32, const MAX: u32> Bounded<MIN, MAX> {
+    pub const fn get(self) -> u32 {
+        self.0
+    }
+}
+
+impl<'de, const MIN: u32, const MAX: u32> Deserialize<'de> for Bounded<MIN, MAX> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = i64::deserialize(d)?;
+        u32::try_from(v)
+            .ok()
+            .filter(|v| (MIN..=MAX).contains(v))
+            .map(Self)
+            .ok_or_else(|| de::Error::custom(format!("{v} is out of range: expected {MIN} to {MAX}")))
+    }
+}
+
+impl<const MIN: u32, const MAX: u32> fmt::Display for Bounded<MIN, MAX> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Ring buffer size: the kernel wants a power of two and whole pages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RingBufferBytes(pub u32);
+
+impl RingBufferBytes {
+    const MIN: u32 = 4096;
+    const MAX: u32 = 1 << 30;
+}
+
+impl<'de> Deserialize<'de> for RingBufferBytes {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = i64::deserialize(d)?;
+        u32::try_from(v)
+            .ok()
+            .filter(|v| v.is_power_of_two() && (Self::MIN..=Self::MAX).contains(v))
+            .map(Self)
+            .ok_or_else(|| {
+                de::Error::custom(format!(
+                    "{v} is not a power of two between {} and {}",
+                    Self::MIN,
+                    Self::MAX
+                ))
+            })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+impl Config {
+    /// Parses the text of a config file. The error names the key and line.
+    pub fn parse(path: &str, text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Invalid { path: path.to_owned(), message: describe(&e, text) })
+    }
+
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
+        Self::parse(&shown, &text)
+    }
+}
+
+/// One line: "line N, key `a.b`: what is wrong".
+fn describe(e: &toml::de::Error, text: &str) -> String {
+    let message = e.message().trim().to_owned();
+    let Some(span) = e.span() else { return message };
+    let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+    let key = key_at(text, span.start);
+    match key {
+        Some(key) => format!("line {line}, key `{key}`: {message}"),
+        None => format!("line {line}: {message}"),
+    }
+}
+
+/// The dotted key whose value (or name) starts at byte `at`: the table
+/// header above it plus the key on its line.
+fn key_at(text: &str, at: usize) -> Option<String> {
+    let before = &text[..at.min(text.len())];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let table = before[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('[') && l.ends_with(']'))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_owned());
+    let key = line.split('=').next().map(str::trim).filter(|k| !k.is_empty() && !k.starts_with('['))?;
+    Some(match table {
+        Some(table) => format!("{table}.{key}"),
+        None => key.to_owned(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        Config::parse("governor.toml", text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = Config::parse("x", "").unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.daemon.metrics_addr.to_string(), "127.0.0.1:9966");
+        assert_eq!(c.ebpf.ring_buffer_bytes, RingBufferBytes(1 << 20));
+        assert_eq!(c.metrics.max_endpoint_series.get(), 200);
+    }
+
+    #[test]
+    fn every_key_is_read() {
+        let c = Config::parse(
+            "x",
+            r#"
+[daemon]
+metrics_addr = "0.0.0.0:9100"
+poll_interval_ms = 250
+log_format = "json"
+
+[ebpf]
+endpoint_table_entries = 1024
+ring_buffer_bytes = 65536
+event_drain_interval_ms = 50
+tracefs = "/t"
+bpffs = "/b"
+mount_missing = false
+
+[metrics]
+max_endpoint_series = 5
+collapse_ephemeral_ports = false
+"#,
+        )
+        .unwrap();
+        let Config { daemon, ebpf, metrics } = c;
+        assert_eq!(
+            daemon,
+            Daemon {
+                metrics_addr: "0.0.0.0:9100".parse().unwrap(),
+                poll_interval_ms: Bounded(250),
+                log_format: LogFormat::Json
+            }
+        );
+        assert_eq!(
+            ebpf,
+            Ebpf {
+                endpoint_table_entries: Bounded(1024),
+                ring_buffer_bytes: RingBufferBytes(65536),
+                event_drain_interval_ms: Bounded(50),
+                tracefs: "/t".into(),
+                bpffs: "/b".into(),
+                mount_missing: false,
+            }
+        );
+        assert_eq!(metrics, Metrics { max_endpoint_series: Bounded(5), collapse_ephemeral_ports: false });
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let e = err("[daemon]\nmetrics_addr = \"127.0.0.1:1\"\npoll_intervall_ms = 5\n");
+        assert!(e.starts_with("config file governor.toml: line 3, key `daemon.poll_intervall_ms`: unknown field `poll_intervall_ms`"), "{e}");
+    }
+
+    #[test]
+    fn unknown_table_is_named() {
+        let e = err("[deamon]\nx = 1\n");
+        assert!(e.contains("line 1") && e.contains("unknown field `deamon`"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_key_line_and_limit() {
+        let e = err("[ebpf]\n\nring_buffer_bytes = 5000\n");
+        assert_eq!(
+            e,
+            "config file governor.toml: line 3, key `ebpf.ring_buffer_bytes`: 5000 is not a power of two between 4096 and 1073741824"
+        );
+        let e = err("[daemon]\npoll_interval_ms = 0\n");
+        assert_eq!(e, "config file governor.toml: line 2, key `daemon.poll_interval_ms`: 0 is out of range: expected 100 to 60000");
+        let e = err("[daemon]\nmetrics_addr = \"localhost\"\n");
+        assert!(e.contains("line 2, key `daemon.metrics_addr`"), "{e}");
+        let e = err("[daemon]\nlog_format = \"xml\"\n");
+        assert!(e.contains("line 2, key `daemon.log_format`") && e.contains("xml"), "{e}");
+        let e = err("[metrics]\nmax_endpoint_series = -1\n");
+        assert!(e.contains("key `metrics.max_endpoint_series`: -1 is out of range"), "{e}");
+    }
+
+    #[test]
+    fn syntax_errors_carry_the_line() {
+        let e = err("[daemon]\nmetrics_addr = \n");
+        assert!(e.contains("line 2"), "{e}");
+    }
+}

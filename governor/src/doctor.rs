@@ -1,0 +1,169 @@
+//! `governor doctor`: checks the kernel and host for everything governor
+//! needs and prints a table with a remedy for each failure. It changes
+//! nothing on the host.
+
+use std::path::Path;
+
+use aya::{maps::MapType, programs::ProgramType};
+
+use crate::{config::Config, host, tracefs};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Pass,
+    /// Missing but governor can work around it (for example by mounting).
+    Warn,
+    Fail,
+}
+
+#[derive(Debug)]
+pub struct Check {
+    pub name: String,
+    pub outcome: Outcome,
+    pub detail: String,
+    pub remedy: String,
+}
+
+impl Check {
+    fn pass(name: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self { name: name.into(), outcome: Outcome::Pass, detail: detail.into(), remedy: String::new() }
+    }
+
+    fn not(outcome: Outcome, name: impl Into<String>, detail: impl Into<String>, remedy: impl Into<String>) -> Self {
+        Self { name: name.into(), outcome, detail: detail.into(), remedy: remedy.into() }
+    }
+}
+
+/// Runs every check.
+pub fn checks(config: &Config) -> Vec<Check> {
+    let mut out = Vec::new();
+    let uid = nix::unistd::geteuid().as_raw();
+    out.push(if uid == 0 {
+        Check::pass("privileges", "running as root")
+    } else {
+        Check::not(Outcome::Fail, "privileges", format!("effective uid {uid}"), "run as root (sudo) or as a privileged container")
+    });
+    out.push(if Path::new(host::BTF_PATH).exists() {
+        Check::pass("kernel BTF", host::BTF_PATH)
+    } else {
+        Check::not(Outcome::Fail, "kernel BTF", format!("{} missing", host::BTF_PATH), "use a kernel built with CONFIG_DEBUG_INFO_BTF=y")
+    });
+
+    let mounts = host::read_mounts().unwrap_or_default();
+    let mount_missing = config.ebpf.mount_missing;
+    for (fs, path) in [(host::TRACEFS, &config.ebpf.tracefs), (host::BPFFS, &config.ebpf.bpffs)] {
+        let name = format!("{} mount", fs.name);
+        out.push(if host::mounted_at(&mounts, fs.fstype, path) {
+            Check::pass(name, path.display().to_string())
+        } else {
+            Check::not(
+                if mount_missing { Outcome::Warn } else { Outcome::Fail },
+                name,
+                format!("not mounted at {}{}", path.display(), if mount_missing { " (governor run mounts it)" } else { "" }),
+                format!("mount -t {0} {0} {1}", fs.fstype, path.display()),
+            )
+        });
+    }
+    out.push(match host::cgroup2_root(&mounts) {
+        Some(root) => Check::pass("cgroup v2", root.display().to_string()),
+        None => Check::not(
+            Outcome::Warn,
+            "cgroup v2",
+            "no cgroup2 mount in /proc/self/mountinfo",
+            "mount -t cgroup2 none /sys/fs/cgroup (needed by later enforcement features)",
+        ),
+    });
+
+    let tracefs_root = tracefs_root(config, &mounts);
+    for tp in &tracefs::TRACEPOINTS {
+        let name = format!("tracepoint {tp}");
+        out.push(match &tracefs_root {
+            None => Check::not(Outcome::Fail, name, "tracefs is not mounted, cannot inspect", "mount tracefs (see above)"),
+            Some(root) => {
+                let path = root.join("events").join(tp.category).join(tp.name).join("format");
+                match std::fs::read_to_string(&path)
+                    .map_err(|e| e.to_string())
+                    .and_then(|text| tracefs::parse_format(&tp.to_string(), &text).map_err(|e| e.to_string()))
+                    .and_then(|fields| tracefs::layout_for(tp, &fields).map_err(|e| e.to_string()))
+                {
+                    Ok(_) => Check::pass(name, "present, layout understood"),
+                    Err(e) => Check::not(Outcome::Fail, name, e, "use a kernel with this tracepoint (Linux 4.16 or later)"),
+                }
+            }
+        });
+    }
+
+    for (label, kind) in [("program type tracepoint", ProgramType::TracePoint)] {
+        out.push(match aya::sys::is_program_supported(kind) {
+            Ok(true) => Check::pass(label, "supported"),
+            Ok(false) => Check::not(Outcome::Fail, label, "not supported by this kernel", "enable CONFIG_BPF_EVENTS"),
+            Err(e) => Check::not(Outcome::Fail, label, format!("cannot probe: {e}"), "run as root"),
+        });
+    }
+    for (label, kind) in [
+        ("map type percpu_array", MapType::PerCpuArray),
+        ("map type lru_hash", MapType::LruHash),
+        ("map type ringbuf", MapType::RingBuf),
+    ] {
+        out.push(match aya::sys::is_map_supported(kind) {
+            Ok(true) => Check::pass(label, "supported"),
+            Ok(false) => Check::not(Outcome::Fail, label, "not supported by this kernel", "use Linux 5.8 or later"),
+            Err(e) => Check::not(Outcome::Fail, label, format!("cannot probe: {e}"), "run as root"),
+        });
+    }
+    out
+}
+
+/// The configured tracefs if it is mounted there, else any tracefs mount.
+fn tracefs_root(config: &Config, mounts: &[host::Mount]) -> Option<std::path::PathBuf> {
+    if config.ebpf.tracefs.join("events").is_dir() {
+        return Some(config.ebpf.tracefs.clone());
+    }
+    mounts.iter().find(|m| m.fstype == "tracefs").map(|m| m.mount_point.clone())
+}
+
+/// The table, one check per line.
+pub fn render(checks: &[Check]) -> String {
+    let width = checks.iter().map(|c| c.name.len()).max().unwrap_or(0);
+    let mut out = format!("{:<width$}  {:<6}  DETAIL\n", "CHECK", "RESULT");
+    for c in checks {
+        let result = match c.outcome {
+            Outcome::Pass => "pass",
+            Outcome::Warn => "warn",
+            Outcome::Fail => "FAIL",
+        };
+        out.push_str(&format!("{:<width$}  {result:<6}  {}", c.name, c.detail));
+        if !c.remedy.is_empty() {
+            out.push_str(&format!("\n{:<width$}  {:<6}  fix: {}", "", "", c.remedy));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Does governor have everything it needs?
+pub fn all_required_pass(checks: &[Check]) -> bool {
+    checks.iter().all(|c| c.outcome != Outcome::Fail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_has_a_remedy_under_each_failure() {
+        let checks = vec![
+            Check::pass("kernel BTF", "/sys/kernel/btf/vmlinux"),
+            Check::not(Outcome::Fail, "tracefs mount", "not mounted", "mount -t tracefs tracefs /sys/kernel/tracing"),
+        ];
+        assert_eq!(
+            render(&checks),
+            "CHECK          RESULT  DETAIL\n\
+             kernel BTF     pass    /sys/kernel/btf/vmlinux\n\
+             tracefs mount  FAIL    not mounted\n\
+             \x20                      fix: mount -t tracefs tracefs /sys/kernel/tracing\n"
+        );
+        assert!(!all_required_pass(&checks));
+        assert!(all_required_pass(&checks[..1]));
+    }
+}

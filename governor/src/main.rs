@@ -1,0 +1,135 @@
+//! governor: an eBPF TCP traffic governor and connection monitor.
+
+mod cardinality;
+mod config;
+mod daemon;
+mod doctor;
+mod ebpf;
+mod host;
+mod http;
+mod labels;
+mod metrics;
+mod stats;
+mod tracefs;
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, LogFormat};
+
+#[derive(Parser)]
+#[command(version, about = "eBPF TCP traffic governor and connection monitor")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon in the foreground: watch every TCP connection on the
+    /// host and serve metrics.
+    Run(RunArgs),
+    /// Check the kernel and host for what governor needs.
+    Doctor(ConfigArg),
+    /// Validate a config file and print the effective configuration.
+    CheckConfig {
+        /// The file to check.
+        file: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct ConfigArg {
+    /// Config file (TOML); built-in defaults when absent.
+    #[arg(long, env = "GOVERNOR_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Address of the HTTP listener (/metrics, /healthz, /readyz); overrides
+    /// daemon.metrics_addr [default: 127.0.0.1:9966].
+    #[arg(long, env = "GOVERNOR_METRICS_ADDR")]
+    metrics_addr: Option<SocketAddr>,
+    /// Log format; overrides daemon.log_format [default: text].
+    #[arg(long, env = "GOVERNOR_LOG_FORMAT", value_enum)]
+    log_format: Option<LogFormat>,
+    /// Log filter, `tracing` syntax (for example `info` or `governor=debug`).
+    #[arg(long, env = "GOVERNOR_LOG", default_value = "info")]
+    log: String,
+}
+
+impl ConfigArg {
+    fn load(&self) -> anyhow::Result<Config> {
+        Ok(match &self.config {
+            Some(path) => Config::load(path)?,
+            None => Config::default(),
+        })
+    }
+}
+
+fn init_logging(format: LogFormat, filter: &str) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .map_err(|e| anyhow::anyhow!("invalid log filter {filter:?} (--log / GOVERNOR_LOG): {e}"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("governor: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Run(args) => {
+            let mut config = args.config.load()?;
+            if let Some(addr) = args.metrics_addr {
+                config.daemon.metrics_addr = addr;
+            }
+            if let Some(format) = args.log_format {
+                config.daemon.log_format = format;
+            }
+            init_logging(config.daemon.log_format, &args.log)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            runtime.block_on(daemon::run(config))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Doctor(args) => {
+            let config = args.load()?;
+            let checks = doctor::checks(&config);
+            print!("{}", doctor::render(&checks));
+            Ok(if doctor::all_required_pass(&checks) {
+                println!("governor can run on this host.");
+                ExitCode::SUCCESS
+            } else {
+                println!("governor cannot run on this host: fix the FAIL lines above.");
+                ExitCode::FAILURE
+            })
+        }
+        Command::CheckConfig { file } => {
+            let config = Config::load(&file)?;
+            println!("{} is valid.\n{config:#?}", file.display());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

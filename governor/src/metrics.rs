@@ -1,0 +1,250 @@
+//! The Prometheus registry and how increments from the kernel become series.
+
+use std::collections::HashMap;
+
+use governor_common::counter;
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+
+use crate::{cardinality::SeriesLimiter, labels, stats::Increments};
+
+/// Kinds of ring buffer events, as labels.
+pub const EVENT_KINDS: [(u32, &str); 3] = [
+    (governor_common::event_kind::RESET_SENT, "reset_sent"),
+    (governor_common::event_kind::RESET_RECEIVED, "reset_received"),
+    (governor_common::event_kind::CONNECT_FAILED, "connect_failed"),
+];
+
+pub struct Metrics {
+    registry: Registry,
+    transitions: IntCounterVec,
+    resets: IntCounterVec,
+    retransmits: IntCounter,
+    endpoint_resets: IntCounterVec,
+    endpoint_retransmits: IntCounterVec,
+    pub programs_attached: IntGauge,
+    events_lost: IntCounter,
+    pub events: IntCounterVec,
+    kernel_read_errors: IntCounter,
+    endpoint_update_failures: IntCounter,
+    pub map_entries: IntGaugeVec,
+    pub map_capacity: IntGaugeVec,
+    reset_series: SeriesLimiter,
+    retransmit_series: SeriesLimiter,
+}
+
+fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
+    registry.register(Box::new(metric.clone())).expect("metric names are unique");
+    metric
+}
+
+impl Metrics {
+    pub fn new(max_endpoint_series: usize) -> Self {
+        let r = Registry::new();
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            register(&r, IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"))
+        };
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            register(&r, IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"))
+        };
+        let counter = |name: &str, help: &str| register(&r, IntCounter::new(name, help).expect("valid metric"));
+
+        let build_info = gauge_vec("governor_build_info", "Always 1; the version of the running governor.", &["version"]);
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+
+        let resets = counter_vec(
+            "governor_tcp_resets_total",
+            "TCP resets sent or received by this host.",
+            &["direction"],
+        );
+        // Both directions exist from the start, so rate() works from zero.
+        for d in ["sent", "received"] {
+            resets.with_label_values(&[d]).reset();
+        }
+        let events = counter_vec(
+            "governor_ebpf_events_total",
+            "Discrete events the kernel programs delivered through the ring buffer.",
+            &["kind"],
+        );
+        for (_, kind) in EVENT_KINDS {
+            events.with_label_values(&[kind]).reset();
+        }
+
+        Self {
+            transitions: counter_vec(
+                "governor_tcp_state_transitions_total",
+                "TCP state changes on this host, by kernel state names.",
+                &["from", "to"],
+            ),
+            resets,
+            retransmits: counter("governor_tcp_retransmits_total", "TCP segments retransmitted by this host."),
+            endpoint_resets: counter_vec(
+                "governor_endpoint_resets_total",
+                "TCP resets per service endpoint: the local side for sent, the remote side for received.",
+                &["endpoint", "direction"],
+            ),
+            endpoint_retransmits: counter_vec(
+                "governor_endpoint_retransmits_total",
+                "TCP retransmits per remote endpoint.",
+                &["endpoint"],
+            ),
+            programs_attached: register(
+                &r,
+                IntGauge::new("governor_ebpf_programs_attached", "Kernel programs governor has attached.")
+                    .expect("valid metric"),
+            ),
+            events_lost: counter(
+                "governor_ebpf_events_lost_total",
+                "Events the kernel could not put into the full ring buffer.",
+            ),
+            events,
+            kernel_read_errors: counter(
+                "governor_ebpf_read_errors_total",
+                "Tracepoint records the kernel programs could not read (unknown address family included).",
+            ),
+            endpoint_update_failures: counter(
+                "governor_ebpf_endpoint_update_failures_total",
+                "Endpoint counts lost because the kernel could not create a table entry.",
+            ),
+            map_entries: gauge_vec("governor_ebpf_map_entries", "Entries in use in a kernel map.", &["map"]),
+            map_capacity: gauge_vec("governor_ebpf_map_capacity", "Capacity of a kernel map.", &["map"]),
+            reset_series: SeriesLimiter::new(max_endpoint_series),
+            retransmit_series: SeriesLimiter::new(max_endpoint_series),
+            registry: r,
+        }
+    }
+
+    /// Adds one reading's increments to the series.
+    pub fn apply(&mut self, inc: &Increments) {
+        for &(from, to, n) in &inc.transitions {
+            self.transitions
+                .with_label_values(&[labels::tcp_state_name(from).as_ref(), labels::tcp_state_name(to).as_ref()])
+                .inc_by(n);
+        }
+        let c = |i: u32| inc.counters[i as usize];
+        self.resets.with_label_values(&["sent"]).inc_by(c(counter::RESETS_SENT));
+        self.resets.with_label_values(&["received"]).inc_by(c(counter::RESETS_RECEIVED));
+        self.retransmits.inc_by(c(counter::RETRANSMITS));
+        self.events_lost.inc_by(c(counter::EVENTS_LOST));
+        self.kernel_read_errors.inc_by(c(counter::READ_ERRORS));
+        self.endpoint_update_failures.inc_by(c(counter::ENDPOINT_UPDATE_FAILED));
+
+        // Several kernel keys can share a label (IPv4-mapped IPv6), so sum
+        // by label first.
+        let mut sent: HashMap<String, u64> = HashMap::new();
+        let mut received: HashMap<String, u64> = HashMap::new();
+        let mut retransmits: HashMap<String, u64> = HashMap::new();
+        for (key, d) in &inc.endpoints {
+            let label = labels::endpoint(key);
+            for (map, v) in [(&mut sent, d.resets_sent), (&mut received, d.resets_received), (&mut retransmits, d.retransmits)] {
+                if v > 0 {
+                    *map.entry(label.clone()).or_default() += v;
+                }
+            }
+        }
+
+        let mut both = sent.clone();
+        for (k, v) in &received {
+            *both.entry(k.clone()).or_default() += v;
+        }
+        self.reset_series.admit(&both);
+        for (direction, map) in [("sent", &sent), ("received", &received)] {
+            for (endpoint, v) in map {
+                self.endpoint_resets.with_label_values(&[self.reset_series.label(endpoint), direction]).inc_by(*v);
+            }
+        }
+        for (endpoint, v) in self.retransmit_series.assign(&retransmits) {
+            self.endpoint_retransmits.with_label_values(&[endpoint.as_str()]).inc_by(v);
+        }
+    }
+
+    pub fn count_event(&self, kind: u32) {
+        if let Some((_, name)) = EVENT_KINDS.iter().find(|(k, _)| *k == kind) {
+            self.events.with_label_values(&[name]).inc();
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        TextEncoder::new().encode_to_string(&self.registry.gather()).expect("text encoding cannot fail")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use governor_common::{AF_INET, EndpointKey, EndpointStats};
+
+    use super::*;
+
+    fn key(last: u8, port: u16) -> EndpointKey {
+        let mut addr = [0; 16];
+        addr[..4].copy_from_slice(&[10, 0, 0, last]);
+        EndpointKey { addr, port, family: AF_INET, _pad: 0 }
+    }
+
+    fn stats(sent: u64, received: u64, retransmits: u64) -> EndpointStats {
+        EndpointStats { resets_sent: sent, resets_received: received, retransmits, _reserved: 0 }
+    }
+
+    fn lines(m: &Metrics, prefix: &str) -> Vec<String> {
+        m.render().lines().filter(|l| l.starts_with(prefix)).map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn renders_fixed_names_and_labels() {
+        let mut m = Metrics::new(10);
+        let mut inc = Increments { transitions: vec![(2, 1, 7), (3, 1, 7)], ..Default::default() };
+        inc.counters[counter::RESETS_SENT as usize] = 200;
+        inc.counters[counter::RESETS_RECEIVED as usize] = 200;
+        inc.counters[counter::RETRANSMITS as usize] = 3;
+        inc.endpoints = vec![(key(1, 9000), stats(200, 200, 0)), (key(2, 443), stats(0, 0, 3))];
+        m.apply(&inc);
+
+        assert_eq!(
+            lines(&m, "governor_tcp_state_transitions_total{"),
+            [
+                r#"governor_tcp_state_transitions_total{from="SYN_RECV",to="ESTABLISHED"} 7"#,
+                r#"governor_tcp_state_transitions_total{from="SYN_SENT",to="ESTABLISHED"} 7"#,
+            ]
+        );
+        assert_eq!(
+            lines(&m, "governor_tcp_resets_total{"),
+            [r#"governor_tcp_resets_total{direction="received"} 200"#, r#"governor_tcp_resets_total{direction="sent"} 200"#]
+        );
+        assert_eq!(lines(&m, "governor_tcp_retransmits_total "), ["governor_tcp_retransmits_total 3"]);
+        assert_eq!(
+            lines(&m, "governor_endpoint_resets_total{"),
+            [
+                r#"governor_endpoint_resets_total{direction="received",endpoint="10.0.0.1:9000"} 200"#,
+                r#"governor_endpoint_resets_total{direction="sent",endpoint="10.0.0.1:9000"} 200"#,
+            ]
+        );
+        assert_eq!(lines(&m, "governor_endpoint_retransmits_total{"), [r#"governor_endpoint_retransmits_total{endpoint="10.0.0.2:443"} 3"#]);
+        assert_eq!(lines(&m, "governor_build_info{"), [format!(r#"governor_build_info{{version="{}"}} 1"#, env!("CARGO_PKG_VERSION"))]);
+        assert!(m.render().contains("# HELP governor_endpoint_resets_total TCP resets per service endpoint"));
+    }
+
+    #[test]
+    fn endpoints_beyond_the_limit_are_summed_under_other() {
+        let mut m = Metrics::new(1);
+        let inc = Increments {
+            endpoints: vec![(key(1, 80), stats(5, 0, 1)), (key(2, 80), stats(1, 2, 4)), (key(3, 80), stats(0, 1, 0))],
+            ..Default::default()
+        };
+        m.apply(&inc);
+        assert_eq!(
+            lines(&m, "governor_endpoint_resets_total{"),
+            [
+                r#"governor_endpoint_resets_total{direction="received",endpoint="other"} 3"#,
+                r#"governor_endpoint_resets_total{direction="sent",endpoint="10.0.0.1:80"} 5"#,
+                r#"governor_endpoint_resets_total{direction="sent",endpoint="other"} 1"#,
+            ]
+        );
+        assert_eq!(
+            lines(&m, "governor_endpoint_retransmits_total{"),
+            [
+                r#"governor_endpoint_retransmits_total{endpoint="10.0.0.2:80"} 4"#,
+                r#"governor_endpoint_retransmits_total{endpoint="other"} 1"#,
+            ]
+        );
+    }
+}

@@ -1,0 +1,194 @@
+//! The real `governor` binary as a child process.
+
+use std::{
+    collections::HashMap,
+    fs,
+    net::{Ipv4Addr, SocketAddr, TcpListener},
+    path::PathBuf,
+    process::{Child, Command, ExitStatus, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use crate::scrape::Scraper;
+
+/// Poll interval the tests give the daemon, in milliseconds.
+pub const POLL_MS: u64 = 100;
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// The binary under test: `GOVERNOR_BIN`, else the workspace's release build.
+pub fn bin() -> PathBuf {
+    std::env::var_os("GOVERNOR_BIN").map_or_else(
+        || PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/release/governor")),
+        PathBuf::from,
+    )
+}
+
+/// A directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "governor-{tag}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        fs::create_dir_all(&dir).expect("create temp dir");
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).and_then(|l| l.local_addr()).expect("free port").port()
+}
+
+pub struct Governor {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    scraper: Scraper,
+    dir: TempDir,
+}
+
+impl Governor {
+    /// Starts `governor run` with a short poll interval and waits for
+    /// `/readyz`.
+    pub fn start() -> Self {
+        Self::start_with("")
+    }
+
+    /// As `start`, with extra config lines appended under the `[metrics]`
+    /// table.
+    pub fn start_with(metrics_config: &str) -> Self {
+        let dir = TempDir::new("daemon");
+        let config = dir.0.join("governor.toml");
+        fs::write(
+            &config,
+            format!("[daemon]\npoll_interval_ms = {POLL_MS}\n\n[ebpf]\nevent_drain_interval_ms = 20\n\n[metrics]\n{metrics_config}\n"),
+        )
+        .expect("write config");
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+        let log = fs::File::create(dir.0.join("governor.log")).expect("log file");
+        let child = Command::new(bin())
+            .args(["run", "--config"])
+            .arg(&config)
+            .args(["--metrics-addr", &addr.to_string()])
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", bin().display()));
+        let mut g = Self { child: Some(child), addr, scraper: Scraper::new(addr), dir };
+        g.wait_ready();
+        g
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().expect("try_wait")) {
+                panic!("governor exited before it was ready ({status}):\n{}", self.log());
+            }
+            if let Some((200, _)) = self.scraper.get("/readyz") {
+                return;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        panic!("governor was not ready within 30 s:\n{}", self.log());
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.0.join("governor.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    pub fn get(&mut self, path: &str) -> Option<(u16, String)> {
+        self.scraper.get(path)
+    }
+
+    pub fn metrics(&mut self) -> HashMap<String, f64> {
+        self.scraper.metrics()
+    }
+
+    /// The value of one series, 0 when it does not exist (yet).
+    pub fn value(&mut self, series: &str) -> f64 {
+        self.metrics().get(series).copied().unwrap_or(0.0)
+    }
+
+    /// Waits (bounded) until `series` reaches `expected`, then lets a few
+    /// more poll intervals pass so that anything beyond it would show too,
+    /// and returns the final value.
+    pub fn settle(&mut self, series: &str, expected: f64) -> f64 {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.value(series) < expected && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(POLL_MS));
+        }
+        thread::sleep(Duration::from_millis(POLL_MS * 5));
+        self.value(series)
+    }
+
+    /// SIGTERM, then waits (bounded) for the exit status.
+    pub fn terminate(mut self) -> (ExitStatus, Duration) {
+        let mut child = self.child.take().expect("running");
+        let started = Instant::now();
+        signal(&child, nix::sys::signal::Signal::SIGTERM);
+        let deadline = started + Duration::from_secs(15);
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                return (status, started.elapsed());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("governor did not exit within 15 s of SIGTERM:\n{}", self.log());
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+fn signal(child: &Child, sig: nix::sys::signal::Signal) {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid fits"));
+    let _ = nix::sys::signal::kill(pid, sig);
+}
+
+impl Drop for Governor {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(&child, nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+                thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if thread::panicking() {
+            eprintln!("--- governor log ---\n{}", self.log());
+        }
+    }
+}
+
+/// Runs the binary to completion (bounded to 30 s) and returns its output.
+pub fn run_to_exit(cmd: &mut Command) -> Output {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start governor");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while matches!(child.try_wait(), Ok(None)) {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("collect output")
+}

@@ -1,0 +1,115 @@
+//! Start, readiness, clean shutdown, and errors an operator sees.
+
+use std::{collections::HashSet, fs, os::unix::process::CommandExt as _, process::Command};
+
+use governor_tests::{
+    Governor, require_root,
+    governor::{TempDir, bin, run_to_exit},
+};
+
+const PROGRAMS: [&str; 4] = ["gov_state", "gov_rst_sent", "gov_rst_recv", "gov_retrans"];
+
+/// Ids of loaded programs with governor's names.
+fn governor_program_ids() -> HashSet<u32> {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|p| PROGRAMS.iter().any(|n| p.name() == n.as_bytes()))
+        .map(|p| p.id())
+        .collect()
+}
+
+#[test]
+fn ready_then_sigterm_exits_zero_and_detaches_everything() {
+    require_root();
+    let before = governor_program_ids();
+    let mut gov = Governor::start();
+    assert_eq!(gov.get("/readyz").map(|r| r.0), Some(200));
+    assert_eq!(gov.get("/healthz"), Some((200, "ok\n".to_owned())));
+    assert_eq!(gov.value("governor_ebpf_programs_attached"), 4.0);
+    assert_eq!(gov.value(r#"governor_ebpf_map_capacity{map="endpoints"}"#), 16384.0);
+
+    let ours: HashSet<u32> = governor_program_ids().difference(&before).copied().collect();
+    assert_eq!(ours.len(), 4, "the daemon loaded its four programs");
+
+    let (status, took) = gov.terminate();
+    eprintln!("governor exited {status} {took:?} after SIGTERM");
+    assert_eq!(status.code(), Some(0), "exit status after SIGTERM");
+    let left: Vec<u32> = governor_program_ids().intersection(&ours).copied().collect();
+    assert!(left.is_empty(), "programs still loaded after exit: {left:?}");
+}
+
+#[test]
+fn sigint_also_exits_zero() {
+    require_root();
+    let gov = Governor::start();
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(gov.pid()).expect("pid"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("signal");
+    // terminate() sends SIGTERM too, which a process already exiting ignores.
+    let (status, _) = gov.terminate();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn a_bad_config_exits_nonzero_naming_the_key() {
+    let dir = TempDir::new("badcfg");
+    let path = dir.0.join("bad.toml");
+    fs::write(&path, "[daemon]\nmetrics_addr = \"127.0.0.1:1\"\npoll_interval_ms = 0\n").expect("write");
+    let out = run_to_exit(Command::new(bin()).args(["run", "--config"]).arg(&path));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("line 3, key `daemon.poll_interval_ms`: 0 is out of range"), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+
+    fs::write(&path, "[ebpf]\nendpoint_table = 5\n").expect("write");
+    let out = run_to_exit(Command::new(bin()).args(["check-config"]).arg(&path));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr.contains("key `ebpf.endpoint_table`: unknown field `endpoint_table`"), "{stderr}");
+}
+
+#[test]
+fn without_root_it_says_so_in_one_line() {
+    let out = run_to_exit(Command::new(bin()).args(["run", "--metrics-addr", "127.0.0.1:0"]).uid(65534).gid(65534));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.starts_with("governor: error: governor must run as root"), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+}
+
+#[test]
+fn a_missing_tracefs_is_named_with_the_fix() {
+    require_root();
+    let dir = TempDir::new("notracefs");
+    let config = dir.0.join("c.toml");
+    fs::write(&config, format!("[ebpf]\ntracefs = \"{}\"\nmount_missing = false\n", dir.0.display())).expect("write");
+    let out = run_to_exit(Command::new(bin()).args(["run", "--metrics-addr", "127.0.0.1:0", "--config"]).arg(&config));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("tracefs is not mounted at {0}: run `mount -t tracefs tracefs {0}`", dir.0.display())),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn doctor_passes_on_this_host() {
+    require_root();
+    let out = run_to_exit(Command::new(bin()).arg("doctor"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    for line in ["tracepoint tcp:tcp_send_reset", "tracepoint sock:inet_sock_set_state", "kernel BTF", "program type tracepoint"] {
+        let row = stdout.lines().find(|l| l.starts_with(line)).unwrap_or_else(|| panic!("no row {line}:\n{stdout}"));
+        assert!(row.contains(" pass "), "{row}");
+    }
+    assert!(!stdout.contains("FAIL"), "{stdout}");
+}
+
+#[test]
+fn doctor_fails_without_root() {
+    let out = run_to_exit(Command::new(bin()).arg("doctor").uid(65534).gid(65534));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let row = stdout.lines().find(|l| l.starts_with("privileges")).expect("privileges row");
+    assert!(row.contains("FAIL"), "{row}");
+    assert!(stdout.contains("fix: run as root"), "{stdout}");
+}

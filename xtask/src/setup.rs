@@ -1,0 +1,122 @@
+//! Installs what the build and the tests need, when it is missing:
+//! Debian packages (LLVM 22 for bpf-linker, bpftool, nftables, iproute2,
+//! libbpf-tools), rust-src for the nightly toolchain, bpf-linker 0.13.0 built
+//! against LLVM 22, and the tracefs and bpffs mounts.
+
+use std::{path::Path, process::Command};
+
+use anyhow::{Context as _, bail};
+
+use crate::{exec, step};
+
+/// Debian packages and why they are needed.
+const PACKAGES: &[(&str, &str)] = &[
+    ("llvm-22-dev", "bpf-linker links against LLVM 22, the nightly's LLVM"),
+    ("libpolly-22-dev", "LLVM 22's link dependencies"),
+    ("libzstd-dev", "LLVM 22's link dependencies"),
+    ("zlib1g-dev", "LLVM 22's link dependencies"),
+    ("iproute2", "network namespaces in tests and benchmarks"),
+    ("nftables", "packet loss in the retransmit test"),
+    ("bpftool", "inspecting loaded programs"),
+    ("libbpf-tools", "tcpstates, the benchmark's comparison peer"),
+];
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+
+pub fn run() -> anyhow::Result<()> {
+    packages()?;
+    nightly_rust_src()?;
+    bpf_linker()?;
+    mounts();
+    Ok(())
+}
+
+fn installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+}
+
+fn packages() -> anyhow::Result<()> {
+    let missing: Vec<_> = PACKAGES.iter().filter(|(p, _)| !installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    for (p, why) in &missing {
+        step(&format!("installing Debian package {p}: {why}"));
+    }
+    if !is_root() {
+        bail!(
+            "missing Debian packages and not root: run `sudo apt-get install -y {}`",
+            missing.iter().map(|(p, _)| *p).collect::<Vec<_>>().join(" ")
+        );
+    }
+    exec(Command::new("apt-get").arg("update").arg("-q"))
+        .context("apt-get update failed: are Debian's package mirrors reachable?")?;
+    exec(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(missing.iter().map(|(p, _)| *p))
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+    .context("apt-get install failed")
+}
+
+fn nightly_rust_src() -> anyhow::Result<()> {
+    let listed = Command::new("rustup").args(["component", "list", "--installed", "--toolchain", "nightly"]).output();
+    let ok = listed.as_ref().is_ok_and(|o| o.status.success());
+    if ok && String::from_utf8_lossy(&listed.as_ref().expect("checked").stdout).lines().any(|l| l.starts_with("rust-src")) {
+        return Ok(());
+    }
+    if !ok {
+        step("installing the nightly toolchain (the eBPF programs need -Z build-std)");
+        exec(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))
+            .context("no nightly toolchain and rustup could not install one")?;
+    }
+    step("adding rust-src to the nightly toolchain (build-std for the BPF target)");
+    exec(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+        .context("rustup could not add rust-src to nightly")
+}
+
+fn bpf_linker() -> anyhow::Result<()> {
+    let version = Command::new("bpf-linker").arg("--version").output();
+    if version.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION)) {
+        return Ok(());
+    }
+    step(&format!("building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about a minute)"));
+    let path = format!("{LLVM_PREFIX}/bin:{}", std::env::var("PATH").unwrap_or_default());
+    exec(Command::new("cargo")
+        .args(["install", "--locked", "bpf-linker", "--version", BPF_LINKER_VERSION])
+        .args(["--no-default-features", "--features", "llvm-22"])
+        .env("PATH", path)
+        .env("LLVM_PREFIX", LLVM_PREFIX))
+    .context("installing bpf-linker failed: is llvm-22-dev installed?")
+}
+
+/// tracefs and bpffs; without root this only warns (building needs neither).
+fn mounts() {
+    for (fstype, target) in [("tracefs", "/sys/kernel/tracing"), ("bpf", "/sys/fs/bpf")] {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mounted = mountinfo.lines().any(|l| {
+            l.split_once(" - ").is_some_and(|(pre, post)| {
+                pre.split(' ').nth(4) == Some(target) && post.split(' ').next() == Some(fstype)
+            })
+        });
+        if mounted || !Path::new(target).is_dir() {
+            continue;
+        }
+        if !is_root() {
+            step(&format!("warning: {fstype} is not mounted at {target}; as root: mount -t {fstype} {fstype} {target}"));
+            continue;
+        }
+        step(&format!("mounting {fstype} at {target}"));
+        if let Err(e) = exec(Command::new("mount").args(["-t", fstype, fstype, target])) {
+            step(&format!("warning: {e:#}"));
+        }
+    }
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}

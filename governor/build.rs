@@ -1,6 +1,6 @@
 //! Builds the kernel programs (`governor-ebpf`) for the BPF target with the
 //! nightly toolchain and bpf-linker; the daemon embeds the object from
-//! OUT_DIR. `cargo xtask setup` installs what this needs.
+//! `OUT_DIR`. `cargo xtask setup` installs what this needs.
 
 use anyhow::{Context as _, anyhow};
 use aya_build::{Package, Toolchain};

@@ -59,7 +59,7 @@ pub struct TpLayout {
     /// `enum sk_rst_reason` of `tcp:tcp_send_reset`.
     pub reason: u16,
     pub state: u16,
-    pub _pad: [u16; 3],
+    pub pad: [u16; 3],
 }
 
 impl TpLayout {
@@ -78,7 +78,7 @@ impl TpLayout {
         protocol: Self::ABSENT,
         reason: Self::ABSENT,
         state: Self::ABSENT,
-        _pad: [0; 3],
+        pad: [0; 3],
     };
 }
 
@@ -96,7 +96,7 @@ pub struct KernelConfig {
     /// `ephemeral_low > ephemeral_high` turns collapsing off.
     pub ephemeral_low: u16,
     pub ephemeral_high: u16,
-    pub _pad: u32,
+    pub pad: u32,
 }
 
 impl KernelConfig {
@@ -107,7 +107,7 @@ impl KernelConfig {
         tcp_retransmit_skb: TpLayout::EMPTY,
         ephemeral_low: 1,
         ephemeral_high: 0,
-        _pad: 0,
+        pad: 0,
     };
 }
 
@@ -120,7 +120,7 @@ pub struct EndpointKey {
     /// Host byte order; 0 for a collapsed ephemeral port.
     pub port: u16,
     pub family: u16,
-    pub _pad: u32,
+    pub pad: u32,
 }
 
 /// Counters per endpoint, updated with atomic adds by every CPU.
@@ -133,7 +133,7 @@ pub struct EndpointStats {
     pub resets_received: u64,
     /// Segments retransmitted towards this endpoint (the remote side).
     pub retransmits: u64,
-    pub _reserved: u64,
+    pub reserved: u64,
 }
 
 /// Kinds of [`TcpEvent`].

@@ -26,8 +26,7 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::S
 /// Resets and retransmits per service endpoint (ip:port), bounded, least
 /// recently used entries evicted first.
 #[map]
-pub static ENDPOINTS: LruHashMap<EndpointKey, EndpointStats> =
-    LruHashMap::with_max_entries(16_384, 0);
+pub static ENDPOINTS: LruHashMap<EndpointKey, EndpointStats> = LruHashMap::with_max_entries(16_384, 0);
 
 /// Discrete events for user space. Resized at load time.
 #[map]
@@ -68,20 +67,17 @@ pub enum EndpointCounter {
 /// The entry is shared by all CPUs, so the add is atomic.
 #[inline(always)]
 pub fn count_endpoint(key: &EndpointKey, which: EndpointCounter) {
-    let entry = match ENDPOINTS.get_ptr_mut(key) {
-        Some(entry) => entry,
-        None => {
-            // Another CPU may insert the same key between the lookup and
-            // here; NOEXIST keeps its counts and the lookup below finds it.
-            let _ = ENDPOINTS.insert(key, &EndpointStats::default(), u64::from(BPF_NOEXIST));
-            match ENDPOINTS.get_ptr_mut(key) {
-                Some(entry) => entry,
-                None => {
-                    count(counter::ENDPOINT_UPDATE_FAILED);
-                    return;
-                }
-            }
-        }
+    let entry = if let Some(entry) = ENDPOINTS.get_ptr_mut(key) {
+        entry
+    } else {
+        // Another CPU may insert the same key between the lookup and here;
+        // NOEXIST keeps its counts and the lookup below finds it.
+        let _ = ENDPOINTS.insert(key, EndpointStats::default(), u64::from(BPF_NOEXIST));
+        let Some(entry) = ENDPOINTS.get_ptr_mut(key) else {
+            count(counter::ENDPOINT_UPDATE_FAILED);
+            return;
+        };
+        entry
     };
     // SAFETY: `entry` points at a live map value; the field pointers stay in it.
     let field = unsafe {

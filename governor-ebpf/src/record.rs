@@ -103,5 +103,5 @@ fn endpoint(family: u16, addr: [u8; 16], port: u16) -> EndpointKey {
         )
     };
     let port = if port >= low && port <= high { 0 } else { port };
-    EndpointKey { addr, port, family, _pad: 0 }
+    EndpointKey { addr, port, family, pad: 0 }
 }

@@ -31,6 +31,6 @@ fn try_gov_rst_sent(ctx: &TracePointContext) -> Result<(), i64> {
     count_endpoint(&flow.local(), EndpointCounter::ResetsSent);
     let state: i32 = field(ctx, l.state).unwrap_or(0);
     let reason: u32 = field(ctx, l.reason).unwrap_or(0);
-    flow.emit(event_kind::RESET_SENT, state as u16, reason);
+    flow.emit(event_kind::RESET_SENT, u16::try_from(state).unwrap_or(0), reason);
     Ok(())
 }

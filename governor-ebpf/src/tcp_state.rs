@@ -15,6 +15,8 @@ use crate::{
 
 const TCP_SYN_SENT: i32 = 2;
 const TCP_CLOSE: i32 = 7;
+/// `TCP_SYN_SENT` as the event carries it.
+const SYN_SENT_STATE: u16 = 2;
 
 #[tracepoint]
 pub fn gov_state(ctx: TracePointContext) -> u32 {
@@ -36,7 +38,7 @@ fn try_gov_state(ctx: &TracePointContext) -> Result<(), i64> {
     count_transition(old.cast_unsigned(), new.cast_unsigned());
     if old == TCP_SYN_SENT && new == TCP_CLOSE {
         let flow = Flow::read(ctx, &l)?;
-        flow.emit(event_kind::CONNECT_FAILED, TCP_SYN_SENT as u16, 0);
+        flow.emit(event_kind::CONNECT_FAILED, SYN_SENT_STATE, 0);
     }
     Ok(())
 }

@@ -2,7 +2,11 @@
 //! here; values are checked while the file is parsed, so every error names
 //! the key and its line. Nothing in this module does I/O except `load`.
 
-use std::{fmt, net::SocketAddr, path::Path, path::PathBuf};
+use std::{
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
 
 use serde::{Deserialize, Deserializer, de};
 
@@ -136,11 +140,7 @@ impl<'de> Deserialize<'de> for RingBufferBytes {
             .filter(|v| v.is_power_of_two() && (Self::MIN..=Self::MAX).contains(v))
             .map(Self)
             .ok_or_else(|| {
-                de::Error::custom(format!(
-                    "{v} is not a power of two between {} and {}",
-                    Self::MIN,
-                    Self::MAX
-                ))
+                de::Error::custom(format!("{v} is not a power of two between {} and {}", Self::MIN, Self::MAX))
             })
     }
 }
@@ -264,7 +264,12 @@ collapse_ephemeral_ports = false
     #[test]
     fn unknown_key_is_named_with_its_line() {
         let e = err("[daemon]\nmetrics_addr = \"127.0.0.1:1\"\npoll_intervall_ms = 5\n");
-        assert!(e.starts_with("config file governor.toml: line 3, key `daemon.poll_intervall_ms`: unknown field `poll_intervall_ms`"), "{e}");
+        assert!(
+            e.starts_with(
+                "config file governor.toml: line 3, key `daemon.poll_intervall_ms`: unknown field `poll_intervall_ms`"
+            ),
+            "{e}"
+        );
     }
 
     #[test]
@@ -281,7 +286,10 @@ collapse_ephemeral_ports = false
             "config file governor.toml: line 3, key `ebpf.ring_buffer_bytes`: 5000 is not a power of two between 4096 and 1073741824"
         );
         let e = err("[daemon]\npoll_interval_ms = 0\n");
-        assert_eq!(e, "config file governor.toml: line 2, key `daemon.poll_interval_ms`: 0 is out of range: expected 100 to 60000");
+        assert_eq!(
+            e,
+            "config file governor.toml: line 2, key `daemon.poll_interval_ms`: 0 is out of range: expected 100 to 60000"
+        );
         let e = err("[daemon]\nmetrics_addr = \"localhost\"\n");
         assert!(e.contains("line 2, key `daemon.metrics_addr`"), "{e}");
         let e = err("[daemon]\nlog_format = \"xml\"\n");

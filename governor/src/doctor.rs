@@ -2,7 +2,7 @@
 //! needs and prints a table with a remedy for each failure. It changes
 //! nothing on the host.
 
-use std::path::Path;
+use std::{fmt::Write as _, path::Path};
 
 use aya::{maps::MapType, programs::ProgramType};
 
@@ -41,12 +41,22 @@ pub fn checks(config: &Config) -> Vec<Check> {
     out.push(if uid == 0 {
         Check::pass("privileges", "running as root")
     } else {
-        Check::not(Outcome::Fail, "privileges", format!("effective uid {uid}"), "run as root (sudo) or as a privileged container")
+        Check::not(
+            Outcome::Fail,
+            "privileges",
+            format!("effective uid {uid}"),
+            "run as root (sudo) or as a privileged container",
+        )
     });
     out.push(if Path::new(host::BTF_PATH).exists() {
         Check::pass("kernel BTF", host::BTF_PATH)
     } else {
-        Check::not(Outcome::Fail, "kernel BTF", format!("{} missing", host::BTF_PATH), "use a kernel built with CONFIG_DEBUG_INFO_BTF=y")
+        Check::not(
+            Outcome::Fail,
+            "kernel BTF",
+            format!("{} missing", host::BTF_PATH),
+            "use a kernel built with CONFIG_DEBUG_INFO_BTF=y",
+        )
     });
 
     let mounts = host::read_mounts().unwrap_or_default();
@@ -59,7 +69,11 @@ pub fn checks(config: &Config) -> Vec<Check> {
             Check::not(
                 if mount_missing { Outcome::Warn } else { Outcome::Fail },
                 name,
-                format!("not mounted at {}{}", path.display(), if mount_missing { " (governor run mounts it)" } else { "" }),
+                format!(
+                    "not mounted at {}{}",
+                    path.display(),
+                    if mount_missing { " (governor run mounts it)" } else { "" }
+                ),
                 format!("mount -t {0} {0} {1}", fs.fstype, path.display()),
             )
         });
@@ -78,7 +92,9 @@ pub fn checks(config: &Config) -> Vec<Check> {
     for tp in &tracefs::TRACEPOINTS {
         let name = format!("tracepoint {tp}");
         out.push(match &tracefs_root {
-            None => Check::not(Outcome::Fail, name, "tracefs is not mounted, cannot inspect", "mount tracefs (see above)"),
+            None => {
+                Check::not(Outcome::Fail, name, "tracefs is not mounted, cannot inspect", "mount tracefs (see above)")
+            }
             Some(root) => {
                 let path = root.join("events").join(tp.category).join(tp.name).join("format");
                 match std::fs::read_to_string(&path)
@@ -87,19 +103,21 @@ pub fn checks(config: &Config) -> Vec<Check> {
                     .and_then(|fields| tracefs::layout_for(tp, &fields).map_err(|e| e.to_string()))
                 {
                     Ok(_) => Check::pass(name, "present, layout understood"),
-                    Err(e) => Check::not(Outcome::Fail, name, e, "use a kernel with this tracepoint (Linux 4.16 or later)"),
+                    Err(e) => {
+                        Check::not(Outcome::Fail, name, e, "use a kernel with this tracepoint (Linux 4.16 or later)")
+                    }
                 }
             }
         });
     }
 
-    for (label, kind) in [("program type tracepoint", ProgramType::TracePoint)] {
-        out.push(match aya::sys::is_program_supported(kind) {
-            Ok(true) => Check::pass(label, "supported"),
-            Ok(false) => Check::not(Outcome::Fail, label, "not supported by this kernel", "enable CONFIG_BPF_EVENTS"),
-            Err(e) => Check::not(Outcome::Fail, label, format!("cannot probe: {e}"), "run as root"),
-        });
-    }
+    // Later features add cgroup and sock_ops program types here.
+    let label = "program type tracepoint";
+    out.push(match aya::sys::is_program_supported(ProgramType::TracePoint) {
+        Ok(true) => Check::pass(label, "supported"),
+        Ok(false) => Check::not(Outcome::Fail, label, "not supported by this kernel", "enable CONFIG_BPF_EVENTS"),
+        Err(e) => Check::not(Outcome::Fail, label, format!("cannot probe: {e}"), "run as root"),
+    });
     for (label, kind) in [
         ("map type percpu_array", MapType::PerCpuArray),
         ("map type lru_hash", MapType::LruHash),
@@ -132,11 +150,10 @@ pub fn render(checks: &[Check]) -> String {
             Outcome::Warn => "warn",
             Outcome::Fail => "FAIL",
         };
-        out.push_str(&format!("{:<width$}  {result:<6}  {}", c.name, c.detail));
+        let _ = writeln!(out, "{:<width$}  {result:<6}  {}", c.name, c.detail);
         if !c.remedy.is_empty() {
-            out.push_str(&format!("\n{:<width$}  {:<6}  fix: {}", "", "", c.remedy));
+            let _ = writeln!(out, "{:<width$}  {:<6}  fix: {}", "", "", c.remedy);
         }
-        out.push('\n');
     }
     out
 }

@@ -13,9 +13,13 @@ const PORT_RANGE: &str = "/proc/sys/net/ipv4/ip_local_port_range";
 
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
-    #[error("governor must run as root to load eBPF programs (effective uid is {uid}): run it with sudo or as a privileged container")]
+    #[error(
+        "governor must run as root to load eBPF programs (effective uid is {uid}): run it with sudo or as a privileged container"
+    )]
     NotRoot { uid: u32 },
-    #[error("kernel BTF is missing ({BTF_PATH} does not exist): governor needs a kernel built with CONFIG_DEBUG_INFO_BTF=y")]
+    #[error(
+        "kernel BTF is missing ({BTF_PATH} does not exist): governor needs a kernel built with CONFIG_DEBUG_INFO_BTF=y"
+    )]
     NoBtf,
     #[error("{fs} is not mounted at {path}: run `mount -t {fstype} {fstype} {path}` or set ebpf.mount_missing = true", fs = fs.name, fstype = fs.fstype, path = path.display())]
     NotMounted { fs: Filesystem, path: PathBuf },

@@ -5,7 +5,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use governor_common::{AF_INET, AF_INET6, EndpointKey};
 
 /// Kernel TCP state names without the `TCP_` prefix
-/// (include/net/tcp_states.h).
+/// (`include/net/tcp_states.h`).
 pub fn tcp_state_name(state: u32) -> std::borrow::Cow<'static, str> {
     const NAMES: [&str; 14] = [
         "UNKNOWN_0",
@@ -59,7 +59,7 @@ mod tests {
     use super::*;
 
     fn key(family: u16, addr: [u8; 16], port: u16) -> EndpointKey {
-        EndpointKey { addr, port, family, _pad: 0 }
+        EndpointKey { addr, port, family, pad: 0 }
     }
 
     #[test]

@@ -50,11 +50,11 @@ struct ConfigArg {
 struct RunArgs {
     #[command(flatten)]
     config: ConfigArg,
-    /// Address of the HTTP listener (/metrics, /healthz, /readyz); overrides
-    /// daemon.metrics_addr [default: 127.0.0.1:9966].
+    /// Address of the HTTP listener (`/metrics`, `/healthz`, `/readyz`);
+    /// overrides `daemon.metrics_addr` [default: 127.0.0.1:9966].
     #[arg(long, env = "GOVERNOR_METRICS_ADDR")]
     metrics_addr: Option<SocketAddr>,
-    /// Log format; overrides daemon.log_format [default: text].
+    /// Log format; overrides `daemon.log_format` [default: text].
     #[arg(long, env = "GOVERNOR_LOG_FORMAT", value_enum)]
     log_format: Option<LogFormat>,
     /// Log filter, `tracing` syntax (for example `info` or `governor=debug`).
@@ -107,10 +107,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 config.daemon.log_format = format;
             }
             init_logging(config.daemon.log_format, &args.log)?;
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()?;
+            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
             runtime.block_on(daemon::run(config))?;
             Ok(ExitCode::SUCCESS)
         }

@@ -48,14 +48,12 @@ impl Metrics {
         };
         let counter = |name: &str, help: &str| register(&r, IntCounter::new(name, help).expect("valid metric"));
 
-        let build_info = gauge_vec("governor_build_info", "Always 1; the version of the running governor.", &["version"]);
+        let build_info =
+            gauge_vec("governor_build_info", "Always 1; the version of the running governor.", &["version"]);
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
 
-        let resets = counter_vec(
-            "governor_tcp_resets_total",
-            "TCP resets sent or received by this host.",
-            &["direction"],
-        );
+        let resets =
+            counter_vec("governor_tcp_resets_total", "TCP resets sent or received by this host.", &["direction"]);
         // Both directions exist from the start, so rate() works from zero.
         for d in ["sent", "received"] {
             resets.with_label_values(&[d]).reset();
@@ -135,7 +133,9 @@ impl Metrics {
         let mut retransmits: HashMap<String, u64> = HashMap::new();
         for (key, d) in &inc.endpoints {
             let label = labels::endpoint(key);
-            for (map, v) in [(&mut sent, d.resets_sent), (&mut received, d.resets_received), (&mut retransmits, d.retransmits)] {
+            for (map, v) in
+                [(&mut sent, d.resets_sent), (&mut received, d.resets_received), (&mut retransmits, d.retransmits)]
+            {
                 if v > 0 {
                     *map.entry(label.clone()).or_default() += v;
                 }
@@ -178,11 +178,11 @@ mod tests {
     fn key(last: u8, port: u16) -> EndpointKey {
         let mut addr = [0; 16];
         addr[..4].copy_from_slice(&[10, 0, 0, last]);
-        EndpointKey { addr, port, family: AF_INET, _pad: 0 }
+        EndpointKey { addr, port, family: AF_INET, pad: 0 }
     }
 
     fn stats(sent: u64, received: u64, retransmits: u64) -> EndpointStats {
-        EndpointStats { resets_sent: sent, resets_received: received, retransmits, _reserved: 0 }
+        EndpointStats { resets_sent: sent, resets_received: received, retransmits, reserved: 0 }
     }
 
     fn lines(m: &Metrics, prefix: &str) -> Vec<String> {
@@ -208,7 +208,10 @@ mod tests {
         );
         assert_eq!(
             lines(&m, "governor_tcp_resets_total{"),
-            [r#"governor_tcp_resets_total{direction="received"} 200"#, r#"governor_tcp_resets_total{direction="sent"} 200"#]
+            [
+                r#"governor_tcp_resets_total{direction="received"} 200"#,
+                r#"governor_tcp_resets_total{direction="sent"} 200"#
+            ]
         );
         assert_eq!(lines(&m, "governor_tcp_retransmits_total "), ["governor_tcp_retransmits_total 3"]);
         assert_eq!(
@@ -218,8 +221,14 @@ mod tests {
                 r#"governor_endpoint_resets_total{direction="sent",endpoint="10.0.0.1:9000"} 200"#,
             ]
         );
-        assert_eq!(lines(&m, "governor_endpoint_retransmits_total{"), [r#"governor_endpoint_retransmits_total{endpoint="10.0.0.2:443"} 3"#]);
-        assert_eq!(lines(&m, "governor_build_info{"), [format!(r#"governor_build_info{{version="{}"}} 1"#, env!("CARGO_PKG_VERSION"))]);
+        assert_eq!(
+            lines(&m, "governor_endpoint_retransmits_total{"),
+            [r#"governor_endpoint_retransmits_total{endpoint="10.0.0.2:443"} 3"#]
+        );
+        assert_eq!(
+            lines(&m, "governor_build_info{"),
+            [format!(r#"governor_build_info{{version="{}"}} 1"#, env!("CARGO_PKG_VERSION"))]
+        );
         assert!(m.render().contains("# HELP governor_endpoint_resets_total TCP resets per service endpoint"));
     }
 

@@ -70,7 +70,7 @@ impl Aggregator {
                 resets_sent: grown(now.resets_sent, before.resets_sent),
                 resets_received: grown(now.resets_received, before.resets_received),
                 retransmits: grown(now.retransmits, before.retransmits),
-                _reserved: 0,
+                reserved: 0,
             };
             if d != EndpointStats::default() {
                 out.endpoints.push((*key, d));
@@ -88,14 +88,18 @@ mod tests {
     use super::*;
 
     fn key(port: u16) -> EndpointKey {
-        EndpointKey { addr: [0; 16], port, family: governor_common::AF_INET, _pad: 0 }
+        EndpointKey { addr: [0; 16], port, family: governor_common::AF_INET, pad: 0 }
     }
 
     fn stats(sent: u64, received: u64, retransmits: u64) -> EndpointStats {
-        EndpointStats { resets_sent: sent, resets_received: received, retransmits, _reserved: 0 }
+        EndpointStats { resets_sent: sent, resets_received: received, retransmits, reserved: 0 }
     }
 
-    fn snap(transitions: &[(usize, u64)], counters: &[(usize, u64)], endpoints: &[(u16, EndpointStats)]) -> KernelSnapshot {
+    fn snap(
+        transitions: &[(usize, u64)],
+        counters: &[(usize, u64)],
+        endpoints: &[(u16, EndpointStats)],
+    ) -> KernelSnapshot {
         let mut t = vec![0; TRANSITION_SLOTS as usize];
         for &(i, v) in transitions {
             t[i] = v;
@@ -104,7 +108,11 @@ mod tests {
         for &(i, v) in counters {
             c[i] = v;
         }
-        KernelSnapshot { transitions: t, counters: c, endpoints: endpoints.iter().map(|(p, s)| (key(*p), *s)).collect() }
+        KernelSnapshot {
+            transitions: t,
+            counters: c,
+            endpoints: endpoints.iter().map(|(p, s)| (key(*p), *s)).collect(),
+        }
     }
 
     #[test]

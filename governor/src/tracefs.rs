@@ -126,10 +126,9 @@ impl Fields<'_> {
     }
 
     fn offset(&self, field: &'static str, size: u32) -> Result<u16, LayoutError> {
-        let f = self.find(field).ok_or_else(|| LayoutError::MissingField {
-            tracepoint: self.tracepoint.to_owned(),
-            field,
-        })?;
+        let f = self
+            .find(field)
+            .ok_or_else(|| LayoutError::MissingField { tracepoint: self.tracepoint.to_owned(), field })?;
         if f.size != size {
             return Err(LayoutError::WrongSize {
                 tracepoint: self.tracepoint.to_owned(),
@@ -142,8 +141,10 @@ impl Fields<'_> {
     }
 
     fn fit(&self, field: &'static str, offset: u32) -> Result<u16, LayoutError> {
-        u16::try_from(offset).ok().filter(|&o| o != TpLayout::ABSENT).ok_or_else(|| {
-            LayoutError::OffsetTooLarge { tracepoint: self.tracepoint.to_owned(), field, offset }
+        u16::try_from(offset).ok().filter(|&o| o != TpLayout::ABSENT).ok_or_else(|| LayoutError::OffsetTooLarge {
+            tracepoint: self.tracepoint.to_owned(),
+            field,
+            offset,
         })
     }
 

@@ -120,15 +120,17 @@ impl Governor {
         self.scraper.metrics()
     }
 
-    /// The value of one series, 0 when it does not exist (yet).
-    pub fn value(&mut self, series: &str) -> f64 {
-        self.metrics().get(series).copied().unwrap_or(0.0)
+    /// The value of one series, 0 when it does not exist (yet). Every
+    /// series the tests read is an integer counter or gauge.
+    #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "integer-valued series")]
+    pub fn value(&mut self, series: &str) -> u64 {
+        self.metrics().get(series).map_or(0, |v| *v as u64)
     }
 
     /// Waits (bounded) until `series` reaches `expected`, then lets a few
     /// more poll intervals pass so that anything beyond it would show too,
     /// and returns the final value.
-    pub fn settle(&mut self, series: &str, expected: f64) -> f64 {
+    pub fn settle(&mut self, series: &str, expected: u64) -> u64 {
         let deadline = Instant::now() + Duration::from_secs(20);
         while self.value(series) < expected && Instant::now() < deadline {
             thread::sleep(Duration::from_millis(POLL_MS));

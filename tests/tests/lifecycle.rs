@@ -3,8 +3,9 @@
 use std::{collections::HashSet, fs, os::unix::process::CommandExt as _, process::Command};
 
 use governor_tests::{
-    Governor, require_root,
+    Governor,
     governor::{TempDir, bin, run_to_exit},
+    require_root,
 };
 
 const PROGRAMS: [&str; 4] = ["gov_state", "gov_rst_sent", "gov_rst_recv", "gov_retrans"];
@@ -25,8 +26,8 @@ fn ready_then_sigterm_exits_zero_and_detaches_everything() {
     let mut gov = Governor::start();
     assert_eq!(gov.get("/readyz").map(|r| r.0), Some(200));
     assert_eq!(gov.get("/healthz"), Some((200, "ok\n".to_owned())));
-    assert_eq!(gov.value("governor_ebpf_programs_attached"), 4.0);
-    assert_eq!(gov.value(r#"governor_ebpf_map_capacity{map="endpoints"}"#), 16384.0);
+    assert_eq!(gov.value("governor_ebpf_programs_attached"), 4);
+    assert_eq!(gov.value(r#"governor_ebpf_map_capacity{map="endpoints"}"#), 16384);
 
     let ours: HashSet<u32> = governor_program_ids().difference(&before).copied().collect();
     assert_eq!(ours.len(), 4, "the daemon loaded its four programs");
@@ -97,7 +98,12 @@ fn doctor_passes_on_this_host() {
     let out = run_to_exit(Command::new(bin()).arg("doctor"));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}");
-    for line in ["tracepoint tcp:tcp_send_reset", "tracepoint sock:inet_sock_set_state", "kernel BTF", "program type tracepoint"] {
+    for line in [
+        "tracepoint tcp:tcp_send_reset",
+        "tracepoint sock:inet_sock_set_state",
+        "kernel BTF",
+        "program type tracepoint",
+    ] {
         let row = stdout.lines().find(|l| l.starts_with(line)).unwrap_or_else(|| panic!("no row {line}:\n{stdout}"));
         assert!(row.contains(" pass "), "{row}");
     }

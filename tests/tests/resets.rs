@@ -3,14 +3,19 @@
 //! Both ends are the same endpoint, so its counters rise by exactly the
 //! number of connects in each direction.
 
-use std::{io::ErrorKind, net::SocketAddr, net::TcpStream};
+use std::{
+    io::ErrorKind,
+    net::{SocketAddr, TcpStream},
+};
 
 use governor_tests::{Governor, Netns, require_root, series};
 
-const CONNECTS: usize = 200;
+const CONNECTS: u64 = 200;
 
-fn refused_connects(addr: SocketAddr, n: usize) -> usize {
-    (0..n).filter(|_| matches!(TcpStream::connect(addr), Err(e) if e.kind() == ErrorKind::ConnectionRefused)).count()
+fn refused_connects(addr: SocketAddr, n: u64) -> u64 {
+    (0..n)
+        .map(|_| u64::from(matches!(TcpStream::connect(addr), Err(e) if e.kind() == ErrorKind::ConnectionRefused)))
+        .sum()
 }
 
 fn resets_to_closed_port(address: &str, cidr: &str, port: u16, endpoint: &str) {
@@ -22,19 +27,19 @@ fn resets_to_closed_port(address: &str, cidr: &str, port: u16, endpoint: &str) {
     let received = series("governor_endpoint_resets_total", &[("endpoint", endpoint), ("direction", "received")]);
     let host_sent = series("governor_tcp_resets_total", &[("direction", "sent")]);
     let before_host = gov.value(&host_sent);
-    assert_eq!(gov.value(&sent), 0.0, "fresh daemon, unused address");
+    assert_eq!(gov.value(&sent), 0, "fresh daemon, unused address");
 
     let addr: SocketAddr = format!("{address}:{port}").parse().expect("address");
     let refused = ns.run(move || refused_connects(addr, CONNECTS));
     assert_eq!(refused, CONNECTS, "every connect to the closed port is refused");
 
-    assert_eq!(gov.settle(&sent, 200.0), 200.0, "resets sent by {endpoint}");
-    assert_eq!(gov.settle(&received, 200.0), 200.0, "resets received from {endpoint}");
+    assert_eq!(gov.settle(&sent, CONNECTS), CONNECTS, "resets sent by {endpoint}");
+    assert_eq!(gov.settle(&received, CONNECTS), CONNECTS, "resets received from {endpoint}");
     // The host totals include this traffic (and possibly other host traffic).
-    assert!(gov.value(&host_sent) - before_host >= 200.0);
+    assert!(gov.value(&host_sent) - before_host >= CONNECTS);
     let failed = series("governor_ebpf_events_total", &[("kind", "connect_failed")]);
-    assert!(gov.value(&failed) >= 200.0, "every refused connect is a failed-connect event");
-    assert_eq!(gov.value("governor_ebpf_events_lost_total"), 0.0);
+    assert!(gov.value(&failed) >= CONNECTS, "every refused connect is a failed-connect event");
+    assert_eq!(gov.value("governor_ebpf_events_lost_total"), 0);
 }
 
 #[test]

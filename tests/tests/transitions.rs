@@ -11,7 +11,7 @@ use std::{
 
 use governor_tests::{Governor, Netns, require_root, series};
 
-const CYCLES: usize = 50;
+const CYCLES: u64 = 50;
 
 #[test]
 fn handshakes_are_counted_exactly() {
@@ -22,7 +22,7 @@ fn handshakes_are_counted_exactly() {
     let active = series("governor_tcp_state_transitions_total", &[("from", "SYN_SENT"), ("to", "ESTABLISHED")]);
     let passive = series("governor_tcp_state_transitions_total", &[("from", "SYN_RECV"), ("to", "ESTABLISHED")]);
     // One more poll so that the baseline includes everything before now.
-    let _ = gov.settle("governor_ebpf_programs_attached", 4.0);
+    let _ = gov.settle("governor_ebpf_programs_attached", 4);
     let (active_before, passive_before) = (gov.value(&active), gov.value(&passive));
 
     let addr: SocketAddr = "10.202.0.1:20010".parse().expect("address");
@@ -46,8 +46,6 @@ fn handshakes_are_counted_exactly() {
     });
     assert_eq!(completed, CYCLES);
 
-    let expected_active = active_before + CYCLES as f64;
-    let expected_passive = passive_before + CYCLES as f64;
-    assert_eq!(gov.settle(&active, expected_active) - active_before, CYCLES as f64, "SYN_SENT -> ESTABLISHED");
-    assert_eq!(gov.settle(&passive, expected_passive) - passive_before, CYCLES as f64, "SYN_RECV -> ESTABLISHED");
+    assert_eq!(gov.settle(&active, active_before + CYCLES) - active_before, CYCLES, "SYN_SENT -> ESTABLISHED");
+    assert_eq!(gov.settle(&passive, passive_before + CYCLES) - passive_before, CYCLES, "SYN_RECV -> ESTABLISHED");
 }

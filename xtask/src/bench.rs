@@ -103,7 +103,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         let base2 = measure(&ns, Attached::Nothing, args.seconds)?;
         let peer = measure(&ns, Attached::Tcpstates, args.seconds)?;
         let (g, p) = (gov / base1, peer / base2);
-        step(&format!("round {round}: plain {base1:.0}/s, governor {gov:.0}/s ({g:.3}); plain {base2:.0}/s, tcpstates {peer:.0}/s ({p:.3})"));
+        step(&format!(
+            "round {round}: plain {base1:.0}/s, governor {gov:.0}/s ({g:.3}); plain {base2:.0}/s, tcpstates {peer:.0}/s ({p:.3})"
+        ));
         writeln!(raw, "| {round} | {base1:.0} | {gov:.0} | {g:.3} | {base2:.0} | {peer:.0} | {p:.3} |")?;
         gov_ratios.push(g);
         peer_ratios.push(p);
@@ -124,7 +126,11 @@ fn median(v: &mut [f64]) -> f64 {
 
 fn report(args: &BenchArgs, g: f64, p: f64, raw: &str) -> String {
     let sh = |cmd: &str| {
-        Command::new("sh").args(["-c", cmd]).output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).unwrap_or_default()
+        Command::new("sh")
+            .args(["-c", cmd])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default()
     };
     let verdict = |r: f64| if r >= 0.97 { "meets the target (≥ 0.97)" } else { "misses the target (≥ 0.97)" };
     format!(
@@ -233,12 +239,12 @@ fn start_tcpstates() -> anyhow::Result<Background> {
 pub fn loadgen(args: &LoadgenArgs) -> anyhow::Result<()> {
     const MAX_CONNECTIONS: u64 = 50_000_000;
     const MAX_FAILURES: u64 = 1000;
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
-    let addr = listener.local_addr()?;
     // The client may run at most WINDOW connections ahead of the server:
     // an overflowing accept queue drops SYNs and stalls the client for the
     // 1 s SYN retransmit, which would measure the timer, not the hooks.
     const WINDOW: u64 = 64;
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+    let addr = listener.local_addr()?;
     let done = Arc::new(AtomicBool::new(false));
     let accepted = Arc::new(AtomicU64::new(0));
     let server = {
@@ -274,6 +280,7 @@ pub fn loadgen(args: &LoadgenArgs) -> anyhow::Result<()> {
             }
         }
     }
+    #[expect(clippy::cast_precision_loss, reason = "counts far below 2^52")]
     let rate = n as f64 / start.elapsed().as_secs_f64();
     done.store(true, Ordering::Relaxed);
     // Wake the server so it sees `done`.
@@ -286,7 +293,7 @@ pub fn loadgen(args: &LoadgenArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// SO_LINGER with a zero timeout: close() sends RST.
+/// `SO_LINGER` with a zero timeout: `close()` sends RST.
 fn abort_on_close(s: &TcpStream) -> anyhow::Result<()> {
     let linger = libc::linger { l_onoff: 1, l_linger: 0 };
     // SAFETY: valid socket fd and a correctly sized option value.

@@ -49,7 +49,11 @@ fn main() -> anyhow::Result<()> {
             build_release()?;
             let bin = root().join("target/release/governor");
             step(&format!("starting {} run {}", bin.display(), args.join(" ")));
-            let status = Command::new(&bin).arg("run").args(&args).status().with_context(|| format!("starting {}", bin.display()))?;
+            let status = Command::new(&bin)
+                .arg("run")
+                .args(&args)
+                .status()
+                .with_context(|| format!("starting {}", bin.display()))?;
             std::process::exit(status.code().unwrap_or(1));
         }
         Task::Test => test(),
@@ -92,20 +96,41 @@ fn build_release() -> anyhow::Result<()> {
 
 fn test() -> anyhow::Result<()> {
     setup::run()?;
+    step("formatting");
+    exec(Command::new("cargo").args(["+nightly", "fmt", "--all", "--check"]))?;
     step("unit and property tests");
     exec(cargo().args(["test", "--workspace", "--exclude", "governor-ebpf", "--exclude", "governor-tests"]))?;
     step("clippy: user-space crates");
-    exec(cargo().args(["clippy", "--workspace", "--exclude", "governor-ebpf", "--all-targets", "--", "-D", "warnings"]))?;
+    exec(cargo().args([
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "governor-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     step("clippy: kernel crate for the BPF target");
-    exec(Command::new("cargo")
-        .args(["+nightly", "clippy", "--package", "governor-ebpf", "--bins", "--release"])
-        .args(["-Z", "build-std=core", "--target", "bpfel-unknown-none", "--", "-D", "warnings"]))?;
+    exec(
+        Command::new("cargo").args(["+nightly", "clippy", "--package", "governor-ebpf", "--bins", "--release"]).args([
+            "-Z",
+            "build-std=core",
+            "--target",
+            "bpfel-unknown-none",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    )?;
     build_release()?;
     if !setup::is_root() {
         bail!("the integration tests load eBPF programs and create network namespaces: run `cargo xtask test` as root");
     }
     step("integration tests (root, network namespaces, real traffic), one at a time");
-    exec(cargo()
-        .args(["test", "--release", "--package", "governor-tests", "--", "--test-threads=1"])
-        .env("GOVERNOR_BIN", root().join("target/release/governor")))
+    exec(
+        cargo()
+            .args(["test", "--release", "--package", "governor-tests", "--", "--test-threads=1"])
+            .env("GOVERNOR_BIN", root().join("target/release/governor")),
+    )
 }

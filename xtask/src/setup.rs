@@ -1,6 +1,6 @@
 //! Installs what the build and the tests need, when it is missing:
 //! Debian packages (LLVM 22 for bpf-linker, bpftool, nftables, iproute2,
-//! libbpf-tools), rust-src for the nightly toolchain, bpf-linker 0.13.0 built
+//! libbpf-tools), rust-src, clippy and rustfmt for the nightly toolchain, bpf-linker 0.13.0 built
 //! against LLVM 22, and the tracefs and bpffs mounts.
 
 use std::{path::Path, process::Command};
@@ -26,7 +26,7 @@ const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
 pub fn run() -> anyhow::Result<()> {
     packages()?;
-    nightly_rust_src()?;
+    nightly_components()?;
     bpf_linker()?;
     mounts();
     Ok(())
@@ -55,27 +55,38 @@ fn packages() -> anyhow::Result<()> {
     }
     exec(Command::new("apt-get").arg("update").arg("-q"))
         .context("apt-get update failed: are Debian's package mirrors reachable?")?;
-    exec(Command::new("apt-get")
-        .args(["install", "-y", "-q", "--no-install-recommends"])
-        .args(missing.iter().map(|(p, _)| *p))
-        .env("DEBIAN_FRONTEND", "noninteractive"))
+    exec(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(missing.iter().map(|(p, _)| *p))
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
     .context("apt-get install failed")
 }
 
-fn nightly_rust_src() -> anyhow::Result<()> {
+/// Nightly components: rust-src (build-std for the BPF target), clippy
+/// and rustfmt (the kernel crate is linted and formatted with nightly).
+const NIGHTLY_COMPONENTS: [&str; 3] = ["rust-src", "clippy", "rustfmt"];
+
+fn nightly_components() -> anyhow::Result<()> {
     let listed = Command::new("rustup").args(["component", "list", "--installed", "--toolchain", "nightly"]).output();
-    let ok = listed.as_ref().is_ok_and(|o| o.status.success());
-    if ok && String::from_utf8_lossy(&listed.as_ref().expect("checked").stdout).lines().any(|l| l.starts_with("rust-src")) {
+    let installed = match listed {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
+        _ => {
+            step("installing the nightly toolchain (the eBPF programs need -Z build-std)");
+            exec(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))
+                .context("no nightly toolchain and rustup could not install one")?;
+            String::new()
+        }
+    };
+    let missing: Vec<&str> =
+        NIGHTLY_COMPONENTS.into_iter().filter(|c| !installed.lines().any(|l| l.starts_with(c))).collect();
+    if missing.is_empty() {
         return Ok(());
     }
-    if !ok {
-        step("installing the nightly toolchain (the eBPF programs need -Z build-std)");
-        exec(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))
-            .context("no nightly toolchain and rustup could not install one")?;
-    }
-    step("adding rust-src to the nightly toolchain (build-std for the BPF target)");
-    exec(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
-        .context("rustup could not add rust-src to nightly")
+    step(&format!("adding {} to the nightly toolchain", missing.join(", ")));
+    exec(Command::new("rustup").args(["component", "add", "--toolchain", "nightly"]).args(&missing))
+        .context("rustup could not add the nightly components")
 }
 
 fn bpf_linker() -> anyhow::Result<()> {
@@ -85,11 +96,13 @@ fn bpf_linker() -> anyhow::Result<()> {
     }
     step(&format!("building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about a minute)"));
     let path = format!("{LLVM_PREFIX}/bin:{}", std::env::var("PATH").unwrap_or_default());
-    exec(Command::new("cargo")
-        .args(["install", "--locked", "bpf-linker", "--version", BPF_LINKER_VERSION])
-        .args(["--no-default-features", "--features", "llvm-22"])
-        .env("PATH", path)
-        .env("LLVM_PREFIX", LLVM_PREFIX))
+    exec(
+        Command::new("cargo")
+            .args(["install", "--locked", "bpf-linker", "--version", BPF_LINKER_VERSION])
+            .args(["--no-default-features", "--features", "llvm-22"])
+            .env("PATH", path)
+            .env("LLVM_PREFIX", LLVM_PREFIX),
+    )
     .context("installing bpf-linker failed: is llvm-22-dev installed?")
 }
 
@@ -106,7 +119,9 @@ fn mounts() {
             continue;
         }
         if !is_root() {
-            step(&format!("warning: {fstype} is not mounted at {target}; as root: mount -t {fstype} {fstype} {target}"));
+            step(&format!(
+                "warning: {fstype} is not mounted at {target}; as root: mount -t {fstype} {fstype} {target}"
+            ));
             continue;
         }
         step(&format!("mounting {fstype} at {target}"));

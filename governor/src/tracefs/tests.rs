@@ -17,8 +17,21 @@ fn parses_every_field_of_this_kernels_state_tracepoint() {
     assert_eq!(
         names,
         [
-            "common_type", "common_flags", "common_preempt_count", "common_pid", "skaddr", "oldstate",
-            "newstate", "sport", "dport", "family", "protocol", "saddr", "daddr", "saddr_v6", "daddr_v6"
+            "common_type",
+            "common_flags",
+            "common_preempt_count",
+            "common_pid",
+            "skaddr",
+            "oldstate",
+            "newstate",
+            "sport",
+            "dport",
+            "family",
+            "protocol",
+            "saddr",
+            "daddr",
+            "saddr_v6",
+            "daddr_v6"
         ]
     );
     let skaddr = &fields[4];

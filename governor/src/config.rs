@@ -8,10 +8,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use serde::{Deserialize, Deserializer, de};
+use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 
 /// The whole file. Unknown keys are errors.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub daemon: Daemon,
@@ -19,7 +19,7 @@ pub struct Config {
     pub metrics: Metrics,
 }
 
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Daemon {
     /// Where `/metrics`, `/healthz`, `/readyz` and `/api/v1` are served.
@@ -39,7 +39,7 @@ impl Default for Daemon {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     #[default]
@@ -47,7 +47,7 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Ebpf {
     /// Size of the per-endpoint table in the kernel (LRU: the least recently
@@ -79,7 +79,7 @@ impl Default for Ebpf {
     }
 }
 
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Metrics {
     /// Endpoint series per metric; further endpoints are summed under
@@ -114,6 +114,18 @@ impl<'de, const MIN: u32, const MAX: u32> Deserialize<'de> for Bounded<MIN, MAX>
             .filter(|v| (MIN..=MAX).contains(v))
             .map(Self)
             .ok_or_else(|| de::Error::custom(format!("{v} is out of range: expected {MIN} to {MAX}")))
+    }
+}
+
+impl<const MIN: u32, const MAX: u32> Serialize for Bounded<MIN, MAX> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+impl Serialize for RingBufferBytes {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
     }
 }
 
@@ -157,6 +169,11 @@ impl Config {
     /// Parses the text of a config file. The error names the key and line.
     pub fn parse(path: &str, text: &str) -> Result<Self, ConfigError> {
         toml::from_str(text).map_err(|e| ConfigError::Invalid { path: path.to_owned(), message: describe(&e, text) })
+    }
+
+    /// The configuration as a complete TOML file, defaults included.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("the config always serializes")
     }
 
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -259,6 +276,14 @@ collapse_ephemeral_ports = false
             }
         );
         assert_eq!(metrics, Metrics { max_endpoint_series: Bounded(5), collapse_ephemeral_ports: false });
+    }
+
+    #[test]
+    fn printed_config_parses_back_to_itself() {
+        let c = Config::parse("x", "[metrics]\nmax_endpoint_series = 7\n").unwrap();
+        let text = c.to_toml();
+        assert!(text.contains("max_endpoint_series = 7"), "{text}");
+        assert_eq!(Config::parse("y", &text).unwrap(), c);
     }
 
     #[test]

@@ -125,7 +125,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::CheckConfig { file } => {
             let config = Config::load(&file)?;
-            println!("{} is valid.\n{config:#?}", file.display());
+            eprintln!("{} is valid; the effective configuration:", file.display());
+            print!("{}", config.to_toml());
             Ok(ExitCode::SUCCESS)
         }
     }

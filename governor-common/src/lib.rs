@@ -33,6 +33,10 @@ pub mod counter {
     pub const SLOTS: u32 = 8;
 }
 
+/// The largest part of a tracepoint record a program copies. One copy of the
+/// record costs one helper call; reading field by field costs one per field.
+pub const TP_RECORD_MAX: usize = 128;
+
 /// Where the fields a program needs sit inside one tracepoint's record, as
 /// read from `/sys/kernel/tracing/events/<cat>/<name>/format` at start-up.
 ///
@@ -59,7 +63,10 @@ pub struct TpLayout {
     /// `enum sk_rst_reason` of `tcp:tcp_send_reset`.
     pub reason: u16,
     pub state: u16,
-    pub pad: [u16; 3],
+    /// Bytes of the record the program copies in one read (at most
+    /// [`TP_RECORD_MAX`]); every offset above lies within them.
+    pub record_size: u16,
+    pub pad: [u16; 2],
 }
 
 impl TpLayout {
@@ -78,7 +85,8 @@ impl TpLayout {
         protocol: Self::ABSENT,
         reason: Self::ABSENT,
         state: Self::ABSENT,
-        pad: [0; 3],
+        record_size: 0,
+        pad: [0; 2],
     };
 }
 

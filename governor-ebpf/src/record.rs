@@ -1,20 +1,69 @@
 //! Reading tracepoint records at offsets user space found in the
 //! tracepoints' `format` files. Nothing here assumes one kernel's layout.
+//!
+//! A program copies the record once onto its stack (one helper call) and
+//! picks the fields out of the copy; the bounds checks give the verifier the
+//! limits it needs for the variable offsets.
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TracePointContext};
-use governor_common::{AF_INET, AF_INET6, EndpointKey, TcpEvent, TpLayout};
+use aya_ebpf::{
+    EbpfContext as _,
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel_buf},
+    programs::TracePointContext,
+};
+use governor_common::{AF_INET, AF_INET6, EndpointKey, TP_RECORD_MAX, TcpEvent, TpLayout};
 
 use crate::maps::{EVENTS, GOVERNOR_CONFIG, count};
 
-/// Reads a field of type `T` at `offset`; fails for absent fields.
-#[inline(always)]
-pub fn field<T>(ctx: &TracePointContext, offset: u16) -> Result<T, i64> {
-    if offset == TpLayout::ABSENT {
-        return Err(-1);
+/// A copy of (the start of) one tracepoint record.
+pub struct Record {
+    bytes: [u8; TP_RECORD_MAX],
+}
+
+impl Record {
+    /// An empty copy, made once in the program's own stack frame (moving a
+    /// filled one around would overflow the 512-byte BPF stack).
+    #[inline(always)]
+    pub const fn new() -> Self {
+        Self { bytes: [0u8; TP_RECORD_MAX] }
     }
-    // SAFETY: bpf_probe_read_kernel copes with any address; the offset comes
-    // from the tracepoint's own format description.
-    unsafe { ctx.read_at::<T>(usize::from(offset)) }.map_err(i64::from)
+
+    /// Copies the first `layout.record_size` bytes of the record.
+    #[inline(always)]
+    pub fn fill(&mut self, ctx: &TracePointContext, layout: &TpLayout) -> Result<(), i64> {
+        let size = usize::from(layout.record_size);
+        if size == 0 || size > TP_RECORD_MAX {
+            return Err(-1);
+        }
+        // SAFETY: the helper copes with any source address; the destination
+        // is a buffer of at least `size` bytes.
+        unsafe { bpf_probe_read_kernel_buf(ctx.as_ptr().cast::<u8>(), &mut self.bytes[..size]) }.map_err(i64::from)
+    }
+
+    #[inline(always)]
+    fn array<const N: usize>(&self, offset: u16) -> Result<[u8; N], i64> {
+        if offset == TpLayout::ABSENT {
+            return Err(-1);
+        }
+        let start = usize::from(offset);
+        let mut out = [0u8; N];
+        out.copy_from_slice(self.bytes.get(start..start + N).ok_or(-1i64)?);
+        Ok(out)
+    }
+
+    #[inline(always)]
+    pub fn u16(&self, offset: u16) -> Result<u16, i64> {
+        self.array(offset).map(u16::from_ne_bytes)
+    }
+
+    #[inline(always)]
+    pub fn i32(&self, offset: u16) -> Result<i32, i64> {
+        self.array(offset).map(i32::from_ne_bytes)
+    }
+
+    #[inline(always)]
+    pub fn u32(&self, offset: u16) -> Result<u32, i64> {
+        self.array(offset).map(u32::from_ne_bytes)
+    }
 }
 
 /// Both ends of a connection as the tracepoint reports them.
@@ -28,10 +77,10 @@ pub struct Flow {
 
 impl Flow {
     #[inline(always)]
-    pub fn read(ctx: &TracePointContext, l: &TpLayout) -> Result<Self, i64> {
-        let family: u16 = field(ctx, l.family)?;
-        let mut sport: u16 = field(ctx, l.sport)?;
-        let mut dport: u16 = field(ctx, l.dport)?;
+    pub fn read(r: &Record, l: &TpLayout) -> Result<Self, i64> {
+        let family = r.u16(l.family)?;
+        let mut sport = r.u16(l.sport)?;
+        let mut dport = r.u16(l.dport)?;
         if l.ports_be != 0 {
             sport = u16::from_be(sport);
             dport = u16::from_be(dport);
@@ -40,14 +89,12 @@ impl Flow {
         let mut daddr = [0u8; 16];
         match family {
             AF_INET => {
-                let s: [u8; 4] = field(ctx, l.saddr4)?;
-                let d: [u8; 4] = field(ctx, l.daddr4)?;
-                saddr[..4].copy_from_slice(&s);
-                daddr[..4].copy_from_slice(&d);
+                saddr[..4].copy_from_slice(&r.array::<4>(l.saddr4)?);
+                daddr[..4].copy_from_slice(&r.array::<4>(l.daddr4)?);
             }
             AF_INET6 => {
-                saddr = field(ctx, l.saddr6)?;
-                daddr = field(ctx, l.daddr6)?;
+                saddr = r.array(l.saddr6)?;
+                daddr = r.array(l.daddr6)?;
             }
             _ => return Err(-1),
         }

@@ -10,7 +10,7 @@ use governor_common::{IPPROTO_TCP, counter, event_kind};
 
 use crate::{
     maps::{GOVERNOR_CONFIG, count, count_transition},
-    record::{Flow, field},
+    record::{Flow, Record},
 };
 
 const TCP_SYN_SENT: i32 = 2;
@@ -29,15 +29,16 @@ pub fn gov_state(ctx: TracePointContext) -> u32 {
 fn try_gov_state(ctx: &TracePointContext) -> Result<(), i64> {
     // SAFETY: plain read of an immutable global set at load.
     let l = unsafe { core::ptr::read_volatile(&raw const GOVERNOR_CONFIG.inet_sock_set_state) };
-    let protocol: u16 = field(ctx, l.protocol)?;
-    if protocol != IPPROTO_TCP {
+    let mut r = Record::new();
+    r.fill(ctx, &l)?;
+    if r.u16(l.protocol)? != IPPROTO_TCP {
         return Ok(());
     }
-    let old: i32 = field(ctx, l.oldstate)?;
-    let new: i32 = field(ctx, l.newstate)?;
+    let old = r.i32(l.oldstate)?;
+    let new = r.i32(l.newstate)?;
     count_transition(old.cast_unsigned(), new.cast_unsigned());
     if old == TCP_SYN_SENT && new == TCP_CLOSE {
-        let flow = Flow::read(ctx, &l)?;
+        let flow = Flow::read(&r, &l)?;
         flow.emit(event_kind::CONNECT_FAILED, SYN_SENT_STATE, 0);
     }
     Ok(())

@@ -23,7 +23,9 @@ pub struct Metrics {
     endpoint_retransmits: IntCounterVec,
     pub programs_attached: IntGauge,
     events_lost: IntCounter,
-    pub events: IntCounterVec,
+    /// One counter per entry of `EVENT_KINDS`, resolved once: the drain
+    /// loop counts every event.
+    events: Vec<IntCounter>,
     kernel_read_errors: IntCounter,
     endpoint_update_failures: IntCounter,
     pub map_entries: IntGaugeVec,
@@ -63,9 +65,7 @@ impl Metrics {
             "Discrete events the kernel programs delivered through the ring buffer.",
             &["kind"],
         );
-        for (_, kind) in EVENT_KINDS {
-            events.with_label_values(&[kind]).reset();
-        }
+        let events = EVENT_KINDS.iter().map(|(_, kind)| events.with_label_values(&[kind])).collect();
 
         Self {
             transitions: counter_vec(
@@ -158,8 +158,8 @@ impl Metrics {
     }
 
     pub fn count_event(&self, kind: u32) {
-        if let Some((_, name)) = EVENT_KINDS.iter().find(|(k, _)| *k == kind) {
-            self.events.with_label_values(&[name]).inc();
+        if let Some(i) = EVENT_KINDS.iter().position(|(k, _)| *k == kind) {
+            self.events[i].inc();
         }
     }
 

@@ -5,9 +5,9 @@
 //! the offset of every field they read and fails with the tracepoint and
 //! field name when one is missing.
 
-use std::{fs, io, path::Path};
+use std::{cell::Cell, fs, io, path::Path};
 
-use governor_common::{KernelConfig, TpLayout};
+use governor_common::{KernelConfig, TP_RECORD_MAX, TpLayout};
 
 /// The tracepoints governor attaches to, as `(category, name, program)`.
 pub const TRACEPOINTS: [Tracepoint; 4] = [
@@ -51,8 +51,10 @@ pub enum LayoutError {
     MissingField { tracepoint: String, field: &'static str },
     #[error("tracepoint {tracepoint}: field `{field}` is {found} bytes, expected {expected}")]
     WrongSize { tracepoint: String, field: &'static str, expected: u32, found: u32 },
-    #[error("tracepoint {tracepoint}: field `{field}` at offset {offset} is beyond what governor can address")]
-    OffsetTooLarge { tracepoint: String, field: &'static str, offset: u32 },
+    #[error(
+        "tracepoint {tracepoint}: field `{field}` ends at byte {end}, beyond the {TP_RECORD_MAX} bytes governor copies"
+    )]
+    OffsetTooLarge { tracepoint: String, field: &'static str, end: u32 },
 }
 
 /// One `field:` line of a format file.
@@ -114,6 +116,8 @@ fn split_declaration(decl: &str) -> Option<(String, String)> {
 struct Fields<'a> {
     tracepoint: &'a str,
     fields: &'a [Field],
+    /// The end of the furthest field used so far: how much to copy.
+    end: Cell<u32>,
 }
 
 impl Fields<'_> {
@@ -137,15 +141,18 @@ impl Fields<'_> {
                 found: f.size,
             });
         }
-        self.fit(field, f.offset)
+        self.fit(field, f.offset, size)
     }
 
-    fn fit(&self, field: &'static str, offset: u32) -> Result<u16, LayoutError> {
-        u16::try_from(offset).ok().filter(|&o| o != TpLayout::ABSENT).ok_or_else(|| LayoutError::OffsetTooLarge {
-            tracepoint: self.tracepoint.to_owned(),
-            field,
-            offset,
-        })
+    /// Checks that `size` bytes at `offset` lie within the copied part of
+    /// the record and remembers how far the copy must reach.
+    fn fit(&self, field: &'static str, offset: u32, size: u32) -> Result<u16, LayoutError> {
+        let end = offset + size;
+        if end as usize > TP_RECORD_MAX {
+            return Err(LayoutError::OffsetTooLarge { tracepoint: self.tracepoint.to_owned(), field, end });
+        }
+        self.end.set(self.end.get().max(end));
+        Ok(u16::try_from(offset).expect("below TP_RECORD_MAX"))
     }
 
     /// Family, ports and both addresses, in whichever of the two forms the
@@ -158,14 +165,14 @@ impl Fields<'_> {
         if !self.has("sport", 2) && self.has("saddr", SOCKADDR_IN6) && self.has("daddr", SOCKADDR_IN6) {
             let s = self.offset("saddr", SOCKADDR_IN6)?;
             let d = self.offset("daddr", SOCKADDR_IN6)?;
-            let at = |base: u16, plus: u16, field| self.fit(field, u32::from(base) + u32::from(plus));
+            let at = |base: u16, plus: u32, size, field| self.fit(field, u32::from(base) + plus, size);
             layout.family = s;
-            layout.sport = at(s, 2, "saddr")?;
-            layout.dport = at(d, 2, "daddr")?;
-            layout.saddr4 = at(s, 4, "saddr")?;
-            layout.daddr4 = at(d, 4, "daddr")?;
-            layout.saddr6 = at(s, 8, "saddr")?;
-            layout.daddr6 = at(d, 8, "daddr")?;
+            layout.sport = at(s, 2, 2, "saddr")?;
+            layout.dport = at(d, 2, 2, "daddr")?;
+            layout.saddr4 = at(s, 4, 4, "saddr")?;
+            layout.daddr4 = at(d, 4, 4, "daddr")?;
+            layout.saddr6 = at(s, 8, 16, "saddr")?;
+            layout.daddr6 = at(d, 8, 16, "daddr")?;
             layout.ports_be = 1;
             return Ok(());
         }
@@ -184,7 +191,7 @@ impl Fields<'_> {
 /// The layout one program needs from its tracepoint's fields.
 pub fn layout_for(tp: &Tracepoint, fields: &[Field]) -> Result<TpLayout, LayoutError> {
     let name = tp.to_string();
-    let f = Fields { tracepoint: &name, fields };
+    let f = Fields { tracepoint: &name, fields, end: Cell::new(0) };
     let mut layout = TpLayout::EMPTY;
     f.addresses(&mut layout)?;
     match tp.hook {
@@ -205,6 +212,7 @@ pub fn layout_for(tp: &Tracepoint, fields: &[Field]) -> Result<TpLayout, LayoutE
         }
         Hook::ResetReceived | Hook::Retransmit => {}
     }
+    layout.record_size = u16::try_from(f.end.get()).expect("at most TP_RECORD_MAX");
     Ok(layout)
 }
 

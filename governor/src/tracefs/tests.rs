@@ -48,6 +48,8 @@ fn state_layout_of_linux_6_18() {
     assert_eq!((l.sport, l.dport, l.family, l.ports_be), (24, 26, 28, 0));
     assert_eq!((l.saddr4, l.daddr4, l.saddr6, l.daddr6), (32, 36, 40, 56));
     assert_eq!((l.reason, l.state), (TpLayout::ABSENT, TpLayout::ABSENT));
+    // daddr_v6 ends the record: 56 + 16.
+    assert_eq!(l.record_size, 72);
 }
 
 #[test]
@@ -58,6 +60,19 @@ fn send_reset_of_linux_6_18_uses_sockaddr_arrays() {
     assert_eq!((l.family, l.sport, l.dport, l.ports_be), (32, 34, 62, 1));
     assert_eq!((l.saddr4, l.daddr4, l.saddr6, l.daddr6), (36, 64, 40, 68));
     assert_eq!((l.state, l.reason), (24, 28));
+    // daddr[28] at 60: the IPv6 address inside it ends at 60 + 8 + 16.
+    assert_eq!(l.record_size, 84);
+}
+
+#[test]
+fn fields_beyond_the_copied_part_are_refused() {
+    let text = fixture("linux-6.18-tcp_receive_reset.format").replace("offset:46;\tsize:16;", "offset:120;\tsize:16;");
+    let fields = parse_format("tcp:tcp_receive_reset", &text).unwrap();
+    let err = layout_for(&tp(Hook::ResetReceived), &fields).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "tracepoint tcp:tcp_receive_reset: field `daddr_v6` ends at byte 136, beyond the 128 bytes governor copies"
+    );
 }
 
 #[test]

@@ -60,8 +60,8 @@ fn send_reset_of_linux_6_18_uses_sockaddr_arrays() {
     assert_eq!((l.family, l.sport, l.dport, l.ports_be), (32, 34, 62, 1));
     assert_eq!((l.saddr4, l.daddr4, l.saddr6, l.daddr6), (36, 64, 40, 68));
     assert_eq!((l.state, l.reason), (24, 28));
-    // daddr[28] at 60: the IPv6 address inside it ends at 60 + 8 + 16.
-    assert_eq!(l.record_size, 84);
+    // daddr[28] at 60 ends the record: 60 + 28.
+    assert_eq!(l.record_size, 88);
 }
 
 #[test]

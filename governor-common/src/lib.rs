@@ -63,10 +63,23 @@ pub struct TpLayout {
     /// `enum sk_rst_reason` of `tcp:tcp_send_reset`.
     pub reason: u16,
     pub state: u16,
-    /// Bytes of the record the program copies in one read (at most
-    /// [`TP_RECORD_MAX`]); every offset above lies within them.
-    pub record_size: u16,
-    pub pad: [u16; 2],
+    /// The fields every event needs, copied in one read.
+    pub primary: Span,
+    /// Family, ports and IPv4 addresses.
+    pub addr: Span,
+    /// IPv6 addresses, copied only for IPv6 flows.
+    pub addr6: Span,
+    pub pad: u16,
+}
+
+/// A run of bytes in a tracepoint record that a program copies in one
+/// helper call (at most [`TP_RECORD_MAX`] bytes). The helper's cost grows
+/// with the bytes copied, so programs copy only the spans they need.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Span {
+    pub start: u16,
+    pub len: u16,
 }
 
 impl TpLayout {
@@ -85,8 +98,10 @@ impl TpLayout {
         protocol: Self::ABSENT,
         reason: Self::ABSENT,
         state: Self::ABSENT,
-        record_size: 0,
-        pad: [0; 2],
+        primary: Span { start: 0, len: 0 },
+        addr: Span { start: 0, len: 0 },
+        addr6: Span { start: 0, len: 0 },
+        pad: 0,
     };
 }
 
@@ -173,11 +188,13 @@ pub struct TcpEvent {
 
 #[cfg(feature = "user")]
 mod pod {
-    use super::{EndpointKey, EndpointStats, KernelConfig, TcpEvent, TpLayout};
+    use super::{EndpointKey, EndpointStats, KernelConfig, Span, TcpEvent, TpLayout};
 
     // SAFETY: all of these are #[repr(C)], made of integers with explicit
     // padding fields, so every bit pattern is valid and none has holes.
     unsafe impl aya::Pod for TpLayout {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Span {}
     // SAFETY: as above.
     unsafe impl aya::Pod for KernelConfig {}
     // SAFETY: as above.
@@ -196,8 +213,9 @@ mod tests {
 
     #[test]
     fn layouts_are_pinned() {
-        assert_eq!((size_of::<TpLayout>(), align_of::<TpLayout>()), (32, 2));
-        assert_eq!((size_of::<KernelConfig>(), align_of::<KernelConfig>()), (136, 4));
+        assert_eq!((size_of::<Span>(), align_of::<Span>()), (4, 2));
+        assert_eq!((size_of::<TpLayout>(), align_of::<TpLayout>()), (40, 2));
+        assert_eq!((size_of::<KernelConfig>(), align_of::<KernelConfig>()), (168, 4));
         assert_eq!((size_of::<EndpointKey>(), align_of::<EndpointKey>()), (24, 4));
         assert_eq!((size_of::<EndpointStats>(), align_of::<EndpointStats>()), (32, 8));
         assert_eq!((size_of::<TcpEvent>(), align_of::<TcpEvent>()), (56, 8));

@@ -5,49 +5,84 @@
 //! picks the fields out of the copy; the bounds checks give the verifier the
 //! limits it needs for the variable offsets.
 
+use core::{ffi::c_void, mem::MaybeUninit};
+
 use aya_ebpf::{
     EbpfContext as _,
-    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel_buf},
+    helpers::{bpf_ktime_get_ns, generated::bpf_probe_read_kernel},
     programs::TracePointContext,
 };
-use governor_common::{AF_INET, AF_INET6, EndpointKey, TP_RECORD_MAX, TcpEvent, TpLayout};
+use governor_common::{AF_INET, AF_INET6, EndpointKey, Span, TP_RECORD_MAX, TcpEvent, TpLayout};
 
 use crate::maps::{EVENTS, GOVERNOR_CONFIG, count};
 
-/// A copy of (the start of) one tracepoint record.
-pub struct Record {
-    bytes: [u8; TP_RECORD_MAX],
+/// A copy of one span of a tracepoint record. Only the `len` bytes copied
+/// are ever read: zeroing the whole buffer first would cost a memset on
+/// every event.
+pub struct Record<'a> {
+    bytes: &'a mut Buffer,
+    start: usize,
+    len: usize,
 }
 
-impl Record {
-    /// An empty copy, made once in the program's own stack frame (moving a
-    /// filled one around would overflow the 512-byte BPF stack).
+/// The bytes of a [`Record`]: a local of its own in the program's stack
+/// frame. Inside the `Record` struct, LLVM folds the uninitialised bytes and
+/// the neighbouring fields into one memset of the whole struct, which costs
+/// more than the rest of the program.
+pub type Buffer = MaybeUninit<[u8; TP_RECORD_MAX]>;
+
+impl<'a> Record<'a> {
+    /// An empty copy into `bytes` (one per program: moving a filled buffer
+    /// around would overflow the 512-byte BPF stack).
     #[inline(always)]
-    pub const fn new() -> Self {
-        Self { bytes: [0u8; TP_RECORD_MAX] }
+    pub fn new(bytes: &'a mut Buffer) -> Self {
+        Self { bytes, start: 0, len: 0 }
     }
 
-    /// Copies the first `layout.record_size` bytes of the record.
+    /// Copies `span` of the record, replacing what was copied before.
     #[inline(always)]
-    pub fn fill(&mut self, ctx: &TracePointContext, layout: &TpLayout) -> Result<(), i64> {
-        let size = usize::from(layout.record_size);
-        if size == 0 || size > TP_RECORD_MAX {
+    pub fn fill(&mut self, ctx: &TracePointContext, span: Span) -> Result<(), i64> {
+        let len = usize::from(span.len);
+        if len == 0 || len > TP_RECORD_MAX {
             return Err(-1);
         }
-        // SAFETY: the helper copes with any source address; the destination
-        // is a buffer of at least `size` bytes.
-        unsafe { bpf_probe_read_kernel_buf(ctx.as_ptr().cast::<u8>(), &mut self.bytes[..size]) }.map_err(i64::from)
+        self.len = 0;
+        // SAFETY: the helper copes with any source address and writes
+        // exactly `len` bytes (within the buffer) or fails.
+        let rc = unsafe {
+            bpf_probe_read_kernel(
+                self.bytes.as_mut_ptr().cast::<c_void>(),
+                u32::from(span.len),
+                ctx.as_ptr().cast::<u8>().add(usize::from(span.start)).cast::<c_void>(),
+            )
+        };
+        if rc != 0 {
+            return Err(rc);
+        }
+        self.start = usize::from(span.start);
+        self.len = len;
+        Ok(())
+    }
+
+    /// Does the copy hold all of `span`?
+    #[inline(always)]
+    pub fn holds(&self, span: Span) -> bool {
+        let start = usize::from(span.start);
+        self.len > 0 && start >= self.start && start + usize::from(span.len) <= self.start + self.len
     }
 
     #[inline(always)]
     fn array<const N: usize>(&self, offset: u16) -> Result<[u8; N], i64> {
-        if offset == TpLayout::ABSENT {
+        let offset = usize::from(offset);
+        if offset < self.start {
             return Err(-1);
         }
-        let start = usize::from(offset);
-        let mut out = [0u8; N];
-        out.copy_from_slice(self.bytes.get(start..start + N).ok_or(-1i64)?);
-        Ok(out)
+        let at = offset - self.start;
+        if at + N > self.len {
+            return Err(-1);
+        }
+        // SAFETY: `at + N <= len`: these bytes were written by `fill`.
+        Ok(unsafe { self.bytes.as_ptr().cast::<u8>().add(at).cast::<[u8; N]>().read_unaligned() })
     }
 
     #[inline(always)]
@@ -76,8 +111,13 @@ pub struct Flow {
 }
 
 impl Flow {
+    /// Reads family, ports and addresses, copying the spans that hold
+    /// them unless `r` already does.
     #[inline(always)]
-    pub fn read(r: &Record, l: &TpLayout) -> Result<Self, i64> {
+    pub fn read(ctx: &TracePointContext, r: &mut Record, l: &TpLayout) -> Result<Self, i64> {
+        if !r.holds(l.addr) {
+            r.fill(ctx, l.addr)?;
+        }
         let family = r.u16(l.family)?;
         let mut sport = r.u16(l.sport)?;
         let mut dport = r.u16(l.dport)?;
@@ -85,19 +125,14 @@ impl Flow {
             sport = u16::from_be(sport);
             dport = u16::from_be(dport);
         }
-        let mut saddr = [0u8; 16];
-        let mut daddr = [0u8; 16];
-        match family {
-            AF_INET => {
-                saddr[..4].copy_from_slice(&r.array::<4>(l.saddr4)?);
-                daddr[..4].copy_from_slice(&r.array::<4>(l.daddr4)?);
-            }
+        let (saddr, daddr) = match family {
+            AF_INET => (widen(r.array(l.saddr4)?), widen(r.array(l.daddr4)?)),
             AF_INET6 => {
-                saddr = r.array(l.saddr6)?;
-                daddr = r.array(l.daddr6)?;
+                r.fill(ctx, l.addr6)?;
+                (r.array(l.saddr6)?, r.array(l.daddr6)?)
             }
             _ => return Err(-1),
-        }
+        };
         Ok(Self { family, sport, dport, saddr, daddr })
     }
 
@@ -137,6 +172,14 @@ impl Flow {
         // event would cost more than the event itself.
         entry.submit(u64::from(aya_ebpf::bindings::BPF_RB_NO_WAKEUP));
     }
+}
+
+/// An IPv4 address in the first four bytes of sixteen, the rest zero,
+/// built in registers: zeroing a byte array and copying into it compiles to
+/// a call of the byte-by-byte memset.
+#[inline(always)]
+fn widen(v4: [u8; 4]) -> [u8; 16] {
+    u128::from(u32::from_le_bytes(v4)).to_le_bytes()
 }
 
 /// An endpoint key with client-side (ephemeral) ports collapsed to 0.

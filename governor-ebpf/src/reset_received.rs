@@ -9,7 +9,7 @@ use governor_common::{counter, event_kind};
 
 use crate::{
     maps::{EndpointCounter, GOVERNOR_CONFIG, count, count_endpoint},
-    record::{Flow, Record},
+    record::{Buffer, Flow, Record},
 };
 
 #[tracepoint]
@@ -24,9 +24,10 @@ fn try_gov_rst_recv(ctx: &TracePointContext) -> Result<(), i64> {
     // SAFETY: plain read of an immutable global set at load.
     let l = unsafe { core::ptr::read_volatile(&raw const GOVERNOR_CONFIG.tcp_receive_reset) };
     count(counter::RESETS_RECEIVED);
-    let mut r = Record::new();
-    r.fill(ctx, &l)?;
-    let flow = Flow::read(&r, &l)?;
+    let mut buffer = Buffer::uninit();
+    let mut r = Record::new(&mut buffer);
+    r.fill(ctx, l.primary)?;
+    let flow = Flow::read(ctx, &mut r, &l)?;
     count_endpoint(&flow.remote(), EndpointCounter::ResetsReceived);
     flow.emit(event_kind::RESET_RECEIVED, 0, 0);
     Ok(())

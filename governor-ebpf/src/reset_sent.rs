@@ -12,7 +12,7 @@ use governor_common::{counter, event_kind};
 
 use crate::{
     maps::{EndpointCounter, GOVERNOR_CONFIG, count, count_endpoint},
-    record::{Flow, Record},
+    record::{Buffer, Flow, Record},
 };
 
 #[tracepoint]
@@ -27,12 +27,14 @@ fn try_gov_rst_sent(ctx: &TracePointContext) -> Result<(), i64> {
     // SAFETY: plain read of an immutable global set at load.
     let l = unsafe { core::ptr::read_volatile(&raw const GOVERNOR_CONFIG.tcp_send_reset) };
     count(counter::RESETS_SENT);
-    let mut r = Record::new();
-    r.fill(ctx, &l)?;
-    let flow = Flow::read(&r, &l)?;
-    count_endpoint(&flow.local(), EndpointCounter::ResetsSent);
+    let mut buffer = Buffer::uninit();
+    let mut r = Record::new(&mut buffer);
+    r.fill(ctx, l.primary)?;
+    // Before Flow::read: an IPv6 flow replaces the copy with its addresses.
     let state = r.i32(l.state).unwrap_or(0);
     let reason = r.u32(l.reason).unwrap_or(0);
+    let flow = Flow::read(ctx, &mut r, &l)?;
+    count_endpoint(&flow.local(), EndpointCounter::ResetsSent);
     flow.emit(event_kind::RESET_SENT, u16::try_from(state).unwrap_or(0), reason);
     Ok(())
 }

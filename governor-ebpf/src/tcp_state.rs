@@ -10,7 +10,7 @@ use governor_common::{IPPROTO_TCP, counter, event_kind};
 
 use crate::{
     maps::{GOVERNOR_CONFIG, count, count_transition},
-    record::{Flow, Record},
+    record::{Buffer, Flow, Record},
 };
 
 const TCP_SYN_SENT: i32 = 2;
@@ -29,8 +29,9 @@ pub fn gov_state(ctx: TracePointContext) -> u32 {
 fn try_gov_state(ctx: &TracePointContext) -> Result<(), i64> {
     // SAFETY: plain read of an immutable global set at load.
     let l = unsafe { core::ptr::read_volatile(&raw const GOVERNOR_CONFIG.inet_sock_set_state) };
-    let mut r = Record::new();
-    r.fill(ctx, &l)?;
+    let mut buffer = Buffer::uninit();
+    let mut r = Record::new(&mut buffer);
+    r.fill(ctx, l.primary)?;
     if r.u16(l.protocol)? != IPPROTO_TCP {
         return Ok(());
     }
@@ -38,7 +39,7 @@ fn try_gov_state(ctx: &TracePointContext) -> Result<(), i64> {
     let new = r.i32(l.newstate)?;
     count_transition(old.cast_unsigned(), new.cast_unsigned());
     if old == TCP_SYN_SENT && new == TCP_CLOSE {
-        let flow = Flow::read(&r, &l)?;
+        let flow = Flow::read(ctx, &mut r, &l)?;
         flow.emit(event_kind::CONNECT_FAILED, SYN_SENT_STATE, 0);
     }
     Ok(())

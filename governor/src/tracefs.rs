@@ -5,9 +5,9 @@
 //! the offset of every field they read and fails with the tracepoint and
 //! field name when one is missing.
 
-use std::{cell::Cell, fs, io, path::Path};
+use std::{fs, io, path::Path};
 
-use governor_common::{KernelConfig, TP_RECORD_MAX, TpLayout};
+use governor_common::{KernelConfig, Span, TP_RECORD_MAX, TpLayout};
 
 /// The tracepoints governor attaches to, as `(category, name, program)`.
 pub const TRACEPOINTS: [Tracepoint; 4] = [
@@ -52,9 +52,11 @@ pub enum LayoutError {
     #[error("tracepoint {tracepoint}: field `{field}` is {found} bytes, expected {expected}")]
     WrongSize { tracepoint: String, field: &'static str, expected: u32, found: u32 },
     #[error(
-        "tracepoint {tracepoint}: field `{field}` ends at byte {end}, beyond the {TP_RECORD_MAX} bytes governor copies"
+        "tracepoint {tracepoint}: the {what} fields span {len} bytes, more than the {TP_RECORD_MAX} governor copies at once"
     )]
-    OffsetTooLarge { tracepoint: String, field: &'static str, end: u32 },
+    SpanTooLarge { tracepoint: String, what: &'static str, len: u32 },
+    #[error("tracepoint {tracepoint}: field `{field}` at offset {offset} is beyond what governor can address")]
+    OffsetTooLarge { tracepoint: String, field: &'static str, offset: u32 },
 }
 
 /// One `field:` line of a format file.
@@ -116,8 +118,6 @@ fn split_declaration(decl: &str) -> Option<(String, String)> {
 struct Fields<'a> {
     tracepoint: &'a str,
     fields: &'a [Field],
-    /// The end of the furthest field used so far: how much to copy.
-    end: Cell<u32>,
 }
 
 impl Fields<'_> {
@@ -144,15 +144,24 @@ impl Fields<'_> {
         self.fit(field, f.offset, size)
     }
 
-    /// Checks that `size` bytes at `offset` lie within the copied part of
-    /// the record and remembers how far the copy must reach.
     fn fit(&self, field: &'static str, offset: u32, size: u32) -> Result<u16, LayoutError> {
-        let end = offset + size;
-        if end as usize > TP_RECORD_MAX {
-            return Err(LayoutError::OffsetTooLarge { tracepoint: self.tracepoint.to_owned(), field, end });
+        u16::try_from(offset + size)
+            .ok()
+            .filter(|&end| end < TpLayout::ABSENT)
+            .map(|_| u16::try_from(offset).expect("smaller than offset + size"))
+            .ok_or(LayoutError::OffsetTooLarge { tracepoint: self.tracepoint.to_owned(), field, offset })
+    }
+
+    /// The smallest run of bytes holding every `(offset, size)` given.
+    fn span(&self, what: &'static str, parts: &[(u16, u16)]) -> Result<Span, LayoutError> {
+        let parts = parts.iter().filter(|(offset, _)| *offset != TpLayout::ABSENT);
+        let start = parts.clone().map(|(o, _)| *o).min().unwrap_or(0);
+        let end = parts.map(|(o, s)| o + s).max().unwrap_or(0);
+        let len = end - start;
+        if usize::from(len) > TP_RECORD_MAX {
+            return Err(LayoutError::SpanTooLarge { tracepoint: self.tracepoint.to_owned(), what, len: len.into() });
         }
-        self.end.set(self.end.get().max(end));
-        Ok(u16::try_from(offset).expect("below TP_RECORD_MAX"))
+        Ok(Span { start, len })
     }
 
     /// Family, ports and both addresses, in whichever of the two forms the
@@ -191,7 +200,7 @@ impl Fields<'_> {
 /// The layout one program needs from its tracepoint's fields.
 pub fn layout_for(tp: &Tracepoint, fields: &[Field]) -> Result<TpLayout, LayoutError> {
     let name = tp.to_string();
-    let f = Fields { tracepoint: &name, fields, end: Cell::new(0) };
+    let f = Fields { tracepoint: &name, fields };
     let mut layout = TpLayout::EMPTY;
     f.addresses(&mut layout)?;
     match tp.hook {
@@ -212,7 +221,15 @@ pub fn layout_for(tp: &Tracepoint, fields: &[Field]) -> Result<TpLayout, LayoutE
         }
         Hook::ResetReceived | Hook::Retransmit => {}
     }
-    layout.record_size = u16::try_from(f.end.get()).expect("at most TP_RECORD_MAX");
+    let l = layout;
+    let addr = [(l.family, 2), (l.sport, 2), (l.dport, 2), (l.saddr4, 4), (l.daddr4, 4)];
+    layout.addr = f.span("address", &addr)?;
+    layout.addr6 = f.span("IPv6 address", &[(l.saddr6, 16), (l.daddr6, 16)])?;
+    layout.primary = match tp.hook {
+        Hook::State => f.span("state", &[(l.oldstate, 4), (l.newstate, 4), (l.protocol, 2)])?,
+        Hook::ResetSent => f.span("reset", &[addr.as_slice(), &[(l.state, 4), (l.reason, 4)]].concat())?,
+        Hook::ResetReceived | Hook::Retransmit => layout.addr,
+    };
     Ok(layout)
 }
 

@@ -26,6 +26,18 @@ pub fn bin() -> PathBuf {
     )
 }
 
+/// A copy of the binary that an unprivileged user can run, whatever the
+/// permissions of the checkout's directories (for the tests that check what
+/// a non-root user sees).
+pub fn world_executable_bin(dir: &TempDir) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let copy = dir.0.join("governor");
+    fs::copy(bin(), &copy).expect("copy the governor binary");
+    fs::set_permissions(&copy, fs::Permissions::from_mode(0o755)).expect("chmod");
+    fs::set_permissions(&dir.0, fs::Permissions::from_mode(0o755)).expect("chmod");
+    copy
+}
+
 /// A directory removed on drop.
 pub struct TempDir(pub PathBuf);
 

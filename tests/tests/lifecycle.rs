@@ -4,7 +4,7 @@ use std::{collections::HashSet, fs, os::unix::process::CommandExt as _, process:
 
 use governor_tests::{
     Governor,
-    governor::{TempDir, bin, run_to_exit},
+    governor::{TempDir, bin, run_to_exit, world_executable_bin},
     require_root,
 };
 
@@ -70,7 +70,10 @@ fn a_bad_config_exits_nonzero_naming_the_key() {
 
 #[test]
 fn without_root_it_says_so_in_one_line() {
-    let out = run_to_exit(Command::new(bin()).args(["run", "--metrics-addr", "127.0.0.1:0"]).uid(65534).gid(65534));
+    let dir = TempDir::new("nonroot");
+    let out = run_to_exit(
+        Command::new(world_executable_bin(&dir)).args(["run", "--metrics-addr", "127.0.0.1:0"]).uid(65534).gid(65534),
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.starts_with("governor: error: governor must run as root"), "{stderr}");
@@ -112,7 +115,8 @@ fn doctor_passes_on_this_host() {
 
 #[test]
 fn doctor_fails_without_root() {
-    let out = run_to_exit(Command::new(bin()).arg("doctor").uid(65534).gid(65534));
+    let dir = TempDir::new("nonroot");
+    let out = run_to_exit(Command::new(world_executable_bin(&dir)).arg("doctor").uid(65534).gid(65534));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     let row = stdout.lines().find(|l| l.starts_with("privileges")).expect("privileges row");

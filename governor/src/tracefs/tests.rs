@@ -1,3 +1,5 @@
+use governor_common::Span;
+
 use super::*;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tracefs");
@@ -48,8 +50,10 @@ fn state_layout_of_linux_6_18() {
     assert_eq!((l.sport, l.dport, l.family, l.ports_be), (24, 26, 28, 0));
     assert_eq!((l.saddr4, l.daddr4, l.saddr6, l.daddr6), (32, 36, 40, 56));
     assert_eq!((l.reason, l.state), (TpLayout::ABSENT, TpLayout::ABSENT));
-    // daddr_v6 ends the record: 56 + 16.
-    assert_eq!(l.record_size, 72);
+    // oldstate..protocol, family..daddr, saddr_v6..daddr_v6.
+    assert_eq!(l.primary, Span { start: 16, len: 16 });
+    assert_eq!(l.addr, Span { start: 24, len: 16 });
+    assert_eq!(l.addr6, Span { start: 40, len: 32 });
 }
 
 #[test]
@@ -60,18 +64,20 @@ fn send_reset_of_linux_6_18_uses_sockaddr_arrays() {
     assert_eq!((l.family, l.sport, l.dport, l.ports_be), (32, 34, 62, 1));
     assert_eq!((l.saddr4, l.daddr4, l.saddr6, l.daddr6), (36, 64, 40, 68));
     assert_eq!((l.state, l.reason), (24, 28));
-    // daddr[28] at 60 ends the record: 60 + 28.
-    assert_eq!(l.record_size, 88);
+    // state at 24 to the end of daddr's IPv4 address (64 + 4).
+    assert_eq!(l.primary, Span { start: 24, len: 44 });
+    assert_eq!(l.addr, Span { start: 32, len: 36 });
+    assert_eq!(l.addr6, Span { start: 40, len: 44 });
 }
 
 #[test]
-fn fields_beyond_the_copied_part_are_refused() {
-    let text = fixture("linux-6.18-tcp_receive_reset.format").replace("offset:46;\tsize:16;", "offset:120;\tsize:16;");
+fn fields_too_far_apart_to_copy_at_once_are_refused() {
+    let text = fixture("linux-6.18-tcp_receive_reset.format").replace("offset:46;\tsize:16;", "offset:150;\tsize:16;");
     let fields = parse_format("tcp:tcp_receive_reset", &text).unwrap();
     let err = layout_for(&tp(Hook::ResetReceived), &fields).unwrap_err();
     assert_eq!(
         err.to_string(),
-        "tracepoint tcp:tcp_receive_reset: field `daddr_v6` ends at byte 136, beyond the 128 bytes governor copies"
+        "tracepoint tcp:tcp_receive_reset: the IPv6 address fields span 136 bytes, more than the 128 governor copies at once"
     );
 }
 

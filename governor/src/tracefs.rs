@@ -43,7 +43,10 @@ impl std::fmt::Display for Tracepoint {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LayoutError {
-    #[error("tracepoint {tracepoint} is not available: cannot read {path}: {source}")]
+    #[error(
+        "tracepoint {tracepoint} is not available (cannot read {path}: {source}): governor needs a kernel with \
+         this tracepoint (Linux 5.15 or later) and tracefs at ebpf.tracefs"
+    )]
     Unreadable { tracepoint: String, path: String, source: io::Error },
     #[error("tracepoint {tracepoint}: cannot parse format line {line}: {text:?}")]
     Malformed { tracepoint: String, line: usize, text: String },

@@ -1,7 +1,13 @@
 //! Full connect/accept/close cycles inside a test namespace move the host's
-//! transition counters by exactly the number of cycles. (The scraper uses one
-//! kept-alive connection, opened before the first reading; the integration
-//! tests run one at a time.)
+//! transition counters by exactly the number of cycles.
+//!
+//! The transition counters are host-wide, so any other TCP connection made
+//! on the host during the test shows up too. The scraper uses one kept-alive
+//! connection opened before the first reading and the integration tests run
+//! one at a time; beyond that the test cannot silence the host. So: every
+//! attempt must count at least the test's cycles (nothing lost), and at
+//! least one of a few attempts must count exactly them (nothing counted
+//! twice). A daemon that miscounts fails every attempt.
 
 use std::{
     io::Read as _,
@@ -12,20 +18,10 @@ use std::{
 use governor_tests::{Governor, Netns, require_root, series};
 
 const CYCLES: u64 = 50;
+const ATTEMPTS: usize = 3;
 
-#[test]
-fn handshakes_are_counted_exactly() {
-    require_root();
-    let ns = Netns::new("trans");
-    ns.add_address("10.202.0.1/32");
-    let mut gov = Governor::start();
-    let active = series("governor_tcp_state_transitions_total", &[("from", "SYN_SENT"), ("to", "ESTABLISHED")]);
-    let passive = series("governor_tcp_state_transitions_total", &[("from", "SYN_RECV"), ("to", "ESTABLISHED")]);
-    // One more poll so that the baseline includes everything before now.
-    let _ = gov.settle("governor_ebpf_programs_attached", 4);
-    let (active_before, passive_before) = (gov.value(&active), gov.value(&passive));
-
-    let addr: SocketAddr = "10.202.0.1:20010".parse().expect("address");
+/// `CYCLES` orderly connect/accept/close cycles inside `ns`.
+fn cycles(ns: &Netns, addr: SocketAddr) {
     let completed = ns.run(move || {
         let listener = TcpListener::bind(addr).expect("bind in namespace");
         let server = thread::spawn(move || {
@@ -45,7 +41,32 @@ fn handshakes_are_counted_exactly() {
         done
     });
     assert_eq!(completed, CYCLES);
+}
 
-    assert_eq!(gov.settle(&active, active_before + CYCLES) - active_before, CYCLES, "SYN_SENT -> ESTABLISHED");
-    assert_eq!(gov.settle(&passive, passive_before + CYCLES) - passive_before, CYCLES, "SYN_RECV -> ESTABLISHED");
+#[test]
+fn handshakes_are_counted_exactly() {
+    require_root();
+    let ns = Netns::new("trans");
+    ns.add_address("10.202.0.1/32");
+    let mut gov = Governor::start();
+    let active = series("governor_tcp_state_transitions_total", &[("from", "SYN_SENT"), ("to", "ESTABLISHED")]);
+    let passive = series("governor_tcp_state_transitions_total", &[("from", "SYN_RECV"), ("to", "ESTABLISHED")]);
+
+    let mut seen = Vec::new();
+    for attempt in 0..ATTEMPTS {
+        // One more poll so that the baseline includes everything before now.
+        let _ = gov.settle("governor_ebpf_programs_attached", 4);
+        let (active_before, passive_before) = (gov.value(&active), gov.value(&passive));
+        let port = 20010 + u16::try_from(attempt).expect("few attempts");
+        cycles(&ns, SocketAddr::from(([10, 202, 0, 1], port)));
+        let a = gov.settle(&active, active_before + CYCLES) - active_before;
+        let p = gov.settle(&passive, passive_before + CYCLES) - passive_before;
+        assert!(a >= CYCLES && p >= CYCLES, "handshakes lost: SYN_SENT->ESTABLISHED +{a}, SYN_RECV->ESTABLISHED +{p}");
+        seen.push((a, p));
+        if (a, p) == (CYCLES, CYCLES) {
+            break;
+        }
+        eprintln!("attempt {attempt}: other host traffic during the test: +{a}/+{p} for {CYCLES} cycles; again");
+    }
+    assert_eq!(seen.last(), Some(&(CYCLES, CYCLES)), "never exactly {CYCLES} in {ATTEMPTS} attempts: {seen:?}");
 }

@@ -66,20 +66,60 @@ impl Drop for Netns {
 /// A background process killed on drop.
 struct Background(Child);
 
-impl Drop for Background {
-    fn drop(&mut self) {
-        // SIGTERM first so governor detaches cleanly, then make sure.
+impl Background {
+    /// SIGTERM, so that governor detaches cleanly; the time to exit, or
+    /// `None` when it had to be killed after 5 s.
+    fn stop(&mut self) -> Option<Duration> {
+        if let Ok(Some(_)) = self.0.try_wait() {
+            return Some(Duration::ZERO);
+        }
+        let started = Instant::now();
         let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
+        while started.elapsed() < Duration::from_secs(5) {
             if let Ok(Some(_)) = self.0.try_wait() {
-                return;
+                return Some(started.elapsed());
             }
-            thread::sleep(Duration::from_millis(20));
+            thread::sleep(Duration::from_millis(5));
         }
         let _ = self.0.kill();
         let _ = self.0.wait();
+        None
     }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
+/// CPU time (user + system) of a process so far, from `/proc/<pid>/stat`.
+fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces): state is the
+    // first, utime and stime the 12th and 13th.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let per_second = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).ok()?.max(1);
+    Some(Duration::from_nanos(ticks * 1_000_000_000 / per_second))
+}
+
+/// Resident memory of a process in KiB, from `/proc/<pid>/status`.
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse().ok()
+}
+
+/// What one measurement saw.
+struct Measurement {
+    /// Connections per second.
+    rate: f64,
+    /// For governor runs: its CPU use during the load (share of one CPU),
+    /// its resident memory afterwards, and how long it took to exit after
+    /// SIGTERM.
+    daemon: Option<(f64, u64, Option<Duration>)>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -97,25 +137,96 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let mut gov_ratios = Vec::new();
     let mut peer_ratios = Vec::new();
     let mut raw = String::new();
+    let (mut cpu, mut rss, mut shutdown) = (Vec::new(), Vec::new(), Vec::new());
     for round in 1..=args.rounds {
-        let base1 = measure(&ns, Attached::Nothing, args.seconds)?;
+        let base1 = measure(&ns, Attached::Nothing, args.seconds)?.rate;
         let gov = measure(&ns, Attached::Governor, args.seconds)?;
-        let base2 = measure(&ns, Attached::Nothing, args.seconds)?;
-        let peer = measure(&ns, Attached::Tcpstates, args.seconds)?;
-        let (g, p) = (gov / base1, peer / base2);
+        let base2 = measure(&ns, Attached::Nothing, args.seconds)?.rate;
+        let peer = measure(&ns, Attached::Tcpstates, args.seconds)?.rate;
+        let (g, p) = (gov.rate / base1, peer / base2);
         step(&format!(
-            "round {round}: plain {base1:.0}/s, governor {gov:.0}/s ({g:.3}); plain {base2:.0}/s, tcpstates {peer:.0}/s ({p:.3})"
+            "round {round}: plain {base1:.0}/s, governor {:.0}/s ({g:.3}); plain {base2:.0}/s, tcpstates {peer:.0}/s ({p:.3})",
+            gov.rate
         ));
-        writeln!(raw, "| {round} | {base1:.0} | {gov:.0} | {g:.3} | {base2:.0} | {peer:.0} | {p:.3} |")?;
+        writeln!(raw, "| {round} | {base1:.0} | {:.0} | {g:.3} | {base2:.0} | {peer:.0} | {p:.3} |", gov.rate)?;
         gov_ratios.push(g);
         peer_ratios.push(p);
+        if let Some((c, r, s)) = gov.daemon {
+            cpu.push(c);
+            rss.push(r);
+            // A daemon that had to be killed counts as the 5 s limit.
+            shutdown.push(s.unwrap_or(Duration::from_secs(5)).as_secs_f64() * 1000.0);
+        }
     }
+    step("profiling the kernel programs (kernel.bpf_stats_enabled, one more run)");
+    let programs = profile(&ns, args.seconds)?;
+    let daemon = DaemonFigures {
+        cpu: median(&mut cpu),
+        rss_kib: rss.iter().copied().max().unwrap_or(0),
+        shutdown_ms: median(&mut shutdown),
+        shutdown_max_ms: shutdown.iter().copied().fold(0.0, f64::max),
+    };
     let (g, p) = (median(&mut gov_ratios), median(&mut peer_ratios));
-    let report = report(args, g, p, &raw);
+    let report = report(args, g, p, &raw, &daemon, &programs);
     let path = root().join(&args.output);
     std::fs::write(&path, report).with_context(|| format!("writing {}", path.display()))?;
     step(&format!("median ratio: governor {g:.3}, tcpstates {p:.3}; written to {}", path.display()));
     Ok(())
+}
+
+struct DaemonFigures {
+    cpu: f64,
+    rss_kib: u64,
+    shutdown_ms: f64,
+    shutdown_max_ms: f64,
+}
+
+/// Turns `kernel.bpf_stats_enabled` on and back off on drop.
+struct BpfStats;
+
+impl BpfStats {
+    const PATH: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+    fn enable() -> anyhow::Result<Self> {
+        std::fs::write(Self::PATH, "1").with_context(|| format!("writing {}", Self::PATH))?;
+        Ok(Self)
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write(Self::PATH, "0");
+    }
+}
+
+/// Per program: nanoseconds per call and calls per connection, from one
+/// run with the kernel's run-time statistics on (they add a little cost of
+/// their own, so this run is not one of the ratio runs).
+fn profile(ns: &Netns, seconds: u64) -> anyhow::Result<Vec<(&'static str, f64, f64)>> {
+    const PROGRAMS: [&str; 4] = ["gov_state", "gov_rst_sent", "gov_rst_recv", "gov_retrans"];
+    let _stats = BpfStats::enable()?;
+    let _governor = start_governor()?;
+    let rate = loadgen_in(ns, seconds)?;
+    #[expect(clippy::cast_precision_loss, reason = "seconds are small")]
+    let connections = rate * seconds as f64;
+    let mut out = Vec::new();
+    for name in PROGRAMS {
+        let shown = Command::new("bpftool").args(["prog", "show", "name", name]).output().context("running bpftool")?;
+        let text = String::from_utf8_lossy(&shown.stdout);
+        let words: Vec<&str> = text.split_whitespace().collect();
+        let after = |key: &str| -> f64 {
+            words
+                .iter()
+                .position(|w| *w == key)
+                .and_then(|i| words.get(i + 1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0.0)
+        };
+        let (time, count) = (after("run_time_ns"), after("run_cnt"));
+        let per_call = if count > 0.0 { time / count } else { 0.0 };
+        out.push((name, per_call, count / connections));
+    }
+    Ok(out)
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -124,7 +235,14 @@ fn median(v: &mut [f64]) -> f64 {
     if n % 2 == 1 { v[n / 2] } else { f64::midpoint(v[n / 2 - 1], v[n / 2]) }
 }
 
-fn report(args: &BenchArgs, g: f64, p: f64, raw: &str) -> String {
+fn report(
+    args: &BenchArgs,
+    g: f64,
+    p: f64,
+    raw: &str,
+    daemon: &DaemonFigures,
+    programs: &[(&str, f64, f64)],
+) -> String {
     let sh = |cmd: &str| {
         Command::new("sh")
             .args(["-c", cmd])
@@ -133,6 +251,12 @@ fn report(args: &BenchArgs, g: f64, p: f64, raw: &str) -> String {
             .unwrap_or_default()
     };
     let verdict = |r: f64| if r >= 0.97 { "meets the target (≥ 0.97)" } else { "misses the target (≥ 0.97)" };
+    let mut per_program = String::new();
+    for (name, ns_per_call, per_connection) in programs {
+        let _ = writeln!(per_program, "| `{name}` | {ns_per_call:.0} | {per_connection:.2} |");
+    }
+    #[expect(clippy::cast_precision_loss, reason = "memory sizes are small")]
+    let rss_mib = daemon.rss_kib as f64 / 1024.0;
     format!(
         "# Benchmarks\n\n\
          ## Overhead on a connect/accept/close loop\n\n\
@@ -140,7 +264,8 @@ fn report(args: &BenchArgs, g: f64, p: f64, raw: &str) -> String {
          Machine: {cpus} CPUs, kernel {kernel}.\n\n\
          A load generator in its own network namespace connects to a listener on\n\
          127.0.0.1, the listener accepts and closes, the client closes with RST\n\
-         (SO_LINGER 0), for {seconds} s per run, one client and one server thread.\n\
+         (SO_LINGER 0), for {seconds} s per run, one client thread pinned to CPU 0\n\
+         and one server thread pinned to CPU 1.\n\
          Each round runs: nothing attached, `governor run` attached (defaults),\n\
          nothing attached, `tcpstates` from Debian's libbpf-tools attached (it\n\
          sends every state change to user space). The ratio is connections per\n\
@@ -153,22 +278,55 @@ fn report(args: &BenchArgs, g: f64, p: f64, raw: &str) -> String {
          | round | plain | governor | ratio | plain | tcpstates | ratio |\n\
          |---|---|---|---|---|---|---|\n{raw}\n\
          Single runs vary by several percent on this 2-CPU machine; only the\n\
-         medians are meaningful.\n",
+         medians are meaningful.\n\n\
+         ## The daemon under this load\n\n\
+         | | |\n|---|---|\n\
+         | CPU, median over the governor runs | {cpu:.1}% of one CPU |\n\
+         | resident memory, largest seen | {rss_mib:.1} MiB |\n\
+         | SIGTERM to exit, median (largest) | {shutdown:.0} ms ({shutdown_max:.0} ms) |\n\n\
+         ## Cost per kernel program\n\n\
+         One further run with `kernel.bpf_stats_enabled=1` (the statistics add a\n\
+         little cost of their own). Calls per connection show how often each\n\
+         hook fires in this loop.\n\n\
+         | program | ns per call | calls per connection |\n|---|---|---|\n{per_program}",
         rounds = args.rounds,
         seconds = args.seconds,
         date = sh("date -u +%Y-%m-%d"),
         cpus = sh("nproc"),
         kernel = sh("uname -r"),
         gv = verdict(g),
+        cpu = daemon.cpu * 100.0,
+        shutdown = daemon.shutdown_ms,
+        shutdown_max = daemon.shutdown_max_ms,
     )
 }
 
-fn measure(ns: &Netns, attached: Attached, seconds: u64) -> anyhow::Result<f64> {
-    let _tool = match attached {
+fn measure(ns: &Netns, attached: Attached, seconds: u64) -> anyhow::Result<Measurement> {
+    let mut tool = match attached {
         Attached::Nothing => None,
         Attached::Governor => Some(start_governor()?),
         Attached::Tcpstates => Some(start_tcpstates()?),
     };
+    let pid = tool.as_ref().map(|t| t.0.id());
+    let cpu_before = pid.and_then(cpu_time);
+    let started = Instant::now();
+    let rate = loadgen_in(ns, seconds)?;
+    let wall = started.elapsed();
+    let daemon = match (attached, pid, cpu_before) {
+        (Attached::Governor, Some(pid), Some(before)) => {
+            let cpu =
+                cpu_time(pid).map_or(0.0, |after| after.saturating_sub(before).as_secs_f64() / wall.as_secs_f64());
+            let rss = rss_kib(pid).unwrap_or(0);
+            let shutdown = tool.as_mut().and_then(Background::stop);
+            Some((cpu, rss, shutdown))
+        }
+        _ => None,
+    };
+    Ok(Measurement { rate, daemon })
+}
+
+/// Runs the load generator inside `ns`; connections per second.
+fn loadgen_in(ns: &Netns, seconds: u64) -> anyhow::Result<f64> {
     let exe = std::env::current_exe()?;
     let out = Command::new("ip")
         .args(["netns", "exec", &ns.0])
@@ -250,6 +408,7 @@ pub fn loadgen(args: &LoadgenArgs) -> anyhow::Result<()> {
     let server = {
         let (done, accepted) = (Arc::clone(&done), Arc::clone(&accepted));
         thread::spawn(move || {
+            pin_to_cpu(1);
             // Accept and close at once; the client's RST may already have
             // arrived, which is fine.
             for _ in listener.incoming() {
@@ -260,6 +419,7 @@ pub fn loadgen(args: &LoadgenArgs) -> anyhow::Result<()> {
             }
         })
     };
+    pin_to_cpu(0);
     let start = Instant::now();
     let stop_at = start + Duration::from_secs(args.seconds);
     let (mut n, mut failures) = (0u64, 0u64);
@@ -291,6 +451,19 @@ pub fn loadgen(args: &LoadgenArgs) -> anyhow::Result<()> {
     }
     println!("{rate:.1}");
     Ok(())
+}
+
+/// Keeps the calling thread on one CPU, so that client and server do not
+/// share a CPU in some runs and not in others (a large source of noise on a
+/// 2-CPU machine). Best effort: without the CPU it stays unpinned.
+fn pin_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; the calls only read
+    // and write it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        let _ = libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set);
+    }
 }
 
 /// `SO_LINGER` with a zero timeout: `close()` sends RST.

@@ -2,6 +2,7 @@
 
 use std::{
     collections::HashMap,
+    fmt::Write as _,
     fs,
     net::{Ipv4Addr, SocketAddr, TcpListener},
     path::PathBuf,
@@ -59,7 +60,29 @@ impl Drop for TempDir {
     }
 }
 
-fn free_port() -> u16 {
+/// The tests' config file: short intervals, plus `overrides`.
+fn config_file(overrides: &[(&str, &str)]) -> String {
+    let poll = POLL_MS.to_string();
+    let mut keys: Vec<(&str, &str)> =
+        vec![("daemon.poll_interval_ms", poll.as_str()), ("ebpf.event_drain_interval_ms", "20")];
+    for (key, value) in overrides {
+        keys.retain(|(k, _)| k != key);
+        keys.push((key, value));
+    }
+    let mut tables: Vec<&str> = keys.iter().map(|(k, _)| k.split_once('.').expect("table.key").0).collect();
+    tables.sort_unstable();
+    tables.dedup();
+    let mut text = String::new();
+    for table in tables {
+        let _ = writeln!(text, "[{table}]");
+        for (key, value) in keys.iter().filter(|(k, _)| k.split_once('.').is_some_and(|(t, _)| t == table)) {
+            let _ = writeln!(text, "{} = {value}", key.split_once('.').expect("table.key").1);
+        }
+    }
+    text
+}
+
+pub fn free_port() -> u16 {
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).and_then(|l| l.local_addr()).expect("free port").port()
 }
 
@@ -74,19 +97,15 @@ impl Governor {
     /// Starts `governor run` with a short poll interval and waits for
     /// `/readyz`.
     pub fn start() -> Self {
-        Self::start_with("")
+        Self::start_with(&[])
     }
 
-    /// As `start`, with extra config lines appended under the `[metrics]`
-    /// table.
-    pub fn start_with(metrics_config: &str) -> Self {
+    /// As `start`, with config keys (`("table.key", "toml value")`) set or
+    /// overridden.
+    pub fn start_with(overrides: &[(&str, &str)]) -> Self {
         let dir = TempDir::new("daemon");
         let config = dir.0.join("governor.toml");
-        fs::write(
-            &config,
-            format!("[daemon]\npoll_interval_ms = {POLL_MS}\n\n[ebpf]\nevent_drain_interval_ms = 20\n\n[metrics]\n{metrics_config}\n"),
-        )
-        .expect("write config");
+        fs::write(&config, config_file(overrides)).expect("write config");
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
         let log = fs::File::create(dir.0.join("governor.log")).expect("log file");
         let child = Command::new(bin())
@@ -205,4 +224,15 @@ pub fn run_to_exit(cmd: &mut Command) -> Output {
         thread::sleep(Duration::from_millis(20));
     }
     child.wait_with_output().expect("collect output")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn config_file_groups_keys_by_table_and_overrides() {
+        assert_eq!(
+            super::config_file(&[("metrics.max_endpoint_series", "1"), ("ebpf.event_drain_interval_ms", "1000")]),
+            "[daemon]\npoll_interval_ms = 100\n[ebpf]\nevent_drain_interval_ms = 1000\n[metrics]\nmax_endpoint_series = 1\n"
+        );
+    }
 }

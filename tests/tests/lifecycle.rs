@@ -123,3 +123,42 @@ fn doctor_fails_without_root() {
     assert!(row.contains("FAIL"), "{row}");
     assert!(stdout.contains("fix: run as root"), "{stdout}");
 }
+
+#[test]
+fn environment_variables_configure_json_logs_and_the_address() {
+    require_root();
+    let port = governor_tests::governor::free_port();
+    let dir = TempDir::new("json");
+    let log = dir.0.join("stderr");
+    let mut child = Command::new(bin())
+        .arg("run")
+        .env("GOVERNOR_METRICS_ADDR", format!("127.0.0.1:{port}"))
+        .env("GOVERNOR_LOG_FORMAT", "json")
+        .stderr(fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("start governor");
+    let mut scraper = governor_tests::Scraper::new(([127, 0, 0, 1], port).into());
+    let mut ready = false;
+    for _ in 0..300 {
+        if scraper.get("/readyz").is_some_and(|(status, _)| status == 200) {
+            ready = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid")),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("signal");
+    let status = child.wait().expect("wait");
+    let text = fs::read_to_string(&log).expect("log");
+    assert!(ready, "ready on the address from GOVERNOR_METRICS_ADDR:\n{text}");
+    assert_eq!(status.code(), Some(0), "{text}");
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.len() >= 3, "{text}");
+    for line in &lines {
+        assert!(line.starts_with('{') && line.ends_with('}') && line.contains("\"level\":"), "not JSON: {line}");
+    }
+    assert!(text.contains("\"message\":\"eBPF programs attached\""), "{text}");
+}

@@ -1,0 +1,132 @@
+//! How endpoints are labelled and bounded, with real traffic: client-side
+//! ports collapsed to `ip:ephemeral`, endpoints beyond the series limit
+//! summed under `other`, and events the full ring buffer could not take
+//! counted.
+
+use std::{
+    io::ErrorKind,
+    net::{SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd as _,
+    thread,
+    time::{Duration, Instant},
+};
+
+use governor_tests::{Governor, Netns, require_root, series};
+
+/// Closes with RST (`SO_LINGER` 0), as a crashing client would.
+fn abort(s: TcpStream) {
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: valid socket and a correctly sized option value.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            libc::socklen_t::try_from(size_of::<libc::linger>()).expect("small"),
+        )
+    };
+    assert_eq!(rc, 0, "setsockopt(SO_LINGER)");
+}
+
+#[test]
+fn client_resets_from_ephemeral_ports_share_one_series() {
+    require_root();
+    const CONNECTIONS: u64 = 40;
+    let ns = Netns::new("eph");
+    ns.add_address("10.204.0.1/32");
+    let mut gov = Governor::start();
+    let addr: SocketAddr = "10.204.0.1:20040".parse().expect("address");
+    ns.run(move || {
+        let listener = TcpListener::bind(addr).expect("bind");
+        for _ in 0..CONNECTIONS {
+            let client = TcpStream::connect(addr).expect("connect");
+            let (server, _) = listener.accept().expect("accept");
+            // The client aborts from its ephemeral port; the server, still
+            // open, receives the reset. Then the server side is closed.
+            abort(client);
+            thread::yield_now();
+            drop(server);
+        }
+    });
+    let sent = series("governor_endpoint_resets_total", &[("endpoint", "10.204.0.1:ephemeral"), ("direction", "sent")]);
+    let received =
+        series("governor_endpoint_resets_total", &[("endpoint", "10.204.0.1:ephemeral"), ("direction", "received")]);
+    assert_eq!(gov.settle(&sent, CONNECTIONS), CONNECTIONS, "resets sent from the client's ephemeral ports");
+    assert_eq!(gov.settle(&received, CONNECTIONS), CONNECTIONS, "resets received from them");
+    let per_port = gov
+        .metrics()
+        .keys()
+        .filter(|k| k.contains("endpoint=\"10.204.0.1:") && !k.contains(":ephemeral\"") && !k.contains(":20040\""))
+        .count();
+    assert_eq!(per_port, 0, "no series per client port");
+}
+
+#[test]
+fn endpoints_beyond_the_series_limit_are_summed_under_other() {
+    require_root();
+    const PER_PORT: u64 = 30;
+    let ns = Netns::new("card");
+    ns.add_address("10.205.0.1/32");
+    let mut gov = Governor::start_with(&[("metrics.max_endpoint_series", "1")]);
+    ns.run(move || {
+        for port in [20051u16, 20052, 20053] {
+            let addr = SocketAddr::from(([10, 205, 0, 1], port));
+            for _ in 0..PER_PORT {
+                let refused = matches!(TcpStream::connect(addr), Err(e) if e.kind() == ErrorKind::ConnectionRefused);
+                assert!(refused, "connect to closed port {port}");
+            }
+        }
+    });
+    let other = series("governor_endpoint_resets_total", &[("endpoint", "other"), ("direction", "sent")]);
+    // 90 resets in all; at least two of the three endpoints end up in other.
+    let other_count = gov.settle(&other, 2 * PER_PORT);
+    let metrics = gov.metrics();
+    let own: Vec<(&String, &f64)> = metrics
+        .iter()
+        .filter(|(k, _)| k.starts_with("governor_endpoint_resets_total{direction=\"sent\"") && !k.contains("\"other\""))
+        .collect();
+    assert!(own.len() <= 1, "at most one endpoint series: {own:?}");
+    #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "integer counters")]
+    let own_total: u64 = own.iter().map(|(_, v)| **v as u64).sum();
+    // Other host traffic may add to both, never take from them.
+    assert!(own_total + other_count >= 3 * PER_PORT, "nothing lost: {own_total} + {other_count}");
+    assert!(other_count >= 2 * PER_PORT, "two endpoints summed under other: {other_count}");
+}
+
+#[test]
+fn events_the_full_ring_buffer_cannot_take_are_counted() {
+    require_root();
+    const CONNECTS: u64 = 300;
+    let ns = Netns::new("lost");
+    ns.add_address("10.206.0.1/32");
+    // One page of ring buffer (about 60 events) drained once a second:
+    // 300 refused connects make 900 events within one drain interval.
+    let mut gov = Governor::start_with(&[("ebpf.ring_buffer_bytes", "4096"), ("ebpf.event_drain_interval_ms", "1000")]);
+    let addr: SocketAddr = "10.206.0.1:20060".parse().expect("address");
+    ns.run(move || {
+        for _ in 0..CONNECTS {
+            assert!(TcpStream::connect(addr).is_err(), "closed port");
+        }
+    });
+    let kinds = ["reset_sent", "reset_received", "connect_failed"];
+    let mut read = || {
+        let delivered: u64 =
+            kinds.iter().map(|k| gov.value(&series("governor_ebpf_events_total", &[("kind", k)]))).sum();
+        (delivered, gov.value("governor_ebpf_events_lost_total"))
+    };
+    // Bounded wait for the next drain (once a second) to deliver what fit.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (mut delivered, mut lost) = read();
+    while delivered + lost < 3 * CONNECTS && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(100));
+        (delivered, lost) = read();
+    }
+    assert!(lost > 0, "a full ring buffer loses events and counts them");
+    assert!(delivered > 0, "what fit was delivered");
+    // Every event was either delivered or counted as lost.
+    assert!(delivered + lost >= 3 * CONNECTS, "delivered {delivered} + lost {lost} < {}", 3 * CONNECTS);
+    // The endpoint counters do not depend on the ring buffer.
+    let sent = series("governor_endpoint_resets_total", &[("endpoint", "10.206.0.1:20060"), ("direction", "sent")]);
+    assert_eq!(gov.settle(&sent, CONNECTS), CONNECTS);
+}

@@ -27,12 +27,13 @@ fn abort(s: TcpStream) {
         )
     };
     assert_eq!(rc, 0, "setsockopt(SO_LINGER)");
+    drop(s);
 }
 
 #[test]
 fn client_resets_from_ephemeral_ports_share_one_series() {
-    require_root();
     const CONNECTIONS: u64 = 40;
+    require_root();
     let ns = Netns::new("eph");
     ns.add_address("10.204.0.1/32");
     let mut gov = Governor::start();
@@ -64,8 +65,8 @@ fn client_resets_from_ephemeral_ports_share_one_series() {
 
 #[test]
 fn endpoints_beyond_the_series_limit_are_summed_under_other() {
-    require_root();
     const PER_PORT: u64 = 30;
+    require_root();
     let ns = Netns::new("card");
     ns.add_address("10.205.0.1/32");
     let mut gov = Governor::start_with(&[("metrics.max_endpoint_series", "1")]);
@@ -96,8 +97,8 @@ fn endpoints_beyond_the_series_limit_are_summed_under_other() {
 
 #[test]
 fn events_the_full_ring_buffer_cannot_take_are_counted() {
-    require_root();
     const CONNECTS: u64 = 300;
+    require_root();
     let ns = Netns::new("lost");
     ns.add_address("10.206.0.1/32");
     // One page of ring buffer (about 60 events) drained once a second:

@@ -6,7 +6,6 @@
 use std::{
     io::ErrorKind,
     net::{SocketAddr, TcpListener, TcpStream},
-    os::fd::AsRawFd as _,
     thread,
     time::{Duration, Instant},
 };
@@ -15,18 +14,7 @@ use governor_tests::{Governor, Netns, require_root, series};
 
 /// Closes with RST (`SO_LINGER` 0), as a crashing client would.
 fn abort(s: TcpStream) {
-    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
-    // SAFETY: valid socket and a correctly sized option value.
-    let rc = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&raw const linger).cast(),
-            libc::socklen_t::try_from(size_of::<libc::linger>()).expect("small"),
-        )
-    };
-    assert_eq!(rc, 0, "setsockopt(SO_LINGER)");
+    socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO)).expect("setsockopt(SO_LINGER)");
     drop(s);
 }
 

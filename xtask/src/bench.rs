@@ -11,7 +11,6 @@ use std::{
     fmt::Write as _,
     io::{BufRead as _, BufReader},
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
-    os::fd::AsRawFd as _,
     process::{Child, Command, Stdio},
     sync::{
         Arc,
@@ -477,19 +476,5 @@ fn pin_to_cpu(cpu: usize) {
 
 /// `SO_LINGER` with a zero timeout: `close()` sends RST.
 fn abort_on_close(s: &TcpStream) -> anyhow::Result<()> {
-    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
-    // SAFETY: valid socket fd and a correctly sized option value.
-    let rc = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&raw const linger).cast(),
-            libc::socklen_t::try_from(size_of::<libc::linger>()).expect("small"),
-        )
-    };
-    if rc != 0 {
-        bail!("setsockopt(SO_LINGER): {}", std::io::Error::last_os_error());
-    }
-    Ok(())
+    socket2::SockRef::from(s).set_linger(Some(Duration::ZERO)).context("setsockopt(SO_LINGER)")
 }

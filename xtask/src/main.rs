@@ -49,12 +49,10 @@ fn main() -> anyhow::Result<()> {
             build_release()?;
             let bin = root().join("target/release/governor");
             step(&format!("starting {} run {}", bin.display(), args.join(" ")));
-            let status = Command::new(&bin)
-                .arg("run")
-                .args(&args)
-                .status()
-                .with_context(|| format!("starting {}", bin.display()))?;
-            std::process::exit(status.code().unwrap_or(1));
+            // Become governor (cargo run already replaced itself with us), so
+            // that SIGTERM and SIGINT reach the daemon itself.
+            let err = std::os::unix::process::CommandExt::exec(Command::new(&bin).arg("run").args(&args));
+            Err(err).with_context(|| format!("starting {}", bin.display()))
         }
         Task::Test => test(),
         Task::Bench(args) => {

@@ -165,8 +165,15 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         shutdown_ms: median(&mut shutdown),
         shutdown_max_ms: shutdown.iter().copied().fold(0.0, f64::max),
     };
+    let spread = format!(
+        "governor {:.2} to {:.2}, tcpstates {:.2} to {:.2}",
+        gov_ratios.iter().copied().fold(f64::INFINITY, f64::min),
+        gov_ratios.iter().copied().fold(0.0, f64::max),
+        peer_ratios.iter().copied().fold(f64::INFINITY, f64::min),
+        peer_ratios.iter().copied().fold(0.0, f64::max),
+    );
     let (g, p) = (median(&mut gov_ratios), median(&mut peer_ratios));
-    let report = report(args, g, p, &raw, &daemon, &programs);
+    let report = report(args, (g, p, &spread), &raw, &daemon, &programs);
     let path = root().join(&args.output);
     std::fs::write(&path, report).with_context(|| format!("writing {}", path.display()))?;
     step(&format!("median ratio: governor {g:.3}, tcpstates {p:.3}; written to {}", path.display()));
@@ -236,8 +243,7 @@ fn median(v: &mut [f64]) -> f64 {
 
 fn report(
     args: &BenchArgs,
-    g: f64,
-    p: f64,
+    (g, p, spread): (f64, f64, &str),
     raw: &str,
     daemon: &DaemonFigures,
     programs: &[(&str, f64, f64)],
@@ -278,8 +284,9 @@ fn report(
          Raw runs (connections per second):\n\n\
          | round | plain | governor | ratio | plain | tcpstates | ratio |\n\
          |---|---|---|---|---|---|---|\n{raw}\n\
-         Single runs vary by several percent on this 2-CPU machine; only the\n\
-         medians are meaningful.\n\n\
+         Single ratios ranged from {spread}: this 2-CPU virtual machine\n\
+         is noisy, and only the medians of many rounds mean anything (two\n\
+         complete runs of the same code can differ by a few percent).\n\n\
          ## The daemon under this load\n\n\
          | | |\n|---|---|\n\
          | CPU, median over the governor runs | {cpu:.1}% of one CPU |\n\

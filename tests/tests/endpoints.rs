@@ -4,7 +4,7 @@
 //! counted.
 
 use std::{
-    io::ErrorKind,
+    io::{ErrorKind, Read as _},
     net::{SocketAddr, TcpListener, TcpStream},
     thread,
     time::{Duration, Instant},
@@ -30,11 +30,14 @@ fn client_resets_from_ephemeral_ports_share_one_series() {
         let listener = TcpListener::bind(addr).expect("bind");
         for _ in 0..CONNECTIONS {
             let client = TcpStream::connect(addr).expect("connect");
-            let (server, _) = listener.accept().expect("accept");
+            let (mut server, _) = listener.accept().expect("accept");
             // The client aborts from its ephemeral port; the server, still
-            // open, receives the reset. Then the server side is closed.
+            // open, sees the reset before it is closed (so its close sends
+            // nothing that could draw a second reset).
             abort(client);
-            thread::yield_now();
+            server.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+            let outcome = server.read(&mut [0u8; 1]).map_err(|e| e.kind());
+            assert_eq!(outcome, Err(ErrorKind::ConnectionReset), "the server sees the client's reset");
             drop(server);
         }
     });

@@ -18,6 +18,10 @@ pub const TCP_STATE_SLOTS: u32 = 16;
 /// Entries of the per-CPU transition matrix, indexed `from * 16 + to`.
 pub const TRANSITION_SLOTS: u32 = TCP_STATE_SLOTS * TCP_STATE_SLOTS;
 
+/// Slots of the per-CPU array of sent resets by `enum sk_rst_reason`; larger
+/// reasons are counted in the last slot.
+pub const RESET_REASON_SLOTS: u32 = 64;
+
 /// Indices of the per-CPU host counters array.
 pub mod counter {
     pub const RESETS_SENT: u32 = 0;

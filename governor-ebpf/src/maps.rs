@@ -9,7 +9,7 @@ use aya_ebpf::{
     macros::map,
     maps::{LruHashMap, PerCpuArray, RingBuf},
 };
-use governor_common::{EndpointKey, EndpointStats, KernelConfig, TRANSITION_SLOTS, counter};
+use governor_common::{EndpointKey, EndpointStats, KernelConfig, RESET_REASON_SLOTS, TRANSITION_SLOTS, counter};
 
 /// Tracepoint field offsets and the ephemeral port range; set by user space.
 #[unsafe(no_mangle)]
@@ -18,6 +18,10 @@ pub static GOVERNOR_CONFIG: KernelConfig = KernelConfig::EMPTY;
 /// Host-wide TCP state transitions, indexed `from * 16 + to`.
 #[map]
 pub static TRANSITIONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(TRANSITION_SLOTS, 0);
+
+/// Resets sent, by the kernel's reason (`enum sk_rst_reason`).
+#[map]
+pub static RESET_REASONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(RESET_REASON_SLOTS, 0);
 
 /// Host-wide counters, indexed by `governor_common::counter`.
 #[map]
@@ -36,6 +40,17 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 #[inline(always)]
 pub fn count(index: u32) {
     if let Some(slot) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+        unsafe { *slot += 1 };
+    }
+}
+
+/// Adds one to the sent resets of `reason` (the last slot takes reasons
+/// beyond the array).
+#[inline(always)]
+pub fn count_reset_reason(reason: u32) {
+    let slot = if reason < RESET_REASON_SLOTS { reason } else { RESET_REASON_SLOTS - 1 };
+    if let Some(slot) = RESET_REASONS.get_ptr_mut(slot) {
         // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
         unsafe { *slot += 1 };
     }

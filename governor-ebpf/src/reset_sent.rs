@@ -11,7 +11,7 @@ use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use governor_common::{counter, event_kind};
 
 use crate::{
-    maps::{EndpointCounter, GOVERNOR_CONFIG, count, count_endpoint},
+    maps::{EndpointCounter, GOVERNOR_CONFIG, count, count_endpoint, count_reset_reason},
     record::{Buffer, Flow, Record},
 };
 
@@ -32,7 +32,12 @@ fn try_gov_rst_sent(ctx: &TracePointContext) -> Result<(), i64> {
     r.fill(ctx, l.primary)?;
     // Before Flow::read: an IPv6 flow replaces the copy with its addresses.
     let state = r.i32(l.state).unwrap_or(0);
-    let reason = r.u32(l.reason).unwrap_or(0);
+    // Kernels before 6.10 have no reason field: nothing to count then.
+    let reason = r.u32(l.reason);
+    if let Ok(reason) = reason {
+        count_reset_reason(reason);
+    }
+    let reason = reason.unwrap_or(0);
     let flow = Flow::read(ctx, &mut r, &l)?;
     count_endpoint(&flow.local(), EndpointCounter::ResetsSent);
     flow.emit(event_kind::RESET_SENT, u16::try_from(state).unwrap_or(0), reason);

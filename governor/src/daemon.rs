@@ -1,7 +1,7 @@
 //! `governor run`: set up the host, load and attach, then read the kernel
 //! maps and drain the ring buffer until SIGTERM or SIGINT.
 
-use std::{sync::Arc, time::Duration};
+use std::{path::Path, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use tokio::{
@@ -12,6 +12,7 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use crate::{
+    btf,
     config::Config,
     ebpf::{Probes, Sizes, decode_event},
     host::{self, BPFFS, MountOutcome, TRACEFS},
@@ -52,7 +53,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut events = probes.take_events()?;
     info!(programs = probes.attached(), "eBPF programs attached");
 
-    let metrics = Metrics::new(config.metrics.max_endpoint_series.get() as usize);
+    // Names for the kernel's reset reasons; without BTF they stay numbers.
+    let reasons =
+        btf::Btf::read(Path::new(btf::VMLINUX)).and_then(|b| btf::reset_reason_names(&b)).unwrap_or_else(|e| {
+            warn!(error = %e, "reset reasons will be shown as numbers");
+            Vec::new()
+        });
+    let metrics = Metrics::new(config.metrics.max_endpoint_series.get() as usize, &reasons);
     metrics.programs_attached.set(i64::try_from(probes.attached()).unwrap_or(i64::MAX));
     metrics.map_capacity.with_label_values(&["endpoints"]).set(i64::from(probes.endpoint_capacity()));
     let state = AppState::new(metrics);

@@ -6,7 +6,9 @@ use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
     programs::TracePoint,
 };
-use governor_common::{EndpointKey, EndpointStats, KernelConfig, TRANSITION_SLOTS, TcpEvent, counter};
+use governor_common::{
+    EndpointKey, EndpointStats, KernelConfig, RESET_REASON_SLOTS, TRANSITION_SLOTS, TcpEvent, counter,
+};
 
 use crate::{stats::KernelSnapshot, tracefs::TRACEPOINTS};
 
@@ -85,6 +87,7 @@ impl Probes {
         Ok(KernelSnapshot {
             transitions: read_per_cpu(self.map("TRANSITIONS")?, "TRANSITIONS", TRANSITION_SLOTS)?,
             counters: read_per_cpu(self.map("COUNTERS")?, "COUNTERS", counter::SLOTS)?,
+            reset_reasons: read_per_cpu(self.map("RESET_REASONS")?, "RESET_REASONS", RESET_REASON_SLOTS)?,
             endpoints: {
                 let map: HashMap<&MapData, EndpointKey, EndpointStats> = HashMap::try_from(self.map("ENDPOINTS")?)
                     .map_err(|source| EbpfError::Map { map: "ENDPOINTS", source })?;

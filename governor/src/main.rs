@@ -1,5 +1,6 @@
 //! governor: an eBPF TCP traffic governor and connection monitor.
 
+mod btf;
 mod cardinality;
 mod config;
 mod daemon;

@@ -19,6 +19,8 @@ pub struct Metrics {
     transitions: IntCounterVec,
     resets: IntCounterVec,
     retransmits: IntCounter,
+    resets_by_reason: IntCounterVec,
+    reason_names: Vec<(u32, String)>,
     endpoint_resets: IntCounterVec,
     endpoint_retransmits: IntCounterVec,
     pub programs_attached: IntGauge,
@@ -40,7 +42,10 @@ fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registr
 }
 
 impl Metrics {
-    pub fn new(max_endpoint_series: usize) -> Self {
+    /// `reset_reasons` are the kernel's names for `enum sk_rst_reason`
+    /// values (from its BTF); values without a name are shown as
+    /// `UNKNOWN_<n>`.
+    pub fn new(max_endpoint_series: usize, reset_reasons: &[(u32, String)]) -> Self {
         let r = Registry::new();
         let counter_vec = |name: &str, help: &str, labels: &[&str]| {
             register(&r, IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"))
@@ -75,6 +80,12 @@ impl Metrics {
             ),
             resets,
             retransmits: counter("governor_tcp_retransmits_total", "TCP segments retransmitted by this host."),
+            resets_by_reason: counter_vec(
+                "governor_tcp_resets_sent_by_reason_total",
+                "TCP resets sent by this host, by the kernel's reason (enum sk_rst_reason).",
+                &["reason"],
+            ),
+            reason_names: reset_reasons.to_vec(),
             endpoint_resets: counter_vec(
                 "governor_endpoint_resets_total",
                 "TCP resets per service endpoint: the local side for sent, the remote side for received.",
@@ -122,6 +133,13 @@ impl Metrics {
         self.resets.with_label_values(&["sent"]).inc_by(c(counter::RESETS_SENT));
         self.resets.with_label_values(&["received"]).inc_by(c(counter::RESETS_RECEIVED));
         self.retransmits.inc_by(c(counter::RETRANSMITS));
+        for &(reason, n) in &inc.reset_reasons {
+            let name = self.reason_names.iter().find(|(v, _)| *v == reason).map(|(_, name)| name.as_str());
+            match name {
+                Some(name) => self.resets_by_reason.with_label_values(&[name]).inc_by(n),
+                None => self.resets_by_reason.with_label_values(&[format!("UNKNOWN_{reason}").as_str()]).inc_by(n),
+            }
+        }
         self.events_lost.inc_by(c(counter::EVENTS_LOST));
         self.kernel_read_errors.inc_by(c(counter::READ_ERRORS));
         self.endpoint_update_failures.inc_by(c(counter::ENDPOINT_UPDATE_FAILED));
@@ -191,11 +209,12 @@ mod tests {
 
     #[test]
     fn renders_fixed_names_and_labels() {
-        let mut m = Metrics::new(10);
+        let mut m = Metrics::new(10, &[(1, "NO_SOCKET".to_owned())]);
         let mut inc = Increments { transitions: vec![(2, 1, 7), (3, 1, 7)], ..Default::default() };
         inc.counters[counter::RESETS_SENT as usize] = 200;
         inc.counters[counter::RESETS_RECEIVED as usize] = 200;
         inc.counters[counter::RETRANSMITS as usize] = 3;
+        inc.reset_reasons = vec![(1, 200), (40, 2)];
         inc.endpoints = vec![(key(1, 9000), stats(200, 200, 0)), (key(2, 443), stats(0, 0, 3))];
         m.apply(&inc);
 
@@ -214,6 +233,13 @@ mod tests {
             ]
         );
         assert_eq!(lines(&m, "governor_tcp_retransmits_total "), ["governor_tcp_retransmits_total 3"]);
+        assert_eq!(
+            lines(&m, "governor_tcp_resets_sent_by_reason_total{"),
+            [
+                r#"governor_tcp_resets_sent_by_reason_total{reason="NO_SOCKET"} 200"#,
+                r#"governor_tcp_resets_sent_by_reason_total{reason="UNKNOWN_40"} 2"#,
+            ]
+        );
         assert_eq!(
             lines(&m, "governor_endpoint_resets_total{"),
             [
@@ -234,7 +260,7 @@ mod tests {
 
     #[test]
     fn endpoints_beyond_the_limit_are_summed_under_other() {
-        let mut m = Metrics::new(1);
+        let mut m = Metrics::new(1, &[]);
         let inc = Increments {
             endpoints: vec![(key(1, 80), stats(5, 0, 1)), (key(2, 80), stats(1, 2, 4)), (key(3, 80), stats(0, 1, 0))],
             ..Default::default()

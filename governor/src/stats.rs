@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use governor_common::{EndpointKey, EndpointStats, TCP_STATE_SLOTS, TRANSITION_SLOTS, counter};
+use governor_common::{EndpointKey, EndpointStats, RESET_REASON_SLOTS, TCP_STATE_SLOTS, TRANSITION_SLOTS, counter};
 
 /// One reading of the kernel maps, summed over CPUs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -18,6 +18,8 @@ pub struct KernelSnapshot {
     pub transitions: Vec<u64>,
     /// Indexed by `governor_common::counter`.
     pub counters: Vec<u64>,
+    /// Resets sent, indexed by `enum sk_rst_reason`.
+    pub reset_reasons: Vec<u64>,
     pub endpoints: Vec<(EndpointKey, EndpointStats)>,
 }
 
@@ -27,6 +29,8 @@ pub struct Increments {
     /// `(from, to, count)` for every transition that happened.
     pub transitions: Vec<(u32, u32, u64)>,
     pub counters: [u64; counter::SLOTS as usize],
+    /// `(reason, count)` for every reason that happened.
+    pub reset_reasons: Vec<(u32, u64)>,
     pub endpoints: Vec<(EndpointKey, EndpointStats)>,
 }
 
@@ -34,6 +38,7 @@ pub struct Increments {
 pub struct Aggregator {
     transitions: Vec<u64>,
     counters: Vec<u64>,
+    reset_reasons: Vec<u64>,
     endpoints: HashMap<EndpointKey, EndpointStats>,
 }
 
@@ -54,6 +59,15 @@ impl Aggregator {
             if d > 0 {
                 let slot = u32::try_from(slot).expect("slot fits u32");
                 out.transitions.push((slot / TCP_STATE_SLOTS, slot % TCP_STATE_SLOTS, d));
+            }
+        }
+
+        self.reset_reasons.resize(RESET_REASON_SLOTS as usize, 0);
+        for (slot, (&now, before)) in snap.reset_reasons.iter().zip(self.reset_reasons.iter_mut()).enumerate() {
+            let d = grown(now, *before);
+            *before = now;
+            if d > 0 {
+                out.reset_reasons.push((u32::try_from(slot).expect("slot fits u32"), d));
             }
         }
 
@@ -108,9 +122,13 @@ mod tests {
         for &(i, v) in counters {
             c[i] = v;
         }
+        // Every sent reset here has reason 1 (NO_SOCKET).
+        let mut reasons = vec![0; RESET_REASON_SLOTS as usize];
+        reasons[1] = c[counter::RESETS_SENT as usize];
         KernelSnapshot {
             transitions: t,
             counters: c,
+            reset_reasons: reasons,
             endpoints: endpoints.iter().map(|(p, s)| (key(*p), *s)).collect(),
         }
     }
@@ -121,11 +139,13 @@ mod tests {
         let i = a.advance(&snap(&[(2 * 16 + 1, 5)], &[(0, 3)], &[(80, stats(1, 2, 3))]));
         assert_eq!(i.transitions, vec![(2, 1, 5)]);
         assert_eq!(i.counters[0], 3);
+        assert_eq!(i.reset_reasons, vec![(1, 3)]);
         assert_eq!(i.endpoints, vec![(key(80), stats(1, 2, 3))]);
 
         let i = a.advance(&snap(&[(2 * 16 + 1, 9)], &[(0, 3)], &[(80, stats(1, 4, 3))]));
         assert_eq!(i.transitions, vec![(2, 1, 4)]);
         assert_eq!(i.counters[0], 0);
+        assert_eq!(i.reset_reasons, vec![]);
         assert_eq!(i.endpoints, vec![(key(80), stats(0, 2, 0))]);
 
         let i = a.advance(&snap(&[(2 * 16 + 1, 9)], &[(0, 3)], &[(80, stats(1, 4, 3))]));

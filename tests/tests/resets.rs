@@ -26,7 +26,10 @@ fn resets_to_closed_port(address: &str, cidr: &str, port: u16, endpoint: &str) {
     let sent = series("governor_endpoint_resets_total", &[("endpoint", endpoint), ("direction", "sent")]);
     let received = series("governor_endpoint_resets_total", &[("endpoint", endpoint), ("direction", "received")]);
     let host_sent = series("governor_tcp_resets_total", &[("direction", "sent")]);
+    // The kernel's own name for the reason, read from its BTF.
+    let no_socket = series("governor_tcp_resets_sent_by_reason_total", &[("reason", "NO_SOCKET")]);
     let before_host = gov.value(&host_sent);
+    let before_no_socket = gov.value(&no_socket);
     assert_eq!(gov.value(&sent), 0, "fresh daemon, unused address");
 
     let addr: SocketAddr = format!("{address}:{port}").parse().expect("address");
@@ -36,7 +39,11 @@ fn resets_to_closed_port(address: &str, cidr: &str, port: u16, endpoint: &str) {
     assert_eq!(gov.settle(&sent, CONNECTS), CONNECTS, "resets sent by {endpoint}");
     assert_eq!(gov.settle(&received, CONNECTS), CONNECTS, "resets received from {endpoint}");
     // The host totals include this traffic (and possibly other host traffic).
-    assert!(gov.value(&host_sent) - before_host >= CONNECTS);
+    let host_delta = gov.value(&host_sent) - before_host;
+    assert!(host_delta >= CONNECTS);
+    // Answers to SYNs for a closed port are NO_SOCKET resets.
+    let no_socket_delta = gov.value(&no_socket) - before_no_socket;
+    assert!((CONNECTS..=host_delta).contains(&no_socket_delta), "NO_SOCKET +{no_socket_delta}, all sent +{host_delta}");
     let failed = series("governor_ebpf_events_total", &[("kind", "connect_failed")]);
     assert!(gov.value(&failed) >= CONNECTS, "every refused connect is a failed-connect event");
     assert_eq!(gov.value("governor_ebpf_events_lost_total"), 0);

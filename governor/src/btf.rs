@@ -1,0 +1,210 @@
+//! A small reader for the kernel's BTF (`/sys/kernel/btf/vmlinux`): enough
+//! to look up enum names, so that labels use the running kernel's own names
+//! rather than a table compiled for one kernel.
+//!
+//! aya parses BTF too, but keeps the types crate-private; the format is
+//! small and stable (include/uapi/linux/btf.h), so this reads just the parts
+//! it needs and skips the rest by size.
+
+use std::{fs, io, path::Path};
+
+pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
+
+const MAGIC: u16 = 0xeb9f;
+const KIND_ENUM: u32 = 6;
+const KIND_ENUM64: u32 = 19;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BtfError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: io::Error },
+    #[error("not BTF data: {0}")]
+    Format(&'static str),
+    #[error("unknown BTF kind {kind} at type {id}")]
+    UnknownKind { kind: u32, id: u32 },
+    #[error("BTF has no enum named {0}")]
+    NoEnum(String),
+}
+
+/// The parsed type and string sections.
+pub struct Btf {
+    bytes: Vec<u8>,
+    types: std::ops::Range<usize>,
+    strings: std::ops::Range<usize>,
+    little_endian: bool,
+}
+
+impl Btf {
+    pub fn read(path: &Path) -> Result<Self, BtfError> {
+        let bytes = fs::read(path).map_err(|source| BtfError::Read { path: path.display().to_string(), source })?;
+        Self::parse(bytes)
+    }
+
+    pub fn parse(bytes: Vec<u8>) -> Result<Self, BtfError> {
+        let little_endian = match bytes.get(..2) {
+            Some(m) if u16::from_le_bytes([m[0], m[1]]) == MAGIC => true,
+            Some(m) if u16::from_be_bytes([m[0], m[1]]) == MAGIC => false,
+            _ => return Err(BtfError::Format("bad magic")),
+        };
+        let mut btf = Self { bytes, types: 0..0, strings: 0..0, little_endian };
+        let header_len = btf.u32(4).ok_or(BtfError::Format("short header"))? as usize;
+        let field = |i: usize| btf.u32(8 + 4 * i).map(|v| v as usize).ok_or(BtfError::Format("short header"));
+        let (type_off, type_len, str_off, str_len) = (field(0)?, field(1)?, field(2)?, field(3)?);
+        let types = header_len + type_off..header_len + type_off + type_len;
+        let strings = header_len + str_off..header_len + str_off + str_len;
+        if types.end > btf.bytes.len() || strings.end > btf.bytes.len() {
+            return Err(BtfError::Format("sections beyond the end of the data"));
+        }
+        btf.types = types;
+        btf.strings = strings;
+        Ok(btf)
+    }
+
+    fn u32(&self, at: usize) -> Option<u32> {
+        let b: [u8; 4] = self.bytes.get(at..at + 4)?.try_into().ok()?;
+        Some(if self.little_endian { u32::from_le_bytes(b) } else { u32::from_be_bytes(b) })
+    }
+
+    fn name(&self, offset: u32) -> &str {
+        let start = self.strings.start + offset as usize;
+        let Some(rest) = self.bytes.get(start..self.strings.end) else { return "" };
+        let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+        std::str::from_utf8(&rest[..end]).unwrap_or("")
+    }
+
+    /// The values and names of the enum called `name` (`ENUM` or `ENUM64`).
+    pub fn enum_values(&self, name: &str) -> Result<Vec<(i64, String)>, BtfError> {
+        let mut at = self.types.start;
+        let mut id = 1;
+        while at + 12 <= self.types.end {
+            let (name_off, info) = (self.u32(at).unwrap_or(0), self.u32(at + 4).unwrap_or(0));
+            let (kind, vlen) = ((info >> 24) & 0x1f, (info & 0xffff) as usize);
+            let body = at + 12;
+            if (kind == KIND_ENUM || kind == KIND_ENUM64) && self.name(name_off) == name {
+                return Ok(self.variants(kind, body, vlen, info >> 31 == 1));
+            }
+            at = body + extra_bytes(kind, vlen).ok_or(BtfError::UnknownKind { kind, id })?;
+            id += 1;
+        }
+        Err(BtfError::NoEnum(name.to_owned()))
+    }
+
+    fn variants(&self, kind: u32, body: usize, vlen: usize, signed: bool) -> Vec<(i64, String)> {
+        (0..vlen)
+            .map(|i| {
+                if kind == KIND_ENUM {
+                    let at = body + 8 * i;
+                    let raw = self.u32(at + 4).unwrap_or(0);
+                    let value = if signed { i64::from(raw.cast_signed()) } else { i64::from(raw) };
+                    (value, self.name(self.u32(at).unwrap_or(0)).to_owned())
+                } else {
+                    let at = body + 12 * i;
+                    let (lo, hi) = (u64::from(self.u32(at + 4).unwrap_or(0)), u64::from(self.u32(at + 8).unwrap_or(0)));
+                    ((hi << 32 | lo).cast_signed(), self.name(self.u32(at).unwrap_or(0)).to_owned())
+                }
+            })
+            .collect()
+    }
+}
+
+/// Bytes that follow the 12-byte common part of a type of `kind`.
+fn extra_bytes(kind: u32, vlen: usize) -> Option<usize> {
+    Some(match kind {
+        // PTR, FWD, TYPEDEF, VOLATILE, CONST, RESTRICT, FUNC, FLOAT, TYPE_TAG
+        2 | 7 | 8 | 9 | 10 | 11 | 12 | 16 | 18 => 0,
+        // INT, VAR, DECL_TAG
+        1 | 14 | 17 => 4,
+        // ARRAY
+        3 => 12,
+        // STRUCT, UNION, DATASEC, ENUM64
+        4 | 5 | 15 | 19 => 12 * vlen,
+        // ENUM, FUNC_PROTO
+        6 | 13 => 8 * vlen,
+        _ => return None,
+    })
+}
+
+/// Names of `enum sk_rst_reason` by value, without the `SK_RST_REASON_`
+/// prefix, as `tcp:tcp_send_reset` prints them.
+pub fn reset_reason_names(btf: &Btf) -> Result<Vec<(u32, String)>, BtfError> {
+    Ok(btf
+        .enum_values("sk_rst_reason")?
+        .into_iter()
+        .filter_map(|(value, name)| {
+            let value = u32::try_from(value).ok()?;
+            Some((value, name.strip_prefix("SK_RST_REASON_").unwrap_or(&name).to_owned()))
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Builds a little-endian BTF blob: an INT, a STRUCT with one member,
+    /// then the enum under test, then an ENUM64.
+    fn blob() -> Vec<u8> {
+        let strings = b"\0int\0s\0m\0sk_rst_reason\0SK_RST_REASON_NOT_SPECIFIED\0SK_RST_REASON_NO_SOCKET\0e64\0BIG\0";
+        let at = |s: &str| -> u32 {
+            let needle = format!("\0{s}\0");
+            u32::try_from(strings.windows(needle.len()).position(|w| w == needle.as_bytes()).unwrap() + 1).unwrap()
+        };
+        let mut t: Vec<u32> = Vec::new();
+        // [1] int: name, info(kind 1), size 4, encoding
+        t.extend([at("int"), 1 << 24, 4, 32]);
+        // [2] struct s { int m; }
+        t.extend([at("s"), 4 << 24 | 1, 4, at("m"), 1, 0]);
+        // [3] enum sk_rst_reason (2 values)
+        t.extend([
+            at("sk_rst_reason"),
+            6 << 24 | 2,
+            4,
+            at("SK_RST_REASON_NOT_SPECIFIED"),
+            0,
+            at("SK_RST_REASON_NO_SOCKET"),
+            1,
+        ]);
+        // [4] enum64 e64 { BIG = 1 << 40 }
+        t.extend([at("e64"), 19 << 24 | 1, 8, at("BIG"), 0, 1 << 8]);
+        let types: Vec<u8> = t.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let mut out = Vec::new();
+        out.extend(MAGIC.to_le_bytes());
+        out.extend([1u8, 0]);
+        let lens = [
+            24u32,
+            0,
+            u32::try_from(types.len()).unwrap(),
+            u32::try_from(types.len()).unwrap(),
+            u32::try_from(strings.len()).unwrap(),
+        ];
+        for v in lens {
+            out.extend(v.to_le_bytes());
+        }
+        out.extend(types);
+        out.extend(strings);
+        out
+    }
+
+    #[test]
+    fn finds_enums_after_other_kinds() {
+        let btf = Btf::parse(blob()).unwrap();
+        assert_eq!(reset_reason_names(&btf).unwrap(), [(0, "NOT_SPECIFIED".to_owned()), (1, "NO_SOCKET".to_owned())]);
+        assert_eq!(btf.enum_values("e64").unwrap(), [(1 << 40, "BIG".to_owned())]);
+        assert!(matches!(btf.enum_values("nope"), Err(BtfError::NoEnum(_))));
+    }
+
+    #[test]
+    fn rejects_what_is_not_btf() {
+        assert!(matches!(Btf::parse(vec![1, 2, 3]), Err(BtfError::Format(_))));
+        let mut b = blob();
+        b.truncate(30);
+        assert!(matches!(Btf::parse(b), Err(BtfError::Format(_))));
+        let mut b = blob();
+        // Kind 31 does not exist: the walk stops with an error, not garbage.
+        b[24 + 7] = 31;
+        assert!(matches!(
+            Btf::parse(b).unwrap().enum_values("sk_rst_reason"),
+            Err(BtfError::UnknownKind { kind: 31, id: 1 })
+        ));
+    }
+}

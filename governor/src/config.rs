@@ -85,6 +85,13 @@ pub struct Metrics {
     /// Endpoint series per metric; further endpoints are summed under
     /// `endpoint="other"`.
     pub max_endpoint_series: Bounded<1, 100_000>,
+    /// Endpoint series over all metrics; endpoints beyond it are summed
+    /// under `endpoint="other"` and counted in
+    /// `governor_metrics_series_dropped_total`.
+    pub max_series_total: Bounded<1, 1_000_000>,
+    /// Seconds an endpoint series may go without new counts before it is
+    /// removed (0: never).
+    pub series_ttl_seconds: Bounded<0, 604_800>,
     /// Report client-side ports (the host's `ip_local_port_range`) as
     /// `ip:ephemeral` instead of one series per port.
     pub collapse_ephemeral_ports: bool,
@@ -92,7 +99,12 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        Self { max_endpoint_series: Bounded(200), collapse_ephemeral_ports: true }
+        Self {
+            max_endpoint_series: Bounded(200),
+            max_series_total: Bounded(1000),
+            series_ttl_seconds: Bounded(600),
+            collapse_ephemeral_ports: true,
+        }
     }
 }
 
@@ -251,6 +263,8 @@ mount_missing = false
 
 [metrics]
 max_endpoint_series = 5
+max_series_total = 7
+series_ttl_seconds = 0
 collapse_ephemeral_ports = false
 "#,
         )
@@ -275,7 +289,15 @@ collapse_ephemeral_ports = false
                 mount_missing: false,
             }
         );
-        assert_eq!(metrics, Metrics { max_endpoint_series: Bounded(5), collapse_ephemeral_ports: false });
+        assert_eq!(
+            metrics,
+            Metrics {
+                max_endpoint_series: Bounded(5),
+                max_series_total: Bounded(7),
+                series_ttl_seconds: Bounded(0),
+                collapse_ephemeral_ports: false
+            }
+        );
     }
 
     #[test]

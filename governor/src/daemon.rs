@@ -18,7 +18,7 @@ use crate::{
     host::{self, BPFFS, MountOutcome, TRACEFS},
     http::{self, AppState},
     labels,
-    metrics::Metrics,
+    metrics::{Metrics, SeriesLimits},
     stats::Aggregator,
     tracefs,
 };
@@ -59,7 +59,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             warn!(error = %e, "reset reasons will be shown as numbers");
             Vec::new()
         });
-    let metrics = Metrics::new(config.metrics.max_endpoint_series.get() as usize, &reasons);
+    let limits = SeriesLimits {
+        per_metric: config.metrics.max_endpoint_series.get() as usize,
+        budget: config.metrics.max_series_total.get() as usize,
+        ttl_seconds: config.metrics.series_ttl_seconds.get().into(),
+    };
+    let metrics = Metrics::new(limits, &reasons);
     metrics.programs_attached.set(i64::try_from(probes.attached()).unwrap_or(i64::MAX));
     metrics.map_capacity.with_label_values(&["endpoints"]).set(i64::from(probes.endpoint_capacity()));
     let state = AppState::new(metrics);
@@ -81,11 +86,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut aggregator = Aggregator::default();
+    let started = std::time::Instant::now();
 
     let signal_name = loop {
         tokio::select! {
             _ = poll.tick() => {
-                read_maps(&probes, &mut aggregator, &state);
+                read_maps(&probes, &mut aggregator, &state, started.elapsed().as_secs());
                 state.set_ready(true);
             }
             _ = drain.tick() => drain_events(&mut events, &state),
@@ -96,7 +102,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     info!(signal = signal_name, "shutting down");
     state.set_ready(false);
     drain_events(&mut events, &state);
-    read_maps(&probes, &mut aggregator, &state);
+    read_maps(&probes, &mut aggregator, &state, started.elapsed().as_secs());
     drop(events);
     drop(probes);
     info!("eBPF programs detached");
@@ -110,12 +116,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn read_maps(probes: &Probes, aggregator: &mut Aggregator, state: &AppState) {
+fn read_maps(probes: &Probes, aggregator: &mut Aggregator, state: &AppState, now: u64) {
     match probes.read() {
         Ok(snapshot) => {
             let increments = aggregator.advance(&snapshot);
             let mut metrics = state.metrics.lock().expect("metrics lock poisoned");
-            metrics.apply(&increments);
+            metrics.apply(&increments, now);
             metrics
                 .map_entries
                 .with_label_values(&["endpoints"])

@@ -5,7 +5,22 @@ use std::collections::HashMap;
 use governor_common::counter;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
-use crate::{cardinality::SeriesLimiter, labels, stats::Increments};
+use crate::{
+    cardinality::{Budget, SeriesLimiter},
+    labels,
+    stats::Increments,
+};
+
+/// The cardinality limits of endpoint series.
+#[derive(Clone, Copy, Debug)]
+pub struct SeriesLimits {
+    /// Endpoint series per metric.
+    pub per_metric: usize,
+    /// Endpoint series over all metrics.
+    pub budget: usize,
+    /// Seconds without counts before a series is removed; 0: never.
+    pub ttl_seconds: u64,
+}
 
 /// Kinds of ring buffer events, as labels.
 pub const EVENT_KINDS: [(u32, &str); 3] = [
@@ -34,6 +49,9 @@ pub struct Metrics {
     pub map_capacity: IntGaugeVec,
     reset_series: SeriesLimiter,
     retransmit_series: SeriesLimiter,
+    budget: Budget,
+    series_dropped: IntCounter,
+    endpoint_series: IntGaugeVec,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
@@ -45,7 +63,7 @@ impl Metrics {
     /// `reset_reasons` are the kernel's names for `enum sk_rst_reason`
     /// values (from its BTF); values without a name are shown as
     /// `UNKNOWN_<n>`.
-    pub fn new(max_endpoint_series: usize, reset_reasons: &[(u32, String)]) -> Self {
+    pub fn new(limits: SeriesLimits, reset_reasons: &[(u32, String)]) -> Self {
         let r = Registry::new();
         let counter_vec = |name: &str, help: &str, labels: &[&str]| {
             register(&r, IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"))
@@ -116,14 +134,25 @@ impl Metrics {
             ),
             map_entries: gauge_vec("governor_ebpf_map_entries", "Entries in use in a kernel map.", &["map"]),
             map_capacity: gauge_vec("governor_ebpf_map_capacity", "Capacity of a kernel map.", &["map"]),
-            reset_series: SeriesLimiter::new(max_endpoint_series),
-            retransmit_series: SeriesLimiter::new(max_endpoint_series),
+            reset_series: SeriesLimiter::new(limits.per_metric, limits.ttl_seconds),
+            retransmit_series: SeriesLimiter::new(limits.per_metric, limits.ttl_seconds),
+            budget: Budget::new(limits.budget),
+            series_dropped: counter(
+                "governor_metrics_series_dropped_total",
+                "Endpoint series not created because the series budget was full, counted per reading.",
+            ),
+            endpoint_series: gauge_vec(
+                "governor_metrics_endpoint_series",
+                "Endpoint series a metric holds (the series budget counts these).",
+                &["metric"],
+            ),
             registry: r,
         }
     }
 
-    /// Adds one reading's increments to the series.
-    pub fn apply(&mut self, inc: &Increments) {
+    /// Adds one reading's increments to the series; `now` is in seconds on
+    /// any clock that only moves forward.
+    pub fn apply(&mut self, inc: &Increments, now: u64) {
         for &(from, to, n) in &inc.transitions {
             self.transitions
                 .with_label_values(&[labels::tcp_state_name(from).as_ref(), labels::tcp_state_name(to).as_ref()])
@@ -164,14 +193,32 @@ impl Metrics {
         for (k, v) in &received {
             *both.entry(k.clone()).or_default() += v;
         }
-        self.reset_series.admit(&both);
+        // Idle series go first, so that their budget is free for new ones.
+        for endpoint in self.reset_series.expire(now, &mut self.budget) {
+            for direction in ["sent", "received"] {
+                // A direction that never had counts has no series: fine.
+                let _ = self.endpoint_resets.remove_label_values(&[&endpoint, direction]);
+            }
+        }
+        for endpoint in self.retransmit_series.expire(now, &mut self.budget) {
+            let _ = self.endpoint_retransmits.remove_label_values(&[&endpoint]);
+        }
+        let dropped_before = self.budget.dropped();
+        self.reset_series.admit(&both, now, &mut self.budget);
         for (direction, map) in [("sent", &sent), ("received", &received)] {
             for (endpoint, v) in map {
                 self.endpoint_resets.with_label_values(&[self.reset_series.label(endpoint), direction]).inc_by(*v);
             }
         }
-        for (endpoint, v) in self.retransmit_series.assign(&retransmits) {
+        for (endpoint, v) in self.retransmit_series.assign(&retransmits, now, &mut self.budget) {
             self.endpoint_retransmits.with_label_values(&[endpoint.as_str()]).inc_by(v);
+        }
+        self.series_dropped.inc_by(self.budget.dropped() - dropped_before);
+        for (metric, limiter) in [
+            ("governor_endpoint_resets_total", &self.reset_series),
+            ("governor_endpoint_retransmits_total", &self.retransmit_series),
+        ] {
+            self.endpoint_series.with_label_values(&[metric]).set(i64::try_from(limiter.len()).unwrap_or(i64::MAX));
         }
     }
 
@@ -209,14 +256,15 @@ mod tests {
 
     #[test]
     fn renders_fixed_names_and_labels() {
-        let mut m = Metrics::new(10, &[(1, "NO_SOCKET".to_owned())]);
+        let mut m =
+            Metrics::new(SeriesLimits { per_metric: 10, budget: 100, ttl_seconds: 0 }, &[(1, "NO_SOCKET".to_owned())]);
         let mut inc = Increments { transitions: vec![(2, 1, 7), (3, 1, 7)], ..Default::default() };
         inc.counters[counter::RESETS_SENT as usize] = 200;
         inc.counters[counter::RESETS_RECEIVED as usize] = 200;
         inc.counters[counter::RETRANSMITS as usize] = 3;
         inc.reset_reasons = vec![(1, 200), (40, 2)];
         inc.endpoints = vec![(key(1, 9000), stats(200, 200, 0)), (key(2, 443), stats(0, 0, 3))];
-        m.apply(&inc);
+        m.apply(&inc, 0);
 
         assert_eq!(
             lines(&m, "governor_tcp_state_transitions_total{"),
@@ -260,12 +308,12 @@ mod tests {
 
     #[test]
     fn endpoints_beyond_the_limit_are_summed_under_other() {
-        let mut m = Metrics::new(1, &[]);
+        let mut m = Metrics::new(SeriesLimits { per_metric: 1, budget: 100, ttl_seconds: 0 }, &[]);
         let inc = Increments {
             endpoints: vec![(key(1, 80), stats(5, 0, 1)), (key(2, 80), stats(1, 2, 4)), (key(3, 80), stats(0, 1, 0))],
             ..Default::default()
         };
-        m.apply(&inc);
+        m.apply(&inc, 0);
         assert_eq!(
             lines(&m, "governor_endpoint_resets_total{"),
             [
@@ -279,6 +327,38 @@ mod tests {
             [
                 r#"governor_endpoint_retransmits_total{endpoint="10.0.0.2:80"} 4"#,
                 r#"governor_endpoint_retransmits_total{endpoint="other"} 1"#,
+            ]
+        );
+    }
+
+    #[test]
+    fn idle_series_are_removed_and_the_budget_is_counted() {
+        let mut m = Metrics::new(SeriesLimits { per_metric: 10, budget: 1, ttl_seconds: 60 }, &[]);
+        let reading = |endpoints: Vec<(EndpointKey, EndpointStats)>| Increments { endpoints, ..Default::default() };
+        m.apply(&reading(vec![(key(1, 80), stats(2, 0, 0)), (key(2, 80), stats(1, 0, 0))]), 0);
+        assert_eq!(
+            lines(&m, "governor_endpoint_resets_total{"),
+            [
+                r#"governor_endpoint_resets_total{direction="sent",endpoint="10.0.0.1:80"} 2"#,
+                r#"governor_endpoint_resets_total{direction="sent",endpoint="other"} 1"#,
+            ]
+        );
+        assert_eq!(lines(&m, "governor_metrics_series_dropped_total "), ["governor_metrics_series_dropped_total 1"]);
+        assert_eq!(
+            lines(&m, "governor_metrics_endpoint_series{"),
+            [
+                r#"governor_metrics_endpoint_series{metric="governor_endpoint_resets_total"} 1"#,
+                r#"governor_metrics_endpoint_series{metric="governor_endpoint_retransmits_total"} 0"#,
+            ]
+        );
+        // 10.0.0.1:80 falls idle; after the time to live its series goes and
+        // 10.0.0.2:80 gets the budget.
+        m.apply(&reading(vec![(key(2, 80), stats(1, 0, 0))]), 61);
+        assert_eq!(
+            lines(&m, "governor_endpoint_resets_total{"),
+            [
+                r#"governor_endpoint_resets_total{direction="sent",endpoint="10.0.0.2:80"} 1"#,
+                r#"governor_endpoint_resets_total{direction="sent",endpoint="other"} 1"#,
             ]
         );
     }

@@ -122,3 +122,41 @@ fn events_the_full_ring_buffer_cannot_take_are_counted() {
     let sent = series("governor_endpoint_resets_total", &[("endpoint", "10.206.0.1:20060"), ("direction", "sent")]);
     assert_eq!(gov.settle(&sent, CONNECTS), CONNECTS);
 }
+
+#[test]
+fn the_series_budget_and_the_time_to_live_bound_the_series() {
+    const CONNECTS: u64 = 20;
+    require_root();
+    let ns = Netns::new("budget");
+    ns.add_address("10.207.0.1/32");
+    let mut gov = Governor::start_with(&[("metrics.max_series_total", "1"), ("metrics.series_ttl_seconds", "3")]);
+    let refuse = |port: u16| {
+        ns.run(move || {
+            let addr = SocketAddr::from(([10, 207, 0, 1], port));
+            for _ in 0..CONNECTS {
+                assert!(TcpStream::connect(addr).is_err(), "closed port");
+            }
+        });
+    };
+    let sent =
+        |endpoint: &str| series("governor_endpoint_resets_total", &[("endpoint", endpoint), ("direction", "sent")]);
+
+    // The first endpoint takes the only series the budget allows.
+    refuse(20071);
+    assert_eq!(gov.settle(&sent("10.207.0.1:20071"), CONNECTS), CONNECTS);
+    // The second is summed under other and counted as dropped.
+    refuse(20072);
+    assert!(gov.settle(&sent("other"), CONNECTS) >= CONNECTS);
+    assert_eq!(gov.value(&sent("10.207.0.1:20072")), 0);
+    assert!(gov.value("governor_metrics_series_dropped_total") >= 1);
+
+    // Idle for longer than the time to live, the first series goes away
+    // (bounded wait) and frees the budget for the second endpoint.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while gov.metrics().contains_key(&sent("10.207.0.1:20071")) && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(200));
+    }
+    assert!(!gov.metrics().contains_key(&sent("10.207.0.1:20071")), "idle series removed after its time to live");
+    refuse(20072);
+    assert_eq!(gov.settle(&sent("10.207.0.1:20072"), CONNECTS), CONNECTS, "a fresh series for the second endpoint");
+}

@@ -2,6 +2,8 @@
 
 use std::{
     fs::File,
+    io::ErrorKind,
+    net::{SocketAddr, TcpStream},
     process::{Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
     thread,
@@ -63,6 +65,18 @@ impl Netns {
         child.stdin.take().expect("stdin").write_all(ruleset.as_bytes()).expect("write ruleset");
         let out = child.wait_with_output().expect("nft");
         assert!(out.status.success(), "nft -f: {}\n{ruleset}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Connects `n` times to `addr` from inside the namespace and returns
+    /// how many connects were refused (answered with a RST).
+    pub fn refused_connects(&self, addr: SocketAddr, n: u64) -> u64 {
+        self.run(move || {
+            (0..n)
+                .map(|_| {
+                    u64::from(matches!(TcpStream::connect(addr), Err(e) if e.kind() == ErrorKind::ConnectionRefused))
+                })
+                .sum()
+        })
     }
 
     /// Runs `f` on a thread that has entered the namespace: sockets it

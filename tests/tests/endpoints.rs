@@ -61,15 +61,10 @@ fn endpoints_beyond_the_series_limit_are_summed_under_other() {
     let ns = Netns::new("card");
     ns.add_address("10.205.0.1/32");
     let mut gov = Governor::start_with(&[("metrics.max_endpoint_series", "1")]);
-    ns.run(move || {
-        for port in [20051u16, 20052, 20053] {
-            let addr = SocketAddr::from(([10, 205, 0, 1], port));
-            for _ in 0..PER_PORT {
-                let refused = matches!(TcpStream::connect(addr), Err(e) if e.kind() == ErrorKind::ConnectionRefused);
-                assert!(refused, "connect to closed port {port}");
-            }
-        }
-    });
+    for port in [20051u16, 20052, 20053] {
+        let refused = ns.refused_connects(SocketAddr::from(([10, 205, 0, 1], port)), PER_PORT);
+        assert_eq!(refused, PER_PORT, "connects to closed port {port}");
+    }
     let other = series("governor_endpoint_resets_total", &[("endpoint", "other"), ("direction", "sent")]);
     // 90 resets in all; at least two of the three endpoints end up in other.
     let other_count = gov.settle(&other, 2 * PER_PORT);
@@ -96,11 +91,7 @@ fn events_the_full_ring_buffer_cannot_take_are_counted() {
     // 300 refused connects make 900 events within one drain interval.
     let mut gov = Governor::start_with(&[("ebpf.ring_buffer_bytes", "4096"), ("ebpf.event_drain_interval_ms", "1000")]);
     let addr: SocketAddr = "10.206.0.1:20060".parse().expect("address");
-    ns.run(move || {
-        for _ in 0..CONNECTS {
-            assert!(TcpStream::connect(addr).is_err(), "closed port");
-        }
-    });
+    assert_eq!(ns.refused_connects(addr, CONNECTS), CONNECTS, "closed port");
     let kinds = ["reset_sent", "reset_received", "connect_failed"];
     let mut read = || {
         let delivered: u64 =
@@ -131,12 +122,8 @@ fn the_series_budget_and_the_time_to_live_bound_the_series() {
     ns.add_address("10.207.0.1/32");
     let mut gov = Governor::start_with(&[("metrics.max_series_total", "1"), ("metrics.series_ttl_seconds", "3")]);
     let refuse = |port: u16| {
-        ns.run(move || {
-            let addr = SocketAddr::from(([10, 207, 0, 1], port));
-            for _ in 0..CONNECTS {
-                assert!(TcpStream::connect(addr).is_err(), "closed port");
-            }
-        });
+        let refused = ns.refused_connects(SocketAddr::from(([10, 207, 0, 1], port)), CONNECTS);
+        assert_eq!(refused, CONNECTS, "connects to closed port {port}");
     };
     let sent =
         |endpoint: &str| series("governor_endpoint_resets_total", &[("endpoint", endpoint), ("direction", "sent")]);

@@ -3,20 +3,11 @@
 //! Both ends are the same endpoint, so its counters rise by exactly the
 //! number of connects in each direction.
 
-use std::{
-    io::ErrorKind,
-    net::{SocketAddr, TcpStream},
-};
+use std::net::SocketAddr;
 
 use governor_tests::{Governor, Netns, require_root, series};
 
 const CONNECTS: u64 = 200;
-
-fn refused_connects(addr: SocketAddr, n: u64) -> u64 {
-    (0..n)
-        .map(|_| u64::from(matches!(TcpStream::connect(addr), Err(e) if e.kind() == ErrorKind::ConnectionRefused)))
-        .sum()
-}
 
 fn resets_to_closed_port(address: &str, cidr: &str, port: u16, endpoint: &str) {
     require_root();
@@ -33,7 +24,7 @@ fn resets_to_closed_port(address: &str, cidr: &str, port: u16, endpoint: &str) {
     assert_eq!(gov.value(&sent), 0, "fresh daemon, unused address");
 
     let addr: SocketAddr = format!("{address}:{port}").parse().expect("address");
-    let refused = ns.run(move || refused_connects(addr, CONNECTS));
+    let refused = ns.refused_connects(addr, CONNECTS);
     assert_eq!(refused, CONNECTS, "every connect to the closed port is refused");
 
     assert_eq!(gov.settle(&sent, CONNECTS), CONNECTS, "resets sent by {endpoint}");

@@ -1,11 +1,15 @@
 //! governor: an eBPF TCP traffic governor and connection monitor.
 
+mod api;
+mod attribution;
 mod btf;
+mod cli;
 mod cardinality;
 mod config;
 mod daemon;
 mod doctor;
 mod ebpf;
+mod health;
 mod host;
 mod http;
 mod labels;

@@ -1,0 +1,130 @@
+//! The JSON documents served under `/api/v1/` and read by `governor status`
+//! and `governor top`. Both sides use these types, so they cannot drift.
+
+use serde::{Deserialize, Serialize};
+
+/// `GET /api/v1/endpoints`: every endpoint the health engine tracks.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Endpoints {
+    pub endpoints: Vec<Endpoint>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Endpoint {
+    /// `ip:port` or `[v6]:port`.
+    pub endpoint: String,
+    /// `healthy`, `suspect`, `unhealthy` or `recovering`.
+    pub state: String,
+    /// Seconds in the current state.
+    pub state_seconds: u64,
+    /// The counts inside the sliding windows now.
+    pub window: Window,
+    /// The last state change, if there was one.
+    pub last_transition: Option<Transition>,
+    /// Resets this endpoint sent (as a local endpoint), by the kernel's
+    /// reason, since governor started.
+    pub reset_reasons: Vec<ReasonCount>,
+    /// Live connections to or from this endpoint.
+    pub connections: u64,
+}
+
+/// Counts inside the sliding windows of one endpoint.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Window {
+    /// Resets within the reset window.
+    pub resets: u64,
+    pub reset_window_seconds: u64,
+    /// Connect attempts and failures within the failure window.
+    pub connect_attempts: u64,
+    pub connect_failures: u64,
+    pub failure_window_seconds: u64,
+    /// Retransmits within the reset window.
+    pub retransmits: u64,
+    /// Sockets of this endpoint in CLOSE_WAIT now, and the oldest one's age.
+    pub close_wait: u64,
+    pub close_wait_oldest_seconds: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Transition {
+    pub from: String,
+    pub to: String,
+    /// Seconds since the Unix epoch.
+    pub at_unix: u64,
+    /// Why, in words: "12 resets within 5 s (threshold 10)".
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReasonCount {
+    pub reason: String,
+    pub count: u64,
+}
+
+/// `GET /api/v1/processes`: processes that own live TCP sockets.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Processes {
+    pub processes: Vec<Process>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Process {
+    /// Thread group id (what `ps` calls the pid).
+    pub pid: u32,
+    /// The kernel's command name (at most 15 bytes).
+    pub command: String,
+    /// `name/pid`, or `namespace/pod` when the pod is known.
+    pub label: String,
+    pub attribution: Attribution,
+    /// Live connections owned by this process (listeners not included).
+    pub connections: u64,
+    pub listeners: Vec<String>,
+    pub close_wait: u64,
+    pub close_wait_oldest_seconds: u64,
+    /// A CLOSE_WAIT socket older than the leak threshold.
+    pub leaking: bool,
+}
+
+/// Where a process runs, as far as it is known. Missing parts are `None`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Attribution {
+    pub cgroup: Option<String>,
+    pub container_id: Option<String>,
+    pub pod_uid: Option<String>,
+    pub pod_namespace: Option<String>,
+    pub pod_name: Option<String>,
+}
+
+/// `GET /api/v1/connections?state=&pid=&endpoint=&limit=&offset=`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Connections {
+    /// Connections matching the filters (before paging).
+    pub total: u64,
+    pub offset: u64,
+    pub limit: u64,
+    pub connections: Vec<Connection>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Connection {
+    pub local: String,
+    pub remote: String,
+    /// Kernel state name (`ESTABLISHED`, `CLOSE_WAIT`, ...).
+    pub state: String,
+    /// `active` (this host connected) or `passive` (accepted).
+    pub direction: String,
+    pub pid: u32,
+    pub command: String,
+    pub age_seconds: u64,
+    /// Seconds in CLOSE_WAIT, when it is there.
+    pub close_wait_seconds: Option<u64>,
+}
+
+/// `GET /api/v1/status`: what `governor status` shows.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Status {
+    /// Endpoints that are not healthy.
+    pub endpoints: Vec<Endpoint>,
+    /// Processes marked leaking.
+    pub leaking: Vec<Process>,
+}

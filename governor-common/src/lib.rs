@@ -33,6 +33,11 @@ pub mod counter {
     pub const ENDPOINT_UPDATE_FAILED: u32 = 4;
     /// Tracepoint records whose fields could not be read.
     pub const READ_ERRORS: u32 = 5;
+    /// Sockets the per-socket table could not take.
+    pub const SOCKET_UPDATE_FAILED: u32 = 6;
+    /// Closes of established sockets the per-socket table did not know
+    /// (opened before governor started, or evicted from the full table).
+    pub const SOCKET_UNTRACKED: u32 = 7;
     /// Size of the array.
     pub const SLOTS: u32 = 8;
 }
@@ -67,13 +72,15 @@ pub struct TpLayout {
     /// `enum sk_rst_reason` of `tcp:tcp_send_reset`.
     pub reason: u16,
     pub state: u16,
+    /// `const void *skaddr`: the socket's kernel address, the key of the
+    /// per-socket table.
+    pub skaddr: u16,
     /// The fields every event needs, copied in one read.
     pub primary: Span,
     /// Family, ports and IPv4 addresses.
     pub addr: Span,
     /// IPv6 addresses, copied only for IPv6 flows.
     pub addr6: Span,
-    pub pad: u16,
 }
 
 /// A run of bytes in a tracepoint record that a program copies in one
@@ -102,10 +109,10 @@ impl TpLayout {
         protocol: Self::ABSENT,
         reason: Self::ABSENT,
         state: Self::ABSENT,
+        skaddr: Self::ABSENT,
         primary: Span { start: 0, len: 0 },
         addr: Span { start: 0, len: 0 },
         addr6: Span { start: 0, len: 0 },
-        pad: 0,
     };
 }
 
@@ -124,6 +131,26 @@ pub struct KernelConfig {
     pub ephemeral_low: u16,
     pub ephemeral_high: u16,
     pub pad: u32,
+    /// Where fields the tracepoints do not carry sit in the kernel's socket
+    /// structs, from the running kernel's BTF.
+    pub sock: SockOffsets,
+}
+
+/// Byte offsets of socket fields, resolved from BTF at start-up;
+/// [`SockOffsets::ABSENT`] when this kernel lacks the field.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SockOffsets {
+    /// `struct sock.sk_err` (`int`): the error a failed connect or a reset
+    /// connection ends with (`ECONNREFUSED`, `ETIMEDOUT`, `ECONNRESET`).
+    pub sk_err: u32,
+    /// `struct tcp_sock.srtt_us` (`u32`, smoothed RTT << 3): on a passive
+    /// open it holds the SYN-ACK round trip when the handshake completes.
+    pub srtt_us: u32,
+}
+
+impl SockOffsets {
+    pub const ABSENT: u32 = u32::MAX;
 }
 
 impl KernelConfig {
@@ -135,6 +162,7 @@ impl KernelConfig {
         ephemeral_low: 1,
         ephemeral_high: 0,
         pad: 0,
+        sock: SockOffsets { sk_err: SockOffsets::ABSENT, srtt_us: SockOffsets::ABSENT },
     };
 }
 
@@ -163,12 +191,117 @@ pub struct EndpointStats {
     pub reserved: u64,
 }
 
-/// Kinds of [`TcpEvent`].
+/// Kinds of ring buffer events. Every event starts with
+/// `timestamp_ns: u64, kind: u32`; the kind says which struct follows.
 pub mod event_kind {
+    /// [`TcpEvent`](super::TcpEvent).
     pub const RESET_SENT: u32 = 1;
+    /// [`TcpEvent`](super::TcpEvent).
     pub const RESET_RECEIVED: u32 = 2;
-    /// An active open that went from `SYN_SENT` straight to `CLOSE`.
+    /// [`ConnEvent`](super::ConnEvent): an active open that went from
+    /// `SYN_SENT` straight to `CLOSE`; `error` says why.
     pub const CONNECT_FAILED: u32 = 3;
+    /// [`ConnEvent`](super::ConnEvent): the handshake completed.
+    pub const OPENED: u32 = 4;
+    /// [`ConnEvent`](super::ConnEvent): the peer closed; the socket waits
+    /// for its owner to close it.
+    pub const CLOSE_WAIT: u32 = 5;
+    /// [`ConnEvent`](super::ConnEvent): the owner closed a socket that was
+    /// in `CLOSE_WAIT`; `state` is the state it went to.
+    pub const CLOSE_WAIT_LEFT: u32 = 6;
+    /// [`ConnEvent`](super::ConnEvent): an established connection ended;
+    /// `state` is the state it left, `error` set when it was reset.
+    pub const CLOSED: u32 = 7;
+    /// [`ConnEvent`](super::ConnEvent): a socket started listening.
+    pub const LISTEN: u32 = 8;
+    /// [`ConnEvent`](super::ConnEvent): a listening socket closed.
+    pub const LISTEN_CLOSED: u32 = 9;
+}
+
+/// Directions of a connection.
+pub mod direction {
+    /// This host connected.
+    pub const ACTIVE: u8 = 1;
+    /// This host accepted.
+    pub const PASSIVE: u8 = 2;
+}
+
+/// The process a socket belongs to: who connected or listened, captured in
+/// its own context; accepted sockets take their listener's owner.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Owner {
+    /// cgroup v2 id (the inode of the cgroup's directory).
+    pub cgroup_id: u64,
+    /// Thread group id: the process id.
+    pub tgid: u32,
+    /// Thread id.
+    pub pid: u32,
+    /// Command name, NUL padded.
+    pub comm: [u8; 16],
+}
+
+/// Both ends of a connection: local is `s`, remote is `d`; ports in host
+/// order; IPv4 addresses fill the first four bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowAddrs {
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub family: u16,
+    pub sport: u16,
+    pub dport: u16,
+    pub pad: u16,
+}
+
+/// One socket in the per-socket table, keyed by its kernel address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockInfo {
+    /// `bpf_ktime_get_ns()` when the socket started connecting (active) or
+    /// was created for an incoming connection (passive).
+    pub open_ns: u64,
+    /// When the handshake completed; 0 before.
+    pub established_ns: u64,
+    /// When it entered `CLOSE_WAIT`; 0 when it is not there.
+    pub close_wait_ns: u64,
+    /// Handshake time: `SYN_SENT` to `ESTABLISHED` for active opens, the
+    /// SYN-ACK round trip for passive ones.
+    pub handshake_ns: u64,
+    pub owner: Owner,
+    /// Filled when the handshake completes (the local port of an active
+    /// open is not chosen yet at `SYN_SENT`).
+    pub addrs: FlowAddrs,
+    /// `direction::ACTIVE` or `direction::PASSIVE`.
+    pub direction: u8,
+    /// Current TCP state.
+    pub state: u8,
+    pub pad: [u8; 6],
+}
+
+/// A listening socket's owner, keyed by its local address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListenerInfo {
+    pub owner: Owner,
+    /// Kernel address of the listening socket, so that closing one of
+    /// several listeners on an address does not remove another's entry.
+    pub skaddr: u64,
+}
+
+/// A connection event: the socket's table entry at the moment of the
+/// transition, plus what happened.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnEvent {
+    /// `bpf_ktime_get_ns()` at the event.
+    pub timestamp_ns: u64,
+    /// One of `event_kind`.
+    pub kind: u32,
+    /// `sk_err` at the transition (an errno), 0 when none or unknown.
+    pub error: u32,
+    pub skaddr: u64,
+    pub info: SockInfo,
 }
 
 /// A discrete event carried by the ring buffer. `saddr`/`sport` are the local
@@ -192,7 +325,10 @@ pub struct TcpEvent {
 
 #[cfg(feature = "user")]
 mod pod {
-    use super::{EndpointKey, EndpointStats, KernelConfig, Span, TcpEvent, TpLayout};
+    use super::{
+        ConnEvent, EndpointKey, EndpointStats, FlowAddrs, KernelConfig, ListenerInfo, Owner, SockInfo, SockOffsets,
+        Span, TcpEvent, TpLayout,
+    };
 
     // SAFETY: all of these are #[repr(C)], made of integers with explicit
     // padding fields, so every bit pattern is valid and none has holes.
@@ -207,6 +343,18 @@ mod pod {
     unsafe impl aya::Pod for EndpointStats {}
     // SAFETY: as above.
     unsafe impl aya::Pod for TcpEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for SockOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Owner {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FlowAddrs {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for SockInfo {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ListenerInfo {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ConnEvent {}
 }
 
 #[cfg(test)]
@@ -219,7 +367,13 @@ mod tests {
     fn layouts_are_pinned() {
         assert_eq!((size_of::<Span>(), align_of::<Span>()), (4, 2));
         assert_eq!((size_of::<TpLayout>(), align_of::<TpLayout>()), (40, 2));
-        assert_eq!((size_of::<KernelConfig>(), align_of::<KernelConfig>()), (168, 4));
+        assert_eq!((size_of::<KernelConfig>(), align_of::<KernelConfig>()), (176, 4));
+        assert_eq!((size_of::<SockOffsets>(), align_of::<SockOffsets>()), (8, 4));
+        assert_eq!((size_of::<Owner>(), align_of::<Owner>()), (32, 8));
+        assert_eq!((size_of::<FlowAddrs>(), align_of::<FlowAddrs>()), (40, 2));
+        assert_eq!((size_of::<SockInfo>(), align_of::<SockInfo>()), (112, 8));
+        assert_eq!((size_of::<ListenerInfo>(), align_of::<ListenerInfo>()), (40, 8));
+        assert_eq!((size_of::<ConnEvent>(), align_of::<ConnEvent>()), (136, 8));
         assert_eq!((size_of::<EndpointKey>(), align_of::<EndpointKey>()), (24, 4));
         assert_eq!((size_of::<EndpointStats>(), align_of::<EndpointStats>()), (32, 8));
         assert_eq!((size_of::<TcpEvent>(), align_of::<TcpEvent>()), (56, 8));

@@ -8,6 +8,7 @@
 #![expect(clippy::inline_always, reason = "helpers stay inside each program: one function for the verifier")]
 #![expect(clippy::needless_pass_by_value, reason = "#[tracepoint] hands the context over by value")]
 
+mod connection;
 mod maps;
 mod record;
 

@@ -9,7 +9,9 @@ use aya_ebpf::{
     macros::map,
     maps::{LruHashMap, PerCpuArray, RingBuf},
 };
-use governor_common::{EndpointKey, EndpointStats, KernelConfig, RESET_REASON_SLOTS, TRANSITION_SLOTS, counter};
+use governor_common::{
+    EndpointKey, EndpointStats, KernelConfig, ListenerInfo, RESET_REASON_SLOTS, SockInfo, TRANSITION_SLOTS, counter,
+};
 
 /// Tracepoint field offsets and the ephemeral port range; set by user space.
 #[unsafe(no_mangle)]
@@ -31,6 +33,17 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::S
 /// recently used entries evicted first.
 #[map]
 pub static ENDPOINTS: LruHashMap<EndpointKey, EndpointStats> = LruHashMap::with_max_entries(16_384, 0);
+
+/// Every TCP socket the programs saw open, keyed by its kernel address.
+/// Bounded: when it is full the least recently used socket is evicted, and
+/// its close is counted as untracked. Resized at load time.
+#[map]
+pub static SOCKETS: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(65_536, 0);
+
+/// Owners of listening sockets by local address and port (no ephemeral
+/// collapsing), so that accepted connections take their listener's owner.
+#[map]
+pub static LISTENERS: LruHashMap<EndpointKey, ListenerInfo> = LruHashMap::with_max_entries(4096, 0);
 
 /// Discrete events for user space. Resized at load time.
 #[map]

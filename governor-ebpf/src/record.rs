@@ -12,7 +12,7 @@ use aya_ebpf::{
     helpers::{bpf_ktime_get_ns, generated::bpf_probe_read_kernel},
     programs::TracePointContext,
 };
-use governor_common::{AF_INET, AF_INET6, EndpointKey, Span, TP_RECORD_MAX, TcpEvent, TpLayout};
+use governor_common::{AF_INET, AF_INET6, EndpointKey, FlowAddrs, Span, TP_RECORD_MAX, TcpEvent, TpLayout};
 
 use crate::maps::{EVENTS, GOVERNOR_CONFIG, count};
 
@@ -99,6 +99,11 @@ impl<'a> Record<'a> {
     pub fn u32(&self, offset: u16) -> Result<u32, i64> {
         self.array(offset).map(u32::from_ne_bytes)
     }
+
+    #[inline(always)]
+    pub fn u64(&self, offset: u16) -> Result<u64, i64> {
+        self.array(offset).map(u64::from_ne_bytes)
+    }
 }
 
 /// Both ends of a connection as the tracepoint reports them.
@@ -140,6 +145,26 @@ impl Flow {
     #[inline(always)]
     pub fn local(&self) -> EndpointKey {
         endpoint(self.family, self.saddr, self.sport)
+    }
+
+    /// The local side as it is, ephemeral ports included: the key of a
+    /// listening socket.
+    #[inline(always)]
+    pub fn local_exact(&self) -> EndpointKey {
+        EndpointKey { addr: self.saddr, port: self.sport, family: self.family, pad: 0 }
+    }
+
+    /// Both sides as the per-socket table stores them.
+    #[inline(always)]
+    pub fn addrs(&self) -> FlowAddrs {
+        FlowAddrs {
+            saddr: self.saddr,
+            daddr: self.daddr,
+            family: self.family,
+            sport: self.sport,
+            dport: self.dport,
+            pad: 0,
+        }
     }
 
     /// The remote side as an endpoint key.

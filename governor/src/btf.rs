@@ -1,6 +1,8 @@
 //! A small reader for the kernel's BTF (`/sys/kernel/btf/vmlinux`): enough
 //! to look up enum names, so that labels use the running kernel's own names
-//! rather than a table compiled for one kernel.
+//! rather than a table compiled for one kernel, and the offsets of struct
+//! members the kernel programs read, so that they never use offsets compiled
+//! for one kernel.
 //!
 //! aya parses BTF too, but keeps the types crate-private; the format is
 //! small and stable (include/uapi/linux/btf.h), so this reads just the parts
@@ -11,6 +13,8 @@ use std::{fs, io, path::Path};
 pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
 
 const MAGIC: u16 = 0xeb9f;
+const KIND_STRUCT: u32 = 4;
+const KIND_UNION: u32 = 5;
 const KIND_ENUM: u32 = 6;
 const KIND_ENUM64: u32 = 19;
 
@@ -24,6 +28,12 @@ pub enum BtfError {
     UnknownKind { kind: u32, id: u32 },
     #[error("BTF has no enum named {0}")]
     NoEnum(String),
+    #[error("BTF has no struct named {0}")]
+    NoStruct(String),
+    #[error("struct {strukt} has no member {member} in this kernel's BTF")]
+    NoMember { strukt: String, member: String },
+    #[error("struct {strukt} member {member} is a bit field")]
+    BitField { strukt: String, member: String },
 }
 
 /// The parsed type and string sections.
@@ -89,6 +99,84 @@ impl Btf {
         Err(BtfError::NoEnum(name.to_owned()))
     }
 
+    /// Start of every type in the type section; type id `n` is at `[n - 1]`.
+    fn index(&self) -> Result<Vec<usize>, BtfError> {
+        let mut starts = Vec::new();
+        let mut at = self.types.start;
+        while at + 12 <= self.types.end {
+            let info = self.u32(at + 4).unwrap_or(0);
+            let (kind, vlen) = ((info >> 24) & 0x1f, (info & 0xffff) as usize);
+            starts.push(at);
+            let id = u32::try_from(starts.len()).unwrap_or(u32::MAX);
+            at += 12 + extra_bytes(kind, vlen).ok_or(BtfError::UnknownKind { kind, id })?;
+        }
+        Ok(starts)
+    }
+
+    /// Byte offset of `member` inside `struct strukt`, looking through
+    /// anonymous structs and unions (the kernel groups many `struct sock`
+    /// members in them).
+    pub fn member_offset(&self, strukt: &str, member: &str) -> Result<u32, BtfError> {
+        let index = self.index()?;
+        let top = index
+            .iter()
+            .copied()
+            .find(|&at| {
+                let info = self.u32(at + 4).unwrap_or(0);
+                (info >> 24) & 0x1f == KIND_STRUCT && info & 0xffff > 0 && self.name(self.u32(at).unwrap_or(0)) == strukt
+            })
+            .ok_or_else(|| BtfError::NoStruct(strukt.to_owned()))?;
+        let no_member = || BtfError::NoMember { strukt: strukt.to_owned(), member: member.to_owned() };
+        let bits = self.find_member(&index, top, member, 0).ok_or_else(no_member)?;
+        if bits % 8 != 0 {
+            return Err(BtfError::BitField { strukt: strukt.to_owned(), member: member.to_owned() });
+        }
+        Ok(bits / 8)
+    }
+
+    /// Bit offset of `member` in the struct or union at `at`, plus `base`.
+    fn find_member(&self, index: &[usize], at: usize, member: &str, base: u32) -> Option<u32> {
+        let info = self.u32(at + 4)?;
+        let (vlen, kind_flag) = ((info & 0xffff) as usize, info >> 31 == 1);
+        let members = (0..vlen).map(|i| at + 12 + 12 * i);
+        // Named members first: a name found at this level wins over one
+        // inside an anonymous member.
+        for m in members.clone() {
+            if self.name(self.u32(m)?) == member {
+                return Some(base + bit_offset(self.u32(m + 8)?, kind_flag));
+            }
+        }
+        for m in members {
+            if self.u32(m)? != 0 {
+                continue;
+            }
+            let inner = self.resolve(index, self.u32(m + 4)?)?;
+            let kind = (self.u32(inner + 4)? >> 24) & 0x1f;
+            if kind == KIND_STRUCT || kind == KIND_UNION {
+                let offset = base + bit_offset(self.u32(m + 8)?, kind_flag);
+                if let Some(found) = self.find_member(index, inner, member, offset) {
+                    return Some(found);
+                }
+            }
+        }
+        None
+    }
+
+    /// The type a chain of typedefs and qualifiers ends at.
+    fn resolve(&self, index: &[usize], mut id: u32) -> Option<usize> {
+        for _ in 0..32 {
+            let at = *index.get(usize::try_from(id).ok()?.checked_sub(1)?)?;
+            let kind = (self.u32(at + 4)? >> 24) & 0x1f;
+            // TYPEDEF, VOLATILE, CONST, RESTRICT, TYPE_TAG
+            if matches!(kind, 8 | 9 | 10 | 11 | 18) {
+                id = self.u32(at + 8)?;
+            } else {
+                return Some(at);
+            }
+        }
+        None
+    }
+
     fn variants(&self, kind: u32, body: usize, vlen: usize, signed: bool) -> Vec<(i64, String)> {
         (0..vlen)
             .map(|i| {
@@ -105,6 +193,12 @@ impl Btf {
             })
             .collect()
     }
+}
+
+/// A member's offset in bits; with `kind_flag` the top byte holds the bit
+/// field size.
+fn bit_offset(raw: u32, kind_flag: bool) -> u32 {
+    if kind_flag { raw & 0x00ff_ffff } else { raw }
 }
 
 /// Bytes that follow the 12-byte common part of a type of `kind`.
@@ -144,7 +238,7 @@ mod tests {
     /// Builds a little-endian BTF blob: an INT, a STRUCT with one member,
     /// then the enum under test, then an ENUM64.
     fn blob() -> Vec<u8> {
-        let strings = b"\0int\0s\0m\0sk_rst_reason\0SK_RST_REASON_NOT_SPECIFIED\0SK_RST_REASON_NO_SOCKET\0e64\0BIG\0";
+        let strings = b"\0int\0s\0m\0sk_rst_reason\0SK_RST_REASON_NOT_SPECIFIED\0SK_RST_REASON_NO_SOCKET\0e64\0BIG\0outer\0a\0u\0td\0";
         let at = |s: &str| -> u32 {
             let needle = format!("\0{s}\0");
             u32::try_from(strings.windows(needle.len()).position(|w| w == needle.as_bytes()).unwrap() + 1).unwrap()
@@ -166,6 +260,13 @@ mod tests {
         ]);
         // [4] enum64 e64 { BIG = 1 << 40 }
         t.extend([at("e64"), 19 << 24 | 1, 8, at("BIG"), 0, 1 << 8]);
+        // [5] union { int u; }  (anonymous)
+        t.extend([0, 5 << 24 | 1, 4, at("u"), 1, 0]);
+        // [6] typedef td = [5]
+        t.extend([at("td"), 8 << 24, 5]);
+        // [7] struct outer { int a; td; } with kind_flag: member offsets
+        // carry bit field sizes in the top byte.
+        t.extend([at("outer"), 1 << 31 | 4 << 24 | 2, 12, at("a"), 1, 0, 0, 6, 64]);
         let types: Vec<u8> = t.iter().flat_map(|v| v.to_le_bytes()).collect();
         let mut out = Vec::new();
         out.extend(MAGIC.to_le_bytes());
@@ -191,6 +292,27 @@ mod tests {
         assert_eq!(reset_reason_names(&btf).unwrap(), [(0, "NOT_SPECIFIED".to_owned()), (1, "NO_SOCKET".to_owned())]);
         assert_eq!(btf.enum_values("e64").unwrap(), [(1 << 40, "BIG".to_owned())]);
         assert!(matches!(btf.enum_values("nope"), Err(BtfError::NoEnum(_))));
+    }
+
+    #[test]
+    fn finds_members_through_anonymous_unions() {
+        let btf = Btf::parse(blob()).unwrap();
+        assert_eq!(btf.member_offset("s", "m").unwrap(), 0);
+        assert_eq!(btf.member_offset("outer", "a").unwrap(), 0);
+        assert_eq!(btf.member_offset("outer", "u").unwrap(), 8);
+        assert!(matches!(btf.member_offset("outer", "zz"), Err(BtfError::NoMember { .. })));
+        assert!(matches!(btf.member_offset("nope", "a"), Err(BtfError::NoStruct(_))));
+    }
+
+    #[test]
+    fn finds_the_socket_fields_of_the_running_kernel() {
+        // Every kernel governor supports has BTF (checked at start-up).
+        let btf = Btf::read(Path::new(VMLINUX)).unwrap();
+        let err = btf.member_offset("sock", "sk_err").unwrap();
+        let srtt = btf.member_offset("tcp_sock", "srtt_us").unwrap();
+        // struct sock starts with struct sock_common; tcp_sock embeds sock.
+        assert!(err > btf.member_offset("sock", "__sk_common").unwrap());
+        assert!(srtt > err);
     }
 
     #[test]

@@ -6,6 +6,7 @@ mod btf;
 mod cli;
 mod cardinality;
 mod config;
+mod connections;
 mod daemon;
 mod doctor;
 mod ebpf;

@@ -211,6 +211,7 @@ pub fn layout_for(tp: &Tracepoint, fields: &[Field]) -> Result<TpLayout, LayoutE
             layout.oldstate = f.offset("oldstate", 4)?;
             layout.newstate = f.offset("newstate", 4)?;
             layout.protocol = f.offset("protocol", 2)?;
+            layout.skaddr = f.offset("skaddr", 8)?;
         }
         Hook::ResetSent => {
             // Both are extras: older kernels lack the reason, and a missing
@@ -229,7 +230,11 @@ pub fn layout_for(tp: &Tracepoint, fields: &[Field]) -> Result<TpLayout, LayoutE
     layout.addr = f.span("address", &addr)?;
     layout.addr6 = f.span("IPv6 address", &[(l.saddr6, 16), (l.daddr6, 16)])?;
     layout.primary = match tp.hook {
-        Hook::State => f.span("state", &[(l.oldstate, 4), (l.newstate, 4), (l.protocol, 2)])?,
+        // The socket table needs the addresses on several transitions:
+        // one copy of both costs less than a second copy.
+        Hook::State => {
+            f.span("state", &[addr.as_slice(), &[(l.skaddr, 8), (l.oldstate, 4), (l.newstate, 4), (l.protocol, 2)]].concat())?
+        }
         Hook::ResetSent => f.span("reset", &[addr.as_slice(), &[(l.state, 4), (l.reason, 4)]].concat())?,
         Hook::ResetReceived | Hook::Retransmit => layout.addr,
     };

@@ -50,8 +50,9 @@ fn state_layout_of_linux_6_18() {
     assert_eq!((l.sport, l.dport, l.family, l.ports_be), (24, 26, 28, 0));
     assert_eq!((l.saddr4, l.daddr4, l.saddr6, l.daddr6), (32, 36, 40, 56));
     assert_eq!((l.reason, l.state), (TpLayout::ABSENT, TpLayout::ABSENT));
-    // oldstate..protocol, family..daddr, saddr_v6..daddr_v6.
-    assert_eq!(l.primary, Span { start: 16, len: 16 });
+    assert_eq!(l.skaddr, 8);
+    // skaddr..daddr, family..daddr, saddr_v6..daddr_v6.
+    assert_eq!(l.primary, Span { start: 8, len: 32 });
     assert_eq!(l.addr, Span { start: 24, len: 16 });
     assert_eq!(l.addr6, Span { start: 40, len: 32 });
 }

@@ -1,0 +1,365 @@
+//! The per-socket table: what `tcp_state.rs` does with each transition of a
+//! TCP socket. Owners are captured where the kernel runs in the owner's
+//! context (`connect()` entering `SYN_SENT`, `listen()` entering `LISTEN`);
+//! accepted sockets take the owner of their listener. User space gets an
+//! event when a connection opens, enters or leaves `CLOSE_WAIT`, closes or
+//! fails to connect; every other transition only updates the table.
+//!
+//! Fields the tracepoint does not carry (`sk_err`, `srtt_us`) are read from
+//! the socket at offsets user space resolved from the kernel's BTF.
+
+use core::{ffi::c_void, mem::size_of};
+
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        generated::bpf_probe_read_kernel,
+    },
+    programs::TracePointContext,
+};
+use governor_common::{
+    ConnEvent, ListenerInfo, Owner, SockInfo, SockOffsets, TpLayout, counter, direction, event_kind,
+};
+
+use crate::{
+    maps::{EVENTS, GOVERNOR_CONFIG, LISTENERS, SOCKETS, count},
+    record::{Flow, Record},
+};
+
+pub const TCP_ESTABLISHED: i32 = 1;
+pub const TCP_SYN_SENT: i32 = 2;
+pub const TCP_SYN_RECV: i32 = 3;
+pub const TCP_CLOSE: i32 = 7;
+pub const TCP_CLOSE_WAIT: i32 = 8;
+pub const TCP_LISTEN: i32 = 10;
+
+/// One transition of the socket at `skaddr`.
+#[inline(always)]
+pub fn transition(
+    ctx: &TracePointContext,
+    r: &mut Record,
+    l: &TpLayout,
+    skaddr: u64,
+    old: i32,
+    new: i32,
+) -> Result<(), i64> {
+    // Each arm is a function of its own (a BPF-to-BPF call): inlined
+    // together, their locals overflow the 512-byte stack. They return 0 or
+    // a negative error: a `Result` would be returned through memory.
+    let rc = match (old, new) {
+        (TCP_CLOSE, TCP_SYN_SENT) => active_open(skaddr),
+        (TCP_LISTEN, TCP_SYN_RECV) => passive_open(ctx, r, l, skaddr),
+        (_, TCP_LISTEN) => listen(ctx, r, l, skaddr),
+        (TCP_LISTEN, _) => listen_closed(ctx, r, l, skaddr),
+        (TCP_SYN_SENT, TCP_CLOSE) => connect_failed(ctx, r, l, skaddr),
+        (_, TCP_ESTABLISHED) => established(ctx, r, l, skaddr, old),
+        (_, TCP_CLOSE) => closed(skaddr, old),
+        (_, TCP_CLOSE_WAIT) => close_wait(skaddr),
+        (TCP_CLOSE_WAIT, _) => close_wait_left(skaddr, new),
+        _ => set_state(skaddr, new),
+    };
+    if rc == 0 { Ok(()) } else { Err(rc) }
+}
+
+/// The error of a `Result` as the arms return it.
+#[inline(always)]
+fn code(result: Result<(), i64>) -> i64 {
+    match result {
+        Ok(()) => 0,
+        Err(e) => e,
+    }
+}
+
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: helper without preconditions.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// The task the program runs in: the owner when the kernel is in a system
+/// call of the process (connect, listen).
+#[inline(always)]
+fn current_owner() -> Owner {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    Owner {
+        // SAFETY: helper without preconditions.
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        tgid: (pid_tgid >> 32) as u32,
+        pid: pid_tgid as u32,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    }
+}
+
+#[inline(always)]
+fn offsets() -> SockOffsets {
+    // SAFETY: plain read of an immutable global set at load.
+    unsafe { core::ptr::read_volatile(&raw const GOVERNOR_CONFIG.sock) }
+}
+
+/// Reads a `u32`-sized socket field at a BTF-resolved offset; 0 when this
+/// kernel lacks the field or the read fails.
+#[inline(always)]
+fn sock_u32(skaddr: u64, offset: u32) -> u32 {
+    if offset == SockOffsets::ABSENT {
+        return 0;
+    }
+    let mut value: u32 = 0;
+    // SAFETY: the helper copes with any source address and writes exactly
+    // four bytes into `value` or fails.
+    let rc = unsafe {
+        bpf_probe_read_kernel(
+            (&raw mut value).cast::<c_void>(),
+            size_of::<u32>() as u32,
+            (skaddr + u64::from(offset)) as *const c_void,
+        )
+    };
+    if rc == 0 { value } else { 0 }
+}
+
+#[inline(always)]
+fn insert(skaddr: u64, info: &SockInfo) {
+    if SOCKETS.insert(&skaddr, info, 0).is_err() {
+        count(counter::SOCKET_UPDATE_FAILED);
+    }
+}
+
+/// `connect()`: the calling task owns the socket. The local port is not
+/// chosen yet; the addresses are filled when the handshake completes.
+#[inline(never)]
+fn active_open(skaddr: u64) -> i64 {
+    code(try_active_open(skaddr))
+}
+
+#[inline(always)]
+fn try_active_open(skaddr: u64) -> Result<(), i64> {
+    let info = SockInfo {
+        open_ns: now(),
+        owner: current_owner(),
+        direction: direction::ACTIVE,
+        state: TCP_SYN_SENT as u8,
+        ..SockInfo::default()
+    };
+    insert(skaddr, &info);
+    Ok(())
+}
+
+/// A socket created for an incoming connection. Its addresses are still
+/// the listener's at this point, which is exactly the listener's key.
+#[inline(never)]
+fn passive_open(ctx: &TracePointContext, r: &mut Record, l: &TpLayout, skaddr: u64) -> i64 {
+    code(try_passive_open(ctx, r, l, skaddr))
+}
+
+#[inline(always)]
+fn try_passive_open(ctx: &TracePointContext, r: &mut Record, l: &TpLayout, skaddr: u64) -> Result<(), i64> {
+    let flow = Flow::read(ctx, r, l)?;
+    let owner = LISTENERS.get_ptr(&flow.local_exact()).map_or(Owner::default(), |listener| {
+        // SAFETY: a live map value.
+        unsafe { (*listener).owner }
+    });
+    let info = SockInfo {
+        open_ns: now(),
+        owner,
+        direction: direction::PASSIVE,
+        state: TCP_SYN_RECV as u8,
+        ..SockInfo::default()
+    };
+    insert(skaddr, &info);
+    Ok(())
+}
+
+#[inline(never)]
+fn listen(ctx: &TracePointContext, r: &mut Record, l: &TpLayout, skaddr: u64) -> i64 {
+    code(try_listen(ctx, r, l, skaddr))
+}
+
+#[inline(always)]
+fn try_listen(ctx: &TracePointContext, r: &mut Record, l: &TpLayout, skaddr: u64) -> Result<(), i64> {
+    let flow = Flow::read(ctx, r, l)?;
+    let owner = current_owner();
+    let _ = LISTENERS.insert(&flow.local_exact(), &ListenerInfo { owner, skaddr }, 0);
+    let info = SockInfo {
+        open_ns: now(),
+        owner,
+        addrs: flow.addrs(),
+        state: TCP_LISTEN as u8,
+        ..SockInfo::default()
+    };
+    emit(event_kind::LISTEN, skaddr, &info, 0);
+    Ok(())
+}
+
+#[inline(never)]
+fn listen_closed(ctx: &TracePointContext, r: &mut Record, l: &TpLayout, skaddr: u64) -> i64 {
+    code(try_listen_closed(ctx, r, l, skaddr))
+}
+
+#[inline(always)]
+fn try_listen_closed(ctx: &TracePointContext, r: &mut Record, l: &TpLayout, skaddr: u64) -> Result<(), i64> {
+    let flow = Flow::read(ctx, r, l)?;
+    let key = flow.local_exact();
+    let mut info = SockInfo { addrs: flow.addrs(), state: TCP_CLOSE as u8, ..SockInfo::default() };
+    if let Some(listener) = LISTENERS.get_ptr(&key) {
+        // SAFETY: a live map value.
+        let listener = unsafe { *listener };
+        if listener.skaddr == skaddr {
+            info.owner = listener.owner;
+            let _ = LISTENERS.remove(&key);
+        }
+    }
+    emit(event_kind::LISTEN_CLOSED, skaddr, &info, 0);
+    Ok(())
+}
+
+#[inline(never)]
+fn established(ctx: &TracePointContext, r: &mut Record, l: &TpLayout, skaddr: u64, old: i32) -> i64 {
+    code(try_established(ctx, r, l, skaddr, old))
+}
+
+#[inline(always)]
+fn try_established(ctx: &TracePointContext, r: &mut Record, l: &TpLayout, skaddr: u64, old: i32) -> Result<(), i64> {
+    let flow = Flow::read(ctx, r, l)?;
+    let at = now();
+    let entry = if let Some(entry) = SOCKETS.get_ptr_mut(&skaddr) {
+        entry
+    } else {
+        // Evicted, or opened before the programs were attached: track it
+        // from here without an owner.
+        let direction = if old == TCP_SYN_SENT { direction::ACTIVE } else { direction::PASSIVE };
+        let _ = SOCKETS.insert(&skaddr, &SockInfo { open_ns: at, direction, ..SockInfo::default() }, u64::from(BPF_NOEXIST));
+        let Some(entry) = SOCKETS.get_ptr_mut(&skaddr) else {
+            count(counter::SOCKET_UPDATE_FAILED);
+            return Ok(());
+        };
+        entry
+    };
+    // SAFETY: a live map value; only this socket's transitions write it and
+    // the kernel serialises those under the socket lock.
+    let info = unsafe { &mut *entry };
+    let srtt = if old == TCP_SYN_RECV { sock_u32(skaddr, offsets().srtt_us) } else { 0 };
+    info.handshake_ns = if srtt > 0 {
+        // srtt_us holds the RTT in microseconds << 3.
+        u64::from(srtt) * 1000 / 8
+    } else {
+        at - info.open_ns
+    };
+    info.established_ns = at;
+    info.addrs = flow.addrs();
+    info.state = TCP_ESTABLISHED as u8;
+    emit(event_kind::OPENED, skaddr, info, 0);
+    Ok(())
+}
+
+/// `SYN_SENT` straight to `CLOSE`: refused (`ECONNREFUSED`), timed out
+/// (`ETIMEDOUT`), unreachable, or abandoned by the caller (no error).
+#[inline(never)]
+fn connect_failed(ctx: &TracePointContext, r: &mut Record, l: &TpLayout, skaddr: u64) -> i64 {
+    code(try_connect_failed(ctx, r, l, skaddr))
+}
+
+#[inline(always)]
+fn try_connect_failed(ctx: &TracePointContext, r: &mut Record, l: &TpLayout, skaddr: u64) -> Result<(), i64> {
+    let flow = Flow::read(ctx, r, l)?;
+    let error = sock_u32(skaddr, offsets().sk_err);
+    let mut info = match SOCKETS.get_ptr(&skaddr) {
+        // SAFETY: a live map value.
+        Some(entry) => unsafe { *entry },
+        None => SockInfo { direction: direction::ACTIVE, ..SockInfo::default() },
+    };
+    let _ = SOCKETS.remove(&skaddr);
+    info.addrs = flow.addrs();
+    info.state = TCP_SYN_SENT as u8;
+    emit(event_kind::CONNECT_FAILED, skaddr, &info, error);
+    Ok(())
+}
+
+#[inline(never)]
+fn closed(skaddr: u64, old: i32) -> i64 {
+    code(try_closed(skaddr, old))
+}
+
+#[inline(always)]
+fn try_closed(skaddr: u64, old: i32) -> Result<(), i64> {
+    let Some(entry) = SOCKETS.get_ptr(&skaddr) else {
+        if old != TCP_SYN_RECV && old != TCP_CLOSE {
+            count(counter::SOCKET_UNTRACKED);
+        }
+        return Ok(());
+    };
+    // SAFETY: a live map value.
+    let mut info = unsafe { *entry };
+    let _ = SOCKETS.remove(&skaddr);
+    if info.established_ns == 0 {
+        // An incoming connection that never completed its handshake.
+        return Ok(());
+    }
+    info.state = old as u8;
+    emit(event_kind::CLOSED, skaddr, &info, sock_u32(skaddr, offsets().sk_err));
+    Ok(())
+}
+
+#[inline(never)]
+fn close_wait(skaddr: u64) -> i64 {
+    code(try_close_wait(skaddr))
+}
+
+#[inline(always)]
+fn try_close_wait(skaddr: u64) -> Result<(), i64> {
+    if let Some(entry) = SOCKETS.get_ptr_mut(&skaddr) {
+        // SAFETY: a live map value, written under the socket lock.
+        let info = unsafe { &mut *entry };
+        info.close_wait_ns = now();
+        info.state = TCP_CLOSE_WAIT as u8;
+        emit(event_kind::CLOSE_WAIT, skaddr, info, 0);
+    }
+    Ok(())
+}
+
+#[inline(never)]
+fn close_wait_left(skaddr: u64, new: i32) -> i64 {
+    code(try_close_wait_left(skaddr, new))
+}
+
+#[inline(always)]
+fn try_close_wait_left(skaddr: u64, new: i32) -> Result<(), i64> {
+    if let Some(entry) = SOCKETS.get_ptr_mut(&skaddr) {
+        // SAFETY: a live map value, written under the socket lock.
+        let info = unsafe { &mut *entry };
+        info.state = new as u8;
+        emit(event_kind::CLOSE_WAIT_LEFT, skaddr, info, 0);
+        info.close_wait_ns = 0;
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn set_state(skaddr: u64, new: i32) -> i64 {
+    if let Some(entry) = SOCKETS.get_ptr_mut(&skaddr) {
+        // SAFETY: a live map value, written under the socket lock.
+        unsafe { (*entry).state = new as u8 };
+    }
+    0
+}
+
+/// Sends a connection event; a full ring buffer is counted, never waited
+/// for. The entry is filled in place: a `ConnEvent` on the stack would not
+/// fit beside the record copy.
+#[inline(always)]
+fn emit(kind: u32, skaddr: u64, info: &SockInfo, error: u32) {
+    let Some(mut entry) = EVENTS.reserve::<ConnEvent>(0) else {
+        count(counter::EVENTS_LOST);
+        return;
+    };
+    let event = entry.as_mut_ptr();
+    // SAFETY: `event` points at reserved ring buffer memory of the right
+    // size; every field is written before the entry is submitted.
+    unsafe {
+        (*event).timestamp_ns = now();
+        (*event).kind = kind;
+        (*event).error = error;
+        (*event).skaddr = skaddr;
+        (*event).info = *info;
+    }
+    entry.submit(u64::from(aya_ebpf::bindings::BPF_RB_NO_WAKEUP));
+}

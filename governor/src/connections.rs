@@ -1,0 +1,270 @@
+//! The daemon's view of live connections, built from the kernel's
+//! connection events: who owns which socket, which are in `CLOSE_WAIT` and
+//! since when, which processes listen where. Pure: events and the time come
+//! in, outcomes and views go out.
+//!
+//! The kernel's per-socket table is the source of truth; this mirror follows
+//! it through events. When the ring buffer loses events the mirror can be
+//! rebuilt from the table with [`Tracker::replace`].
+
+use std::collections::{HashMap, hash_map::Entry};
+
+use governor_common::{ConnEvent, FlowAddrs, Owner, SockInfo, direction, event_kind};
+
+use crate::labels;
+
+/// `errno` values the kernel leaves in `sk_err`.
+pub mod errno {
+    pub const EPIPE: u32 = 32;
+    pub const ECONNRESET: u32 = 104;
+    pub const ETIMEDOUT: u32 = 110;
+    pub const ECONNREFUSED: u32 = 111;
+}
+
+/// Why a connect failed, as `governor_tcp_connect_failures_total` labels it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FailureReason {
+    /// The peer answered the SYN with a reset.
+    Refused,
+    /// The SYN retries ran out.
+    Timeout,
+    /// Established, then reset by the peer.
+    Reset,
+    /// Unreachable, abandoned by the caller, anything else.
+    Other,
+}
+
+impl FailureReason {
+    pub const ALL: [Self; 4] = [Self::Refused, Self::Timeout, Self::Reset, Self::Other];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Refused => "refused",
+            Self::Timeout => "timeout",
+            Self::Reset => "reset",
+            Self::Other => "other",
+        }
+    }
+
+    /// The reason of a connect that never completed, from `sk_err`.
+    pub fn of_connect(error: u32) -> Self {
+        match error {
+            errno::ECONNREFUSED => Self::Refused,
+            errno::ETIMEDOUT => Self::Timeout,
+            _ => Self::Other,
+        }
+    }
+}
+
+/// A live connection or listener.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conn {
+    pub owner: Owner,
+    pub addrs: FlowAddrs,
+    pub direction: u8,
+    pub state: u8,
+    /// Kernel monotonic nanoseconds.
+    pub established_ns: u64,
+    /// 0 when not in `CLOSE_WAIT`.
+    pub close_wait_ns: u64,
+}
+
+impl Conn {
+    fn from_info(info: &SockInfo) -> Self {
+        Self {
+            owner: info.owner,
+            addrs: info.addrs,
+            direction: info.direction,
+            state: info.state,
+            established_ns: info.established_ns,
+            close_wait_ns: info.close_wait_ns,
+        }
+    }
+
+    /// The service endpoint of a connection: the remote side of an active
+    /// open, the local side (the listener's address) of a passive one.
+    pub fn endpoint(&self) -> String {
+        endpoint_of(self.direction, &self.addrs)
+    }
+
+    pub fn local(&self) -> String {
+        labels::endpoint_of(self.addrs.family, &self.addrs.saddr, self.addrs.sport)
+    }
+
+    pub fn remote(&self) -> String {
+        labels::endpoint_of(self.addrs.family, &self.addrs.daddr, self.addrs.dport)
+    }
+}
+
+pub fn endpoint_of(direction: u8, a: &FlowAddrs) -> String {
+    if direction == direction::PASSIVE {
+        labels::endpoint_of(a.family, &a.saddr, a.sport)
+    } else {
+        labels::endpoint_of(a.family, &a.daddr, a.dport)
+    }
+}
+
+/// What one event means for the metrics and the health engine.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    Opened { direction: u8, endpoint: String, handshake_seconds: f64 },
+    ConnectFailed { endpoint: String, reason: FailureReason },
+    Closed { duration_seconds: f64, reset: Option<String> },
+    None,
+}
+
+/// Live sockets by kernel address.
+#[derive(Debug, Default)]
+pub struct Tracker {
+    conns: HashMap<u64, Conn>,
+    listeners: HashMap<u64, Conn>,
+}
+
+/// Nanoseconds to seconds for histograms.
+#[expect(clippy::cast_precision_loss, reason = "durations far below 2^52 ns")]
+fn seconds(ns: u64) -> f64 {
+    ns as f64 / 1e9
+}
+
+impl Tracker {
+    pub fn apply(&mut self, ev: &ConnEvent) -> Outcome {
+        let ConnEvent { timestamp_ns, kind, error, skaddr, info } = *ev;
+        match kind {
+            event_kind::OPENED => {
+                self.conns.insert(skaddr, Conn::from_info(&info));
+                Outcome::Opened {
+                    direction: info.direction,
+                    endpoint: endpoint_of(info.direction, &info.addrs),
+                    handshake_seconds: seconds(info.handshake_ns),
+                }
+            }
+            event_kind::CONNECT_FAILED => {
+                self.conns.remove(&skaddr);
+                Outcome::ConnectFailed {
+                    endpoint: endpoint_of(direction::ACTIVE, &info.addrs),
+                    reason: FailureReason::of_connect(error),
+                }
+            }
+            event_kind::CLOSE_WAIT | event_kind::CLOSE_WAIT_LEFT => {
+                // A socket opened while events were lost is added here.
+                let conn = Conn::from_info(&info);
+                let close_wait_ns = if kind == event_kind::CLOSE_WAIT { info.close_wait_ns } else { 0 };
+                match self.conns.entry(skaddr) {
+                    Entry::Occupied(mut e) => {
+                        e.get_mut().state = info.state;
+                        e.get_mut().close_wait_ns = close_wait_ns;
+                    }
+                    Entry::Vacant(e) => {
+                        e.insert(Conn { close_wait_ns, ..conn });
+                    }
+                }
+                Outcome::None
+            }
+            event_kind::CLOSED => {
+                self.conns.remove(&skaddr);
+                let reset = info.direction == direction::ACTIVE
+                    && matches!(error, errno::ECONNRESET | errno::EPIPE);
+                Outcome::Closed {
+                    duration_seconds: seconds(timestamp_ns.saturating_sub(info.established_ns)),
+                    reset: reset.then(|| endpoint_of(direction::ACTIVE, &info.addrs)),
+                }
+            }
+            event_kind::LISTEN => {
+                self.listeners.insert(skaddr, Conn::from_info(&info));
+                Outcome::None
+            }
+            event_kind::LISTEN_CLOSED => {
+                self.listeners.remove(&skaddr);
+                Outcome::None
+            }
+            _ => Outcome::None,
+        }
+    }
+
+    /// Replaces the mirror with a reading of the kernel's table (after lost
+    /// events). Listeners are kept: the table does not hold them.
+    pub fn replace(&mut self, table: impl IntoIterator<Item = (u64, SockInfo)>) {
+        self.conns = table
+            .into_iter()
+            .filter(|(_, info)| info.established_ns != 0)
+            .map(|(skaddr, info)| (skaddr, Conn::from_info(&info)))
+            .collect();
+    }
+
+    pub fn connections(&self) -> impl Iterator<Item = (&u64, &Conn)> {
+        self.conns.iter()
+    }
+
+    pub fn listeners(&self) -> impl Iterator<Item = &Conn> {
+        self.listeners.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+}
+
+/// Live sockets of one process.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProcessSockets {
+    pub owner: Owner,
+    pub connections: u64,
+    pub close_wait: u64,
+    /// Kernel monotonic ns of the oldest `CLOSE_WAIT` entry; 0 when none.
+    pub oldest_close_wait_ns: u64,
+    pub listeners: Vec<String>,
+}
+
+impl ProcessSockets {
+    /// Age of the oldest `CLOSE_WAIT` socket at `now_ns`.
+    pub fn close_wait_age_seconds(&self, now_ns: u64) -> u64 {
+        if self.close_wait == 0 { 0 } else { now_ns.saturating_sub(self.oldest_close_wait_ns) / 1_000_000_000 }
+    }
+}
+
+/// Sockets per owning process (thread group id; 0 for sockets without a
+/// known owner), sorted by pid.
+pub fn by_process(t: &Tracker) -> Vec<ProcessSockets> {
+    let mut out: HashMap<u32, ProcessSockets> = HashMap::new();
+    for conn in t.conns.values() {
+        let p = out.entry(conn.owner.tgid).or_insert_with(|| ProcessSockets { owner: conn.owner, ..Default::default() });
+        p.connections += 1;
+        if conn.close_wait_ns != 0 {
+            p.close_wait += 1;
+            if p.oldest_close_wait_ns == 0 || conn.close_wait_ns < p.oldest_close_wait_ns {
+                p.oldest_close_wait_ns = conn.close_wait_ns;
+            }
+        }
+    }
+    for l in t.listeners.values() {
+        let p = out.entry(l.owner.tgid).or_insert_with(|| ProcessSockets { owner: l.owner, ..Default::default() });
+        p.listeners.push(l.local());
+    }
+    let mut v: Vec<_> = out.into_values().collect();
+    for p in &mut v {
+        p.listeners.sort();
+        p.listeners.dedup();
+    }
+    v.sort_by_key(|p| p.owner.tgid);
+    v
+}
+
+/// Live connections and `CLOSE_WAIT` sockets per service endpoint:
+/// `(connections, close_wait, oldest close_wait ns)`.
+pub fn by_endpoint(t: &Tracker) -> HashMap<String, (u64, u64, u64)> {
+    let mut out: HashMap<String, (u64, u64, u64)> = HashMap::new();
+    for conn in t.conns.values() {
+        let e = out.entry(conn.endpoint()).or_default();
+        e.0 += 1;
+        if conn.close_wait_ns != 0 {
+            e.1 += 1;
+            if e.2 == 0 || conn.close_wait_ns < e.2 {
+                e.2 = conn.close_wait_ns;
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

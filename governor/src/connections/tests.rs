@@ -1,0 +1,109 @@
+use governor_common::{AF_INET, ConnEvent, FlowAddrs, Owner, SockInfo, direction, event_kind};
+
+use super::*;
+
+const S: u64 = 1_000_000_000;
+
+fn addrs(local: u8, lport: u16, remote: u8, rport: u16) -> FlowAddrs {
+    let mut a = FlowAddrs { family: AF_INET, sport: lport, dport: rport, ..Default::default() };
+    a.saddr[..4].copy_from_slice(&[10, 0, 0, local]);
+    a.daddr[..4].copy_from_slice(&[10, 0, 0, remote]);
+    a
+}
+
+fn owner(tgid: u32) -> Owner {
+    let mut comm = [0; 16];
+    comm[..3].copy_from_slice(b"srv");
+    Owner { cgroup_id: 7, tgid, pid: tgid, comm }
+}
+
+fn event(kind: u32, skaddr: u64, at: u64, info: SockInfo, error: u32) -> ConnEvent {
+    ConnEvent { timestamp_ns: at, kind, error, skaddr, info }
+}
+
+fn passive(tgid: u32, remote: u8) -> SockInfo {
+    SockInfo {
+        open_ns: S,
+        established_ns: S,
+        handshake_ns: S / 1000,
+        owner: owner(tgid),
+        addrs: addrs(1, 80, remote, 40_000),
+        direction: direction::PASSIVE,
+        state: 1,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn follows_a_connection_through_close_wait() {
+    let mut t = Tracker::default();
+    let info = passive(42, 2);
+    assert_eq!(
+        t.apply(&event(event_kind::OPENED, 1, S, info, 0)),
+        Outcome::Opened { direction: direction::PASSIVE, endpoint: "10.0.0.1:80".into(), handshake_seconds: 0.001 }
+    );
+    let cw = SockInfo { close_wait_ns: 3 * S, state: 8, ..info };
+    assert_eq!(t.apply(&event(event_kind::CLOSE_WAIT, 1, 3 * S, cw, 0)), Outcome::None);
+    let p = by_process(&t);
+    assert_eq!((p.len(), p[0].owner.tgid, p[0].connections, p[0].close_wait), (1, 42, 1, 1));
+    assert_eq!(p[0].close_wait_age_seconds(40 * S), 37);
+    assert_eq!(by_endpoint(&t)["10.0.0.1:80"], (1, 1, 3 * S));
+
+    let left = SockInfo { state: 9, ..cw };
+    t.apply(&event(event_kind::CLOSE_WAIT_LEFT, 1, 41 * S, left, 0));
+    assert_eq!(by_process(&t)[0].close_wait, 0);
+    assert_eq!(
+        t.apply(&event(event_kind::CLOSED, 1, 42 * S, left, 0)),
+        Outcome::Closed { duration_seconds: 41.0, reset: None }
+    );
+    assert_eq!(t.len(), 0);
+}
+
+#[test]
+fn failures_and_resets_get_their_reasons() {
+    let mut t = Tracker::default();
+    let active = SockInfo { direction: direction::ACTIVE, addrs: addrs(2, 40_000, 1, 81), ..Default::default() };
+    for (error, reason) in [
+        (errno::ECONNREFUSED, FailureReason::Refused),
+        (errno::ETIMEDOUT, FailureReason::Timeout),
+        (113, FailureReason::Other),
+        (0, FailureReason::Other),
+    ] {
+        assert_eq!(
+            t.apply(&event(event_kind::CONNECT_FAILED, 9, S, active, error)),
+            Outcome::ConnectFailed { endpoint: "10.0.0.1:81".into(), reason }
+        );
+    }
+    let est = SockInfo { established_ns: S, ..active };
+    t.apply(&event(event_kind::OPENED, 9, S, est, 0));
+    assert_eq!(
+        t.apply(&event(event_kind::CLOSED, 9, 2 * S, est, errno::ECONNRESET)),
+        Outcome::Closed { duration_seconds: 1.0, reset: Some("10.0.0.1:81".into()) }
+    );
+    // A passive connection reset by its client is no connect failure.
+    let p = passive(1, 3);
+    t.apply(&event(event_kind::OPENED, 10, S, p, 0));
+    assert_eq!(
+        t.apply(&event(event_kind::CLOSED, 10, 2 * S, p, errno::ECONNRESET)),
+        Outcome::Closed { duration_seconds: 1.0, reset: None }
+    );
+}
+
+#[test]
+fn listeners_belong_to_their_process_and_the_table_can_be_reloaded() {
+    let mut t = Tracker::default();
+    let l = SockInfo { owner: owner(42), addrs: addrs(1, 80, 0, 0), state: 10, ..Default::default() };
+    t.apply(&event(event_kind::LISTEN, 5, S, l, 0));
+    t.apply(&event(event_kind::OPENED, 1, S, passive(42, 2), 0));
+    let p = by_process(&t);
+    assert_eq!((p[0].connections, p[0].listeners.clone()), (1, vec!["10.0.0.1:80".to_owned()]));
+
+    // After lost events: the kernel's table wins; entries still in the
+    // handshake are not connections yet.
+    let half_open = SockInfo { established_ns: 0, ..passive(42, 4) };
+    t.replace([(2, passive(42, 3)), (3, passive(43, 5)), (4, half_open)]);
+    assert_eq!(t.len(), 2);
+    assert_eq!(by_process(&t).iter().map(|p| (p.owner.tgid, p.connections)).collect::<Vec<_>>(), [(42, 1), (43, 1)]);
+    t.apply(&event(event_kind::LISTEN_CLOSED, 5, S, l, 0));
+    assert!(by_process(&t).iter().all(|p| p.listeners.is_empty()));
+}

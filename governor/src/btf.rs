@@ -231,6 +231,16 @@ pub fn reset_reason_names(btf: &Btf) -> Result<Vec<(u32, String)>, BtfError> {
         .collect())
 }
 
+/// Offsets of the socket fields the kernel programs read; a field this
+/// kernel lacks is `SockOffsets::ABSENT`.
+pub fn sock_offsets(btf: &Btf) -> governor_common::SockOffsets {
+    let absent = governor_common::SockOffsets::ABSENT;
+    governor_common::SockOffsets {
+        sk_err: btf.member_offset("sock", "sk_err").unwrap_or(absent),
+        srtt_us: btf.member_offset("tcp_sock", "srtt_us").unwrap_or(absent),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

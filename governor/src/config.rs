@@ -17,6 +17,8 @@ pub struct Config {
     pub daemon: Daemon,
     pub ebpf: Ebpf,
     pub metrics: Metrics,
+    pub health: Health,
+    pub attribution: Attribution,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
@@ -53,6 +55,10 @@ pub struct Ebpf {
     /// Size of the per-endpoint table in the kernel (LRU: the least recently
     /// used endpoint is evicted when it is full).
     pub endpoint_table_entries: Bounded<64, 1_048_576>,
+    /// Size of the per-socket table in the kernel (LRU). It must hold every
+    /// TCP socket of the host, both ends of local connections counted;
+    /// closes of evicted sockets are counted as untracked.
+    pub socket_table_entries: Bounded<1024, 4_194_304>,
     /// Size of the event ring buffer in bytes: a power of two, at least one
     /// page (4096).
     pub ring_buffer_bytes: RingBufferBytes,
@@ -70,7 +76,8 @@ impl Default for Ebpf {
     fn default() -> Self {
         Self {
             endpoint_table_entries: Bounded(16_384),
-            ring_buffer_bytes: RingBufferBytes(1 << 20),
+            socket_table_entries: Bounded(65_536),
+            ring_buffer_bytes: RingBufferBytes(4 << 20),
             event_drain_interval_ms: Bounded(100),
             tracefs: PathBuf::from("/sys/kernel/tracing"),
             bpffs: PathBuf::from("/sys/fs/bpf"),
@@ -105,6 +112,90 @@ impl Default for Metrics {
             series_ttl_seconds: Bounded(600),
             collapse_ephemeral_ports: true,
         }
+    }
+}
+
+/// Thresholds and windows of the health engine.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Health {
+    /// Length of the sliding window for resets and retransmits, seconds.
+    pub reset_window_seconds: Bounded<1, 3600>,
+    /// Resets from one endpoint within the reset window that make it
+    /// unhealthy at once.
+    pub reset_threshold: Bounded<1, 1_000_000>,
+    /// Length of the sliding window for connect failures, seconds.
+    pub failure_window_seconds: Bounded<1, 3600>,
+    /// Connect failures above this percentage of attempts within the
+    /// failure window make the endpoint unhealthy ...
+    pub failure_ratio_percent: Bounded<0, 100>,
+    /// ... when there were at least this many attempts.
+    pub failure_min_attempts: Bounded<1, 1_000_000>,
+    /// A signal at this percentage of its threshold makes the endpoint
+    /// suspect (100: never suspect).
+    pub suspect_percent: Bounded<1, 100>,
+    /// Retransmits within the reset window that make an endpoint suspect
+    /// (0: retransmits never do).
+    pub retransmit_threshold: Bounded<0, 100_000_000>,
+    /// Length of one clean window, seconds.
+    pub recovery_window_seconds: Bounded<1, 3600>,
+    /// Clean windows in a row before a recovering endpoint is healthy.
+    pub recovery_windows: Bounded<1, 1000>,
+    /// A socket in CLOSE_WAIT longer than this marks its process leaking.
+    pub leak_close_wait_seconds: Bounded<1, 86_400>,
+    /// Endpoints the engine tracks at most (idle healthy ones go first).
+    pub max_endpoints: Bounded<16, 1_000_000>,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self {
+            reset_window_seconds: Bounded(5),
+            reset_threshold: Bounded(10),
+            failure_window_seconds: Bounded(10),
+            failure_ratio_percent: Bounded(60),
+            failure_min_attempts: Bounded(20),
+            suspect_percent: Bounded(50),
+            retransmit_threshold: Bounded(0),
+            recovery_window_seconds: Bounded(5),
+            recovery_windows: Bounded(3),
+            leak_close_wait_seconds: Bounded(30),
+            max_endpoints: Bounded(10_000),
+        }
+    }
+}
+
+impl Health {
+    pub fn engine_config(&self) -> crate::health::HealthConfig {
+        crate::health::HealthConfig {
+            reset_window_seconds: self.reset_window_seconds.get().into(),
+            reset_threshold: self.reset_threshold.get().into(),
+            failure_window_seconds: self.failure_window_seconds.get().into(),
+            failure_ratio: f64::from(self.failure_ratio_percent.get()) / 100.0,
+            failure_min_attempts: self.failure_min_attempts.get().into(),
+            suspect_fraction: f64::from(self.suspect_percent.get()) / 100.0,
+            retransmit_threshold: self.retransmit_threshold.get().into(),
+            recovery_window_seconds: self.recovery_window_seconds.get().into(),
+            recovery_windows: self.recovery_windows.get(),
+            max_endpoints: self.max_endpoints.get() as usize,
+        }
+    }
+}
+
+/// Where processes run: cgroups and Kubernetes pods.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Attribution {
+    /// The cgroup v2 mount, to turn cgroup ids into paths.
+    pub cgroup_root: PathBuf,
+    /// The kubelet's pod log directory (`<namespace>_<pod>_<uid>` entries),
+    /// for pod names; missing is fine.
+    pub pod_log_dir: PathBuf,
+}
+
+impl Default for Attribution {
+    fn default() -> Self {
+        Self { cgroup_root: PathBuf::from("/sys/fs/cgroup"), pod_log_dir: PathBuf::from("/var/log/pods") }
     }
 }
 
@@ -239,7 +330,8 @@ mod tests {
         let c = Config::parse("x", "").unwrap();
         assert_eq!(c, Config::default());
         assert_eq!(c.daemon.metrics_addr.to_string(), "127.0.0.1:9966");
-        assert_eq!(c.ebpf.ring_buffer_bytes, RingBufferBytes(1 << 20));
+        assert_eq!(c.ebpf.ring_buffer_bytes, RingBufferBytes(4 << 20));
+        assert_eq!(c.health.reset_threshold.get(), 10);
         assert_eq!(c.metrics.max_endpoint_series.get(), 200);
     }
 
@@ -255,6 +347,7 @@ log_format = "json"
 
 [ebpf]
 endpoint_table_entries = 1024
+socket_table_entries = 2048
 ring_buffer_bytes = 65536
 event_drain_interval_ms = 50
 tracefs = "/t"
@@ -266,10 +359,44 @@ max_endpoint_series = 5
 max_series_total = 7
 series_ttl_seconds = 0
 collapse_ephemeral_ports = false
+
+[health]
+reset_window_seconds = 6
+reset_threshold = 11
+failure_window_seconds = 12
+failure_ratio_percent = 70
+failure_min_attempts = 21
+suspect_percent = 40
+retransmit_threshold = 100
+recovery_window_seconds = 4
+recovery_windows = 2
+leak_close_wait_seconds = 31
+max_endpoints = 500
+
+[attribution]
+cgroup_root = "/cg"
+pod_log_dir = "/pods"
 "#,
         )
         .unwrap();
-        let Config { daemon, ebpf, metrics } = c;
+        let Config { daemon, ebpf, metrics, health, attribution } = c;
+        assert_eq!(
+            health,
+            Health {
+                reset_window_seconds: Bounded(6),
+                reset_threshold: Bounded(11),
+                failure_window_seconds: Bounded(12),
+                failure_ratio_percent: Bounded(70),
+                failure_min_attempts: Bounded(21),
+                suspect_percent: Bounded(40),
+                retransmit_threshold: Bounded(100),
+                recovery_window_seconds: Bounded(4),
+                recovery_windows: Bounded(2),
+                leak_close_wait_seconds: Bounded(31),
+                max_endpoints: Bounded(500),
+            }
+        );
+        assert_eq!(attribution, Attribution { cgroup_root: "/cg".into(), pod_log_dir: "/pods".into() });
         assert_eq!(
             daemon,
             Daemon {
@@ -282,6 +409,7 @@ collapse_ephemeral_ports = false
             ebpf,
             Ebpf {
                 endpoint_table_entries: Bounded(1024),
+                socket_table_entries: Bounded(2048),
                 ring_buffer_bytes: RingBufferBytes(65536),
                 event_drain_interval_ms: Bounded(50),
                 tracefs: "/t".into(),

@@ -14,11 +14,14 @@ use tracing::{debug, info, warn};
 use crate::{
     btf,
     config::Config,
-    ebpf::{Probes, Sizes, decode_event},
+    attribution::Attributor,
+    ebpf::{Event, Probes, Sizes, decode_event},
+    health::Engine,
     host::{self, BPFFS, MountOutcome, TRACEFS},
     http::{self, AppState},
     labels,
     metrics::{Metrics, SeriesLimits},
+    monitor::Monitor,
     stats::Aggregator,
     tracefs,
 };
@@ -32,6 +35,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     }
     let mut kernel_config = tracefs::read_layouts(&config.ebpf.tracefs)?;
+    // Names for the kernel's reset reasons and the socket fields the
+    // tracepoints lack; without them governor runs with less detail.
+    let btf = btf::Btf::read(Path::new(btf::VMLINUX));
+    let reasons = btf.as_ref().map_err(|e| e.to_string()).and_then(|b| btf::reset_reason_names(b).map_err(|e| e.to_string()));
+    let reasons = reasons.unwrap_or_else(|e| {
+        warn!(error = %e, "reset reasons will be shown as numbers");
+        Vec::new()
+    });
+    match btf.as_ref().map_err(ToString::to_string).map(btf::sock_offsets) {
+        Ok(offsets) => {
+            for (field, missing) in [("sock.sk_err", offsets.sk_err), ("tcp_sock.srtt_us", offsets.srtt_us)] {
+                if missing == governor_common::SockOffsets::ABSENT {
+                    warn!(field, "not in this kernel's BTF: connect failure reasons or passive handshake times lose detail");
+                }
+            }
+            kernel_config.sock = offsets;
+        }
+        Err(e) => warn!(error = %e, "socket fields unavailable: failure reasons and passive handshake times lose detail"),
+    }
     if config.metrics.collapse_ephemeral_ports {
         let (low, high) = host::ephemeral_port_range()?;
         kernel_config.ephemeral_low = low;
@@ -47,18 +69,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         &kernel_config,
         Sizes {
             endpoint_table_entries: config.ebpf.endpoint_table_entries.get(),
+            socket_table_entries: config.ebpf.socket_table_entries.get(),
             ring_buffer_bytes: config.ebpf.ring_buffer_bytes.0,
         },
     )?;
     let mut events = probes.take_events()?;
     info!(programs = probes.attached(), "eBPF programs attached");
 
-    // Names for the kernel's reset reasons; without BTF they stay numbers.
-    let reasons =
-        btf::Btf::read(Path::new(btf::VMLINUX)).and_then(|b| btf::reset_reason_names(&b)).unwrap_or_else(|e| {
-            warn!(error = %e, "reset reasons will be shown as numbers");
-            Vec::new()
-        });
     let limits = SeriesLimits {
         per_metric: config.metrics.max_endpoint_series.get() as usize,
         budget: config.metrics.max_series_total.get() as usize,
@@ -67,7 +84,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let metrics = Metrics::new(limits, &reasons);
     metrics.programs_attached.set(i64::try_from(probes.attached()).unwrap_or(i64::MAX));
     metrics.map_capacity.with_label_values(&["endpoints"]).set(i64::from(probes.endpoint_capacity()));
-    let state = AppState::new(metrics);
+    metrics.map_capacity.with_label_values(&["sockets"]).set(i64::from(probes.socket_capacity()));
+    let monitor = Monitor::new(
+        Engine::new(config.health.engine_config()),
+        Attributor::new(config.attribution.cgroup_root.clone(), Some(config.attribution.pod_log_dir.clone())),
+        config.health.leak_close_wait_seconds.get().into(),
+        reasons,
+        unix_offset(),
+    );
+    let state = AppState::new(metrics, monitor);
 
     let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(
@@ -87,11 +112,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut aggregator = Aggregator::default();
     let started = std::time::Instant::now();
+    let mut resync = Resync::default();
 
     let signal_name = loop {
         tokio::select! {
             _ = poll.tick() => {
-                read_maps(&probes, &mut aggregator, &state, started.elapsed().as_secs());
+                read_maps(&probes, &mut aggregator, &state, started.elapsed().as_secs(), &mut resync);
                 state.set_ready(true);
             }
             _ = drain.tick() => drain_events(&mut events, &state),
@@ -102,7 +128,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     info!(signal = signal_name, "shutting down");
     state.set_ready(false);
     drain_events(&mut events, &state);
-    read_maps(&probes, &mut aggregator, &state, started.elapsed().as_secs());
+    read_maps(&probes, &mut aggregator, &state, started.elapsed().as_secs(), &mut resync);
     drop(events);
     drop(probes);
     info!("eBPF programs detached");
@@ -116,11 +142,45 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn read_maps(probes: &Probes, aggregator: &mut Aggregator, state: &AppState, now: u64) {
+/// Rebuilding the connection mirror from the kernel's table after lost
+/// events, at most once per interval (the walk costs two system calls per
+/// socket).
+#[derive(Default)]
+struct Resync {
+    pending: bool,
+    last: Option<std::time::Instant>,
+}
+
+const RESYNC_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Unix time minus the monotonic clock, in seconds.
+fn unix_offset() -> i64 {
+    let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    i64::try_from(unix).unwrap_or(0) - i64::try_from(http::now().secs).unwrap_or(0)
+}
+
+fn read_maps(probes: &Probes, aggregator: &mut Aggregator, state: &AppState, now: u64, resync: &mut Resync) {
     match probes.read() {
         Ok(snapshot) => {
-            let increments = aggregator.advance(&snapshot);
+            let mut increments = aggregator.advance(&snapshot);
             let mut metrics = state.metrics.lock().expect("metrics lock poisoned");
+            let mut monitor = state.monitor.lock().expect("monitor lock poisoned");
+            if increments.counters[governor_common::counter::EVENTS_LOST as usize] > 0 {
+                resync.pending = true;
+            }
+            if resync.pending && resync.last.is_none_or(|t| t.elapsed() >= RESYNC_INTERVAL) {
+                match probes.sockets() {
+                    Ok(table) => {
+                        warn!(sockets = table.len(), "events were lost: connection view rebuilt from the kernel's table");
+                        monitor.tracker.replace(table);
+                        resync.pending = false;
+                        resync.last = Some(std::time::Instant::now());
+                    }
+                    Err(e) => warn!(error = %e, "reading the kernel's socket table failed"),
+                }
+            }
+            monitor.tick(&mut increments, http::now(), &mut metrics);
+            drop(monitor);
             metrics.apply(&increments, now);
             metrics
                 .map_entries
@@ -133,19 +193,28 @@ fn read_maps(probes: &Probes, aggregator: &mut Aggregator, state: &AppState, now
 
 fn drain_events(events: &mut aya::maps::RingBuf<aya::maps::MapData>, state: &AppState) {
     let metrics = state.metrics.lock().expect("metrics lock poisoned");
+    let mut monitor = state.monitor.lock().expect("monitor lock poisoned");
     while let Some(item) = events.next() {
-        let Some(event) = decode_event(&item) else {
-            warn!(bytes = item.len(), "ring buffer record of unexpected size");
-            continue;
-        };
-        metrics.count_event(event.kind);
-        debug!(
-            kind = event.kind,
-            local = labels::endpoint_of(event.family, &event.saddr, event.sport),
-            remote = labels::endpoint_of(event.family, &event.daddr, event.dport),
-            state = %labels::tcp_state_name(event.state.into()),
-            reason = event.reason,
-            "tcp event"
-        );
+        match decode_event(&item) {
+            Some(Event::Tcp(event)) => {
+                metrics.count_event(event.kind);
+                if event.kind == governor_common::event_kind::RESET_SENT {
+                    monitor.on_reset_sent(&event);
+                }
+                debug!(
+                    kind = event.kind,
+                    local = labels::endpoint_of(event.family, &event.saddr, event.sport),
+                    remote = labels::endpoint_of(event.family, &event.daddr, event.dport),
+                    state = %labels::tcp_state_name(event.state.into()),
+                    reason = event.reason,
+                    "tcp event"
+                );
+            }
+            Some(Event::Conn(event)) => {
+                metrics.count_event(event.kind);
+                monitor.on_conn_event(&event, &metrics);
+            }
+            None => warn!(bytes = item.len(), "ring buffer record of unknown kind or size"),
+        }
     }
 }

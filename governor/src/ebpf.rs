@@ -7,7 +7,8 @@ use aya::{
     programs::TracePoint,
 };
 use governor_common::{
-    EndpointKey, EndpointStats, KernelConfig, RESET_REASON_SLOTS, TRANSITION_SLOTS, TcpEvent, counter,
+    ConnEvent, EndpointKey, EndpointStats, KernelConfig, RESET_REASON_SLOTS, SockInfo, TRANSITION_SLOTS, TcpEvent,
+    counter, event_kind,
 };
 
 use crate::{stats::KernelSnapshot, tracefs::TRACEPOINTS};
@@ -30,6 +31,7 @@ pub enum EbpfError {
 #[derive(Clone, Copy, Debug)]
 pub struct Sizes {
     pub endpoint_table_entries: u32,
+    pub socket_table_entries: u32,
     pub ring_buffer_bytes: u32,
 }
 
@@ -38,6 +40,7 @@ pub struct Probes {
     ebpf: Ebpf,
     attached: usize,
     endpoint_capacity: u32,
+    socket_capacity: u32,
 }
 
 impl Probes {
@@ -47,6 +50,7 @@ impl Probes {
         let mut ebpf = EbpfLoader::new()
             .override_global("GOVERNOR_CONFIG", config, true)
             .map_max_entries("ENDPOINTS", sizes.endpoint_table_entries)
+            .map_max_entries("SOCKETS", sizes.socket_table_entries)
             .map_max_entries("EVENTS", sizes.ring_buffer_bytes)
             .load(OBJECT)?;
         let mut attached = 0;
@@ -61,7 +65,12 @@ impl Probes {
             program.attach(tp.category, tp.name).map_err(fail)?;
             attached += 1;
         }
-        Ok(Self { ebpf, attached, endpoint_capacity: sizes.endpoint_table_entries })
+        Ok(Self {
+            ebpf,
+            attached,
+            endpoint_capacity: sizes.endpoint_table_entries,
+            socket_capacity: sizes.socket_table_entries,
+        })
     }
 
     pub fn attached(&self) -> usize {
@@ -70,6 +79,18 @@ impl Probes {
 
     pub fn endpoint_capacity(&self) -> u32 {
         self.endpoint_capacity
+    }
+
+    pub fn socket_capacity(&self) -> u32 {
+        self.socket_capacity
+    }
+
+    /// Every entry of the kernel's per-socket table (after lost events).
+    pub fn sockets(&self) -> Result<Vec<(u64, SockInfo)>, EbpfError> {
+        let map: HashMap<&MapData, u64, SockInfo> =
+            HashMap::try_from(self.map("SOCKETS")?).map_err(|source| EbpfError::Map { map: "SOCKETS", source })?;
+        // Sockets close while we walk: skip what vanished.
+        Ok(map.iter().filter_map(Result::ok).collect())
     }
 
     /// Takes the event ring buffer out; call once.
@@ -109,12 +130,29 @@ fn read_per_cpu(map: &aya::maps::Map, name: &'static str, slots: u32) -> Result<
         .collect()
 }
 
-/// Decodes one ring buffer record; `None` for a record of the wrong size.
-pub fn decode_event(bytes: &[u8]) -> Option<TcpEvent> {
-    if bytes.len() != size_of::<TcpEvent>() {
+/// One ring buffer record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    Tcp(TcpEvent),
+    Conn(ConnEvent),
+}
+
+/// Decodes one ring buffer record by its kind; `None` for an unknown kind
+/// or a record of the wrong size.
+pub fn decode_event(bytes: &[u8]) -> Option<Event> {
+    let kind = u32::from_ne_bytes(bytes.get(8..12)?.try_into().ok()?);
+    match kind {
+        event_kind::RESET_SENT | event_kind::RESET_RECEIVED => read_pod(bytes).map(Event::Tcp),
+        event_kind::CONNECT_FAILED..=event_kind::LISTEN_CLOSED => read_pod(bytes).map(Event::Conn),
+        _ => None,
+    }
+}
+
+fn read_pod<T: aya::Pod>(bytes: &[u8]) -> Option<T> {
+    if bytes.len() != size_of::<T>() {
         return None;
     }
-    // SAFETY: the length matches and TcpEvent is plain old data; the read is
-    // unaligned-safe.
-    Some(unsafe { bytes.as_ptr().cast::<TcpEvent>().read_unaligned() })
+    // SAFETY: the length matches and T is plain old data (any bit pattern
+    // is valid); the read is unaligned-safe.
+    Some(unsafe { bytes.as_ptr().cast::<T>().read_unaligned() })
 }

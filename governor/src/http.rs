@@ -1,23 +1,35 @@
-//! The one HTTP listener: `/metrics`, `/healthz`, `/readyz`.
+//! The one HTTP listener: `/metrics`, `/healthz`, `/readyz` and the JSON
+//! API under `/api/v1/`.
 
 use std::sync::{
     Arc, Mutex,
     atomic::{AtomicBool, Ordering},
 };
 
-use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
+use axum::{
+    Json, Router,
+    extract::{Query, State, rejection::QueryRejection},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::get,
+};
 
-use crate::metrics::Metrics;
+use crate::{
+    api,
+    metrics::Metrics,
+    monitor::{ConnectionFilter, MAX_PAGE, Monitor, Now},
+};
 
 pub struct AppState {
     pub metrics: Mutex<Metrics>,
+    pub monitor: Mutex<Monitor>,
     /// Programs attached and the first reading of the maps done.
     pub ready: AtomicBool,
 }
 
 impl AppState {
-    pub fn new(metrics: Metrics) -> Arc<Self> {
-        Arc::new(Self { metrics: Mutex::new(metrics), ready: AtomicBool::new(false) })
+    pub fn new(metrics: Metrics, monitor: Monitor) -> Arc<Self> {
+        Arc::new(Self { metrics: Mutex::new(metrics), monitor: Mutex::new(monitor), ready: AtomicBool::new(false) })
     }
 
     pub fn set_ready(&self, ready: bool) {
@@ -25,11 +37,22 @@ impl AppState {
     }
 }
 
+/// The kernel's clock (`bpf_ktime_get_ns` is `CLOCK_MONOTONIC`).
+pub fn now() -> Now {
+    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC exists");
+    let ns = u64::try_from(ts.tv_sec()).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec()).unwrap_or(0);
+    Now::from_ns(ns)
+}
+
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/api/v1/status", get(status))
+        .route("/api/v1/endpoints", get(endpoints))
+        .route("/api/v1/processes", get(processes))
+        .route("/api/v1/connections", get(connections))
         .with_state(state)
 }
 
@@ -44,4 +67,34 @@ async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready: programs not attached or first read not done\n")
     }
+}
+
+async fn status(State(state): State<Arc<AppState>>) -> Json<api::Status> {
+    Json(state.monitor.lock().expect("monitor lock poisoned").status(now()))
+}
+
+async fn endpoints(State(state): State<Arc<AppState>>) -> Json<api::Endpoints> {
+    Json(api::Endpoints { endpoints: state.monitor.lock().expect("monitor lock poisoned").endpoints(now()) })
+}
+
+async fn processes(State(state): State<Arc<AppState>>) -> Json<api::Processes> {
+    Json(api::Processes { processes: state.monitor.lock().expect("monitor lock poisoned").processes(now()) })
+}
+
+async fn connections(
+    State(state): State<Arc<AppState>>,
+    filter: Result<Query<ConnectionFilter>, QueryRejection>,
+) -> Response {
+    let Query(filter) = match filter {
+        Ok(f) => f,
+        Err(e) => return bad_request(&format!("{e}; parameters: state, pid, endpoint, offset, limit")),
+    };
+    if filter.limit == 0 || filter.limit > MAX_PAGE {
+        return bad_request(&format!("limit must be between 1 and {MAX_PAGE}"));
+    }
+    Json(state.monitor.lock().expect("monitor lock poisoned").connections(&filter, now())).into_response()
+}
+
+fn bad_request(message: &str) -> Response {
+    (StatusCode::BAD_REQUEST, Json(serde_json::json!({ "error": message }))).into_response()
 }

@@ -15,6 +15,7 @@ mod host;
 mod http;
 mod labels;
 mod metrics;
+mod monitor;
 mod stats;
 mod tracefs;
 

@@ -3,10 +3,15 @@
 use std::collections::HashMap;
 
 use governor_common::counter;
-use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
 
 use crate::{
     cardinality::{Budget, SeriesLimiter},
+    connections::FailureReason,
+    health::State,
     labels,
     stats::Increments,
 };
@@ -23,11 +28,24 @@ pub struct SeriesLimits {
 }
 
 /// Kinds of ring buffer events, as labels.
-pub const EVENT_KINDS: [(u32, &str); 3] = [
+pub const EVENT_KINDS: [(u32, &str); 9] = [
     (governor_common::event_kind::RESET_SENT, "reset_sent"),
     (governor_common::event_kind::RESET_RECEIVED, "reset_received"),
     (governor_common::event_kind::CONNECT_FAILED, "connect_failed"),
+    (governor_common::event_kind::OPENED, "opened"),
+    (governor_common::event_kind::CLOSE_WAIT, "close_wait"),
+    (governor_common::event_kind::CLOSE_WAIT_LEFT, "close_wait_left"),
+    (governor_common::event_kind::CLOSED, "closed"),
+    (governor_common::event_kind::LISTEN, "listen"),
+    (governor_common::event_kind::LISTEN_CLOSED, "listen_closed"),
 ];
+
+/// Handshakes take microseconds on loopback and seconds when SYNs are
+/// retransmitted (1 s, 3 s, 7 s with the kernel's defaults).
+const HANDSHAKE_BUCKETS: [f64; 16] =
+    [0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+/// Connections live from a millisecond to days.
+const DURATION_BUCKETS: [f64; 12] = [0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 86_400.0];
 
 pub struct Metrics {
     registry: Registry,
@@ -52,6 +70,23 @@ pub struct Metrics {
     budget: Budget,
     series_dropped: IntCounter,
     endpoint_series: IntGaugeVec,
+    opened: IntCounterVec,
+    connect_failures: IntCounterVec,
+    failure_series: SeriesLimiter,
+    handshake: HistogramVec,
+    duration: Histogram,
+    close_wait: IntGaugeVec,
+    close_wait_oldest: IntGaugeVec,
+    leak_suspected: IntGaugeVec,
+    /// Process labels shown in the three gauges above, with the last time
+    /// each had a socket in `CLOSE_WAIT`.
+    process_series: HashMap<String, u64>,
+    endpoint_health: IntGaugeVec,
+    health_series: Vec<String>,
+    health_transitions: IntCounterVec,
+    sockets_untracked: IntCounter,
+    socket_update_failures: IntCounter,
+    ttl_seconds: u64,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
@@ -146,6 +181,85 @@ impl Metrics {
                 "Endpoint series a metric holds (the series budget counts these).",
                 &["metric"],
             ),
+            opened: {
+                let v = counter_vec(
+                    "governor_tcp_connections_opened_total",
+                    "TCP connections whose handshake completed: active (this host connected) or passive (accepted).",
+                    &["direction"],
+                );
+                for d in ["active", "passive"] {
+                    v.with_label_values(&[d]).reset();
+                }
+                v
+            },
+            connect_failures: counter_vec(
+                "governor_tcp_connect_failures_total",
+                "Connects from this host that failed, by remote endpoint and reason (refused, timeout, reset after \
+                 establishment, other).",
+                &["endpoint", "reason"],
+            ),
+            failure_series: SeriesLimiter::new(limits.per_metric, limits.ttl_seconds),
+            handshake: register(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "governor_tcp_handshake_duration_seconds",
+                        "TCP handshake time: SYN to established for active opens, the SYN-ACK round trip for passive \
+                         ones.",
+                    )
+                    .buckets(HANDSHAKE_BUCKETS.to_vec()),
+                    &["direction"],
+                )
+                .expect("valid metric"),
+            ),
+            duration: register(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "governor_tcp_connection_duration_seconds",
+                        "Lifetime of TCP connections from established to closed.",
+                    )
+                    .buckets(DURATION_BUCKETS.to_vec()),
+                )
+                .expect("valid metric"),
+            ),
+            close_wait: gauge_vec(
+                "governor_tcp_close_wait_connections",
+                "Sockets in CLOSE_WAIT (the peer closed, the owner has not) per owning process.",
+                &["process"],
+            ),
+            close_wait_oldest: gauge_vec(
+                "governor_tcp_close_wait_oldest_seconds",
+                "Age of the oldest CLOSE_WAIT socket per owning process.",
+                &["process"],
+            ),
+            leak_suspected: gauge_vec(
+                "governor_connection_leak_suspected",
+                "1 when a process holds a CLOSE_WAIT socket longer than the leak threshold.",
+                &["process"],
+            ),
+            process_series: HashMap::new(),
+            endpoint_health: gauge_vec(
+                "governor_endpoint_health",
+                "1 for the endpoint's current health state, 0 for the others.",
+                &["endpoint", "state"],
+            ),
+            health_series: Vec::new(),
+            health_transitions: counter_vec(
+                "governor_endpoint_health_transitions_total",
+                "Health state changes of endpoints, by the state entered.",
+                &["state"],
+            ),
+            sockets_untracked: counter(
+                "governor_ebpf_sockets_untracked_total",
+                "Closes of sockets the per-socket table did not know: opened before governor started, or evicted \
+                 from the full table.",
+            ),
+            socket_update_failures: counter(
+                "governor_ebpf_socket_update_failures_total",
+                "Sockets the kernel could not add to the per-socket table.",
+            ),
+            ttl_seconds: limits.ttl_seconds,
             registry: r,
         }
     }
@@ -172,6 +286,8 @@ impl Metrics {
         self.events_lost.inc_by(c(counter::EVENTS_LOST));
         self.kernel_read_errors.inc_by(c(counter::READ_ERRORS));
         self.endpoint_update_failures.inc_by(c(counter::ENDPOINT_UPDATE_FAILED));
+        self.sockets_untracked.inc_by(c(counter::SOCKET_UNTRACKED));
+        self.socket_update_failures.inc_by(c(counter::SOCKET_UPDATE_FAILED));
 
         // Several kernel keys can share a label (IPv4-mapped IPv6), so sum
         // by label first.
@@ -203,6 +319,11 @@ impl Metrics {
         for endpoint in self.retransmit_series.expire(now, &mut self.budget) {
             let _ = self.endpoint_retransmits.remove_label_values(&[&endpoint]);
         }
+        for endpoint in self.failure_series.expire(now, &mut self.budget) {
+            for reason in FailureReason::ALL {
+                let _ = self.connect_failures.remove_label_values(&[&endpoint, reason.as_str()]);
+            }
+        }
         let dropped_before = self.budget.dropped();
         self.reset_series.admit(&both, now, &mut self.budget);
         for (direction, map) in [("sent", &sent), ("received", &received)] {
@@ -213,13 +334,86 @@ impl Metrics {
         for (endpoint, v) in self.retransmit_series.assign(&retransmits, now, &mut self.budget) {
             self.endpoint_retransmits.with_label_values(&[endpoint.as_str()]).inc_by(v);
         }
+        let mut failures: HashMap<String, u64> = HashMap::new();
+        for ((endpoint, _), n) in &inc.connect_failures {
+            *failures.entry(endpoint.clone()).or_default() += n;
+        }
+        self.failure_series.admit(&failures, now, &mut self.budget);
+        for ((endpoint, reason), n) in &inc.connect_failures {
+            self.connect_failures.with_label_values(&[self.failure_series.label(endpoint), reason.as_str()]).inc_by(*n);
+        }
         self.series_dropped.inc_by(self.budget.dropped() - dropped_before);
         for (metric, limiter) in [
             ("governor_endpoint_resets_total", &self.reset_series),
             ("governor_endpoint_retransmits_total", &self.retransmit_series),
+            ("governor_tcp_connect_failures_total", &self.failure_series),
         ] {
             self.endpoint_series.with_label_values(&[metric]).set(i64::try_from(limiter.len()).unwrap_or(i64::MAX));
         }
+    }
+
+    /// A connection whose handshake completed.
+    pub fn opened(&self, direction: &str, handshake_seconds: f64) {
+        self.opened.with_label_values(&[direction]).inc();
+        self.handshake.with_label_values(&[direction]).observe(handshake_seconds);
+    }
+
+    pub fn closed(&self, duration_seconds: f64) {
+        self.duration.observe(duration_seconds);
+    }
+
+    /// Sets the `CLOSE_WAIT` gauges: `(process label, sockets, oldest age,
+    /// leaking)` for every process holding such sockets now. A process
+    /// whose sockets are gone shows 0 until the series time to live passes.
+    pub fn set_close_wait(&mut self, rows: &[(String, u64, u64, bool)], now: u64) {
+        for (process, last) in &mut self.process_series {
+            if !rows.iter().any(|(p, ..)| p == process) {
+                for g in [&self.close_wait, &self.close_wait_oldest, &self.leak_suspected] {
+                    g.with_label_values(&[process.as_str()]).set(0);
+                }
+                let _ = last;
+            }
+        }
+        let ttl = if self.ttl_seconds == 0 { u64::MAX } else { self.ttl_seconds };
+        let expired: Vec<String> =
+            self.process_series.iter().filter(|(_, last)| now.saturating_sub(**last) > ttl).map(|(p, _)| p.clone()).collect();
+        for process in expired {
+            self.process_series.remove(&process);
+            for g in [&self.close_wait, &self.close_wait_oldest, &self.leak_suspected] {
+                let _ = g.remove_label_values(&[process.as_str()]);
+            }
+        }
+        for (process, count, oldest, leaking) in rows {
+            self.process_series.insert(process.clone(), now);
+            let set = |g: &IntGaugeVec, v: u64| g.with_label_values(&[process.as_str()]).set(i64::try_from(v).unwrap_or(i64::MAX));
+            set(&self.close_wait, *count);
+            set(&self.close_wait_oldest, *oldest);
+            set(&self.leak_suspected, u64::from(*leaking));
+        }
+    }
+
+    /// Sets `governor_endpoint_health` for the endpoints given (at most the
+    /// per-metric limit, the caller puts the least healthy first); series of
+    /// endpoints no longer given are removed.
+    pub fn set_health(&mut self, endpoints: &[(String, State)], limit: usize) {
+        let shown: Vec<&(String, State)> = endpoints.iter().take(limit).collect();
+        for old in &self.health_series {
+            if !shown.iter().any(|(e, _)| e == old) {
+                for state in State::ALL {
+                    let _ = self.endpoint_health.remove_label_values(&[old, state.as_str()]);
+                }
+            }
+        }
+        for (endpoint, current) in &shown {
+            for state in State::ALL {
+                self.endpoint_health.with_label_values(&[endpoint, state.as_str()]).set(i64::from(state == *current));
+            }
+        }
+        self.health_series = shown.iter().map(|(e, _)| e.clone()).collect();
+    }
+
+    pub fn health_transition(&self, to: State) {
+        self.health_transitions.with_label_values(&[to.as_str()]).inc();
     }
 
     pub fn count_event(&self, kind: u32) {

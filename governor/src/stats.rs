@@ -9,6 +9,8 @@
 
 use std::collections::HashMap;
 
+use crate::connections::FailureReason;
+
 use governor_common::{EndpointKey, EndpointStats, RESET_REASON_SLOTS, TCP_STATE_SLOTS, TRANSITION_SLOTS, counter};
 
 /// One reading of the kernel maps, summed over CPUs.
@@ -32,6 +34,9 @@ pub struct Increments {
     /// `(reason, count)` for every reason that happened.
     pub reset_reasons: Vec<(u32, u64)>,
     pub endpoints: Vec<(EndpointKey, EndpointStats)>,
+    /// Failed connects since the previous reading, from connection events,
+    /// by remote endpoint and reason.
+    pub connect_failures: Vec<((String, FailureReason), u64)>,
 }
 
 #[derive(Debug, Default)]

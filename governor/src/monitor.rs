@@ -1,0 +1,303 @@
+//! What the daemon knows between two readings: the connection mirror, the
+//! health engine and attribution, fed by kernel events and map readings,
+//! read by the HTTP API. No I/O here except the cgroup and pod lookups of
+//! attribution.
+
+use std::collections::HashMap;
+
+use governor_common::{ConnEvent, TcpEvent, direction};
+use tokio::sync::broadcast;
+
+use crate::{
+    api,
+    attribution::{Attributor, command_name, process_label},
+    connections::{self, FailureReason, Outcome, Tracker},
+    health::{Engine, Sample, State, Transition},
+    labels,
+    metrics::Metrics,
+    stats::Increments,
+};
+
+/// Reset reasons are kept for at most this many endpoints.
+const MAX_REASON_ENDPOINTS: usize = 10_000;
+
+pub struct Monitor {
+    pub tracker: Tracker,
+    pub engine: Engine<String>,
+    attributor: Attributor,
+    leak_after_seconds: u64,
+    /// Connect attempts and failures since the last reading.
+    pending: HashMap<String, Sample>,
+    failures: HashMap<(String, FailureReason), u64>,
+    /// Sent resets by local endpoint and the kernel's reason.
+    reset_reasons: HashMap<String, HashMap<u32, u64>>,
+    reason_names: Vec<(u32, String)>,
+    health_events: broadcast::Sender<Transition<String>>,
+    /// Unix seconds minus monotonic seconds, to show times as dates.
+    unix_offset: i64,
+}
+
+/// Seconds and nanoseconds on the kernel's clock (`bpf_ktime_get_ns`).
+#[derive(Clone, Copy, Debug)]
+pub struct Now {
+    pub ns: u64,
+    pub secs: u64,
+}
+
+impl Now {
+    pub fn from_ns(ns: u64) -> Self {
+        Self { ns, secs: ns / 1_000_000_000 }
+    }
+}
+
+impl Monitor {
+    pub fn new(
+        engine: Engine<String>,
+        attributor: Attributor,
+        leak_after_seconds: u64,
+        reason_names: Vec<(u32, String)>,
+        unix_offset: i64,
+    ) -> Self {
+        Self {
+            tracker: Tracker::default(),
+            engine,
+            attributor,
+            leak_after_seconds,
+            pending: HashMap::new(),
+            failures: HashMap::new(),
+            reset_reasons: HashMap::new(),
+            reason_names,
+            health_events: broadcast::channel(1024).0,
+            unix_offset,
+        }
+    }
+
+    /// Health state changes, for the parts that act on them.
+    pub fn subscribe(&self) -> broadcast::Receiver<Transition<String>> {
+        self.health_events.subscribe()
+    }
+
+    pub fn on_conn_event(&mut self, ev: &ConnEvent, metrics: &Metrics) {
+        match self.tracker.apply(ev) {
+            Outcome::Opened { direction: d, endpoint, handshake_seconds } => {
+                let name = if d == direction::PASSIVE { "passive" } else { "active" };
+                metrics.opened(name, handshake_seconds);
+                if d == direction::ACTIVE {
+                    self.pending.entry(endpoint).or_default().connect_attempts += 1;
+                }
+            }
+            Outcome::ConnectFailed { endpoint, reason } => {
+                let s = self.pending.entry(endpoint.clone()).or_default();
+                s.connect_attempts += 1;
+                s.connect_failures += 1;
+                *self.failures.entry((endpoint, reason)).or_default() += 1;
+            }
+            Outcome::Closed { duration_seconds, reset } => {
+                metrics.closed(duration_seconds);
+                if let Some(endpoint) = reset {
+                    *self.failures.entry((endpoint, FailureReason::Reset)).or_default() += 1;
+                }
+            }
+            Outcome::None => {}
+        }
+    }
+
+    pub fn on_reset_sent(&mut self, ev: &TcpEvent) {
+        let endpoint = labels::endpoint_of(ev.family, &ev.saddr, ev.sport);
+        if !self.reset_reasons.contains_key(&endpoint) && self.reset_reasons.len() >= MAX_REASON_ENDPOINTS {
+            return;
+        }
+        *self.reset_reasons.entry(endpoint).or_default().entry(ev.reason).or_default() += 1;
+    }
+
+    /// One reading: feeds the health engine, judges, updates the gauges.
+    /// Returns the health state changes (already published and counted).
+    pub fn tick(&mut self, inc: &mut Increments, now: Now, metrics: &mut Metrics) -> Vec<Transition<String>> {
+        inc.connect_failures = self.failures.drain().collect();
+        let mut samples = std::mem::take(&mut self.pending);
+        for (key, d) in &inc.endpoints {
+            let s = samples.entry(labels::endpoint(key)).or_default();
+            // A reset between two local sockets is seen twice: sent by one
+            // and received by the other. Counting the larger side counts
+            // each reset once whether one end or both are on this host.
+            s.resets += d.resets_sent.max(d.resets_received);
+            s.retransmits += d.retransmits;
+        }
+        for (endpoint, sample) in &samples {
+            // A collapsed client port is no service endpoint.
+            if !endpoint.ends_with(labels::EPHEMERAL_PORT) {
+                self.engine.record(endpoint, now.secs, *sample);
+            }
+        }
+        let by_endpoint = connections::by_endpoint(&self.tracker);
+        for (endpoint, (_, close_wait, oldest)) in &by_endpoint {
+            let age = if *close_wait == 0 { 0 } else { now.ns.saturating_sub(*oldest) / 1_000_000_000 };
+            self.engine.set_close_wait(endpoint, *close_wait, age);
+        }
+        let transitions = self.engine.evaluate(now.secs);
+        for t in &transitions {
+            tracing::info!(
+                endpoint = %t.endpoint,
+                from = t.from.as_str(),
+                to = t.to.as_str(),
+                reason = %t.reason,
+                "endpoint health changed"
+            );
+            metrics.health_transition(t.to);
+            // Nobody listening yet is fine.
+            let _ = self.health_events.send(t.clone());
+        }
+        let mut states: Vec<(String, State)> =
+            self.engine.endpoints(now.secs).map(|v| (v.endpoint.clone(), v.state)).collect();
+        states.sort_by_key(|(e, s)| (severity(*s), e.clone()));
+        metrics.set_health(&states, usize::MAX);
+
+        let rows: Vec<(String, u64, u64, bool)> = self
+            .processes(now)
+            .into_iter()
+            .filter(|p| p.close_wait > 0)
+            .map(|p| (p.label, p.close_wait, p.close_wait_oldest_seconds, p.leaking))
+            .collect();
+        metrics.set_close_wait(&rows, now.secs);
+        transitions
+    }
+
+    /// Every process owning live sockets, attributed.
+    pub fn processes(&mut self, now: Now) -> Vec<api::Process> {
+        connections::by_process(&self.tracker)
+            .into_iter()
+            .map(|p| {
+                let command = command_name(&p.owner.comm);
+                let attribution = self.attributor.attribute(p.owner.cgroup_id, now.secs);
+                let age = p.close_wait_age_seconds(now.ns);
+                api::Process {
+                    pid: p.owner.tgid,
+                    label: process_label(&command, p.owner.tgid, &attribution),
+                    command,
+                    attribution,
+                    connections: p.connections,
+                    listeners: p.listeners,
+                    close_wait: p.close_wait,
+                    close_wait_oldest_seconds: age,
+                    leaking: p.close_wait > 0 && age >= self.leak_after_seconds,
+                }
+            })
+            .collect()
+    }
+
+    pub fn endpoints(&self, now: Now) -> Vec<api::Endpoint> {
+        let by_endpoint = connections::by_endpoint(&self.tracker);
+        let window = self.engine.config();
+        self.engine
+            .endpoints(now.secs)
+            .map(|v| {
+                let w = v.window;
+                let mut reasons: Vec<api::ReasonCount> = self
+                    .reset_reasons
+                    .get(v.endpoint)
+                    .map(|m| m.iter().map(|(r, n)| api::ReasonCount { reason: self.reason_name(*r), count: *n }).collect())
+                    .unwrap_or_default();
+                reasons.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.reason.cmp(&b.reason)));
+                api::Endpoint {
+                    endpoint: v.endpoint.clone(),
+                    state: v.state.as_str().to_owned(),
+                    state_seconds: now.secs.saturating_sub(v.since),
+                    window: api::Window {
+                        resets: w.resets,
+                        reset_window_seconds: window.reset_window_seconds,
+                        connect_attempts: w.connect_attempts,
+                        connect_failures: w.connect_failures,
+                        failure_window_seconds: window.failure_window_seconds,
+                        retransmits: w.retransmits,
+                        close_wait: w.close_wait,
+                        close_wait_oldest_seconds: w.close_wait_oldest_seconds,
+                    },
+                    last_transition: v.last_transition.map(|t| api::Transition {
+                        from: t.from.as_str().to_owned(),
+                        to: t.to.as_str().to_owned(),
+                        at_unix: u64::try_from(i64::try_from(t.at).unwrap_or(i64::MAX) + self.unix_offset)
+                            .unwrap_or(0),
+                        reason: t.reason.clone(),
+                    }),
+                    reset_reasons: reasons,
+                    connections: by_endpoint.get(v.endpoint).map_or(0, |c| c.0),
+                }
+            })
+            .collect()
+    }
+
+    fn reason_name(&self, reason: u32) -> String {
+        self.reason_names
+            .iter()
+            .find(|(v, _)| *v == reason)
+            .map_or_else(|| format!("UNKNOWN_{reason}"), |(_, n)| n.clone())
+    }
+
+    pub fn connections(&self, filter: &ConnectionFilter, now: Now) -> api::Connections {
+        let mut rows: Vec<api::Connection> = self
+            .tracker
+            .connections()
+            .filter(|(_, c)| filter.pid.is_none_or(|pid| c.owner.tgid == pid))
+            .filter(|(_, c)| filter.state.as_deref().is_none_or(|s| labels::tcp_state_name(c.state.into()) == s))
+            .filter(|(_, c)| filter.endpoint.as_deref().is_none_or(|e| c.endpoint() == e))
+            .map(|(_, c)| api::Connection {
+                local: c.local(),
+                remote: c.remote(),
+                state: labels::tcp_state_name(c.state.into()).into_owned(),
+                direction: if c.direction == direction::PASSIVE { "passive" } else { "active" }.to_owned(),
+                pid: c.owner.tgid,
+                command: command_name(&c.owner.comm),
+                age_seconds: now.ns.saturating_sub(c.established_ns) / 1_000_000_000,
+                close_wait_seconds: (c.close_wait_ns != 0)
+                    .then(|| now.ns.saturating_sub(c.close_wait_ns) / 1_000_000_000),
+            })
+            .collect();
+        // Oldest first, then by address: stable pages.
+        rows.sort_by(|a, b| b.age_seconds.cmp(&a.age_seconds).then_with(|| (&a.local, &a.remote).cmp(&(&b.local, &b.remote))));
+        let total = rows.len() as u64;
+        let page = rows.into_iter().skip(usize::try_from(filter.offset).unwrap_or(usize::MAX)).take(filter.limit).collect();
+        api::Connections { total, offset: filter.offset, limit: filter.limit as u64, connections: page }
+    }
+
+    pub fn status(&mut self, now: Now) -> api::Status {
+        let mut endpoints: Vec<api::Endpoint> = self.endpoints(now).into_iter().filter(|e| e.state != "healthy").collect();
+        endpoints.sort_by(|a, b| (state_rank(&a.state), &a.endpoint).cmp(&(state_rank(&b.state), &b.endpoint)));
+        let leaking = self.processes(now).into_iter().filter(|p| p.leaking).collect();
+        api::Status { endpoints, leaking }
+    }
+}
+
+/// `/api/v1/connections` query parameters.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(default)]
+pub struct ConnectionFilter {
+    pub state: Option<String>,
+    pub pid: Option<u32>,
+    pub endpoint: Option<String>,
+    pub offset: u64,
+    pub limit: usize,
+}
+
+/// Page size when none is asked for, and the largest page served.
+pub const DEFAULT_PAGE: usize = 100;
+pub const MAX_PAGE: usize = 10_000;
+
+impl Default for ConnectionFilter {
+    fn default() -> Self {
+        Self { state: None, pid: None, endpoint: None, offset: 0, limit: DEFAULT_PAGE }
+    }
+}
+
+/// Least healthy first.
+fn severity(s: State) -> u8 {
+    match s {
+        State::Unhealthy => 0,
+        State::Recovering => 1,
+        State::Suspect => 2,
+        State::Healthy => 3,
+    }
+}
+
+fn state_rank(s: &str) -> u8 {
+    State::ALL.iter().find(|x| x.as_str() == s).map_or(4, |x| severity(*x))
+}

@@ -179,13 +179,7 @@ fn try_listen(ctx: &TracePointContext, r: &mut Record, l: &TpLayout, skaddr: u64
     let flow = Flow::read(ctx, r, l)?;
     let owner = current_owner();
     let _ = LISTENERS.insert(&flow.local_exact(), &ListenerInfo { owner, skaddr }, 0);
-    let info = SockInfo {
-        open_ns: now(),
-        owner,
-        addrs: flow.addrs(),
-        state: TCP_LISTEN as u8,
-        ..SockInfo::default()
-    };
+    let info = SockInfo { open_ns: now(), owner, addrs: flow.addrs(), state: TCP_LISTEN as u8, ..SockInfo::default() };
     emit(event_kind::LISTEN, skaddr, &info, 0);
     Ok(())
 }
@@ -227,7 +221,11 @@ fn try_established(ctx: &TracePointContext, r: &mut Record, l: &TpLayout, skaddr
         // Evicted, or opened before the programs were attached: track it
         // from here without an owner.
         let direction = if old == TCP_SYN_SENT { direction::ACTIVE } else { direction::PASSIVE };
-        let _ = SOCKETS.insert(&skaddr, &SockInfo { open_ns: at, direction, ..SockInfo::default() }, u64::from(BPF_NOEXIST));
+        let _ = SOCKETS.insert(
+            &skaddr,
+            &SockInfo { open_ns: at, direction, ..SockInfo::default() },
+            u64::from(BPF_NOEXIST),
+        );
         let Some(entry) = SOCKETS.get_ptr_mut(&skaddr) else {
             count(counter::SOCKET_UPDATE_FAILED);
             return Ok(());

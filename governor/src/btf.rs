@@ -123,7 +123,9 @@ impl Btf {
             .copied()
             .find(|&at| {
                 let info = self.u32(at + 4).unwrap_or(0);
-                (info >> 24) & 0x1f == KIND_STRUCT && info & 0xffff > 0 && self.name(self.u32(at).unwrap_or(0)) == strukt
+                (info >> 24) & 0x1f == KIND_STRUCT
+                    && info & 0xffff > 0
+                    && self.name(self.u32(at).unwrap_or(0)) == strukt
             })
             .ok_or_else(|| BtfError::NoStruct(strukt.to_owned()))?;
         let no_member = || BtfError::NoMember { strukt: strukt.to_owned(), member: member.to_owned() };

@@ -162,8 +162,7 @@ impl Tracker {
             }
             event_kind::CLOSED => {
                 self.conns.remove(&skaddr);
-                let reset = info.direction == direction::ACTIVE
-                    && matches!(error, errno::ECONNRESET | errno::EPIPE);
+                let reset = info.direction == direction::ACTIVE && matches!(error, errno::ECONNRESET | errno::EPIPE);
                 Outcome::Closed {
                     duration_seconds: seconds(timestamp_ns.saturating_sub(info.established_ns)),
                     reset: reset.then(|| endpoint_of(direction::ACTIVE, &info.addrs)),
@@ -195,10 +194,6 @@ impl Tracker {
         self.conns.iter()
     }
 
-    pub fn listeners(&self) -> impl Iterator<Item = &Conn> {
-        self.listeners.values()
-    }
-
     pub fn len(&self) -> usize {
         self.conns.len()
     }
@@ -227,7 +222,8 @@ impl ProcessSockets {
 pub fn by_process(t: &Tracker) -> Vec<ProcessSockets> {
     let mut out: HashMap<u32, ProcessSockets> = HashMap::new();
     for conn in t.conns.values() {
-        let p = out.entry(conn.owner.tgid).or_insert_with(|| ProcessSockets { owner: conn.owner, ..Default::default() });
+        let p =
+            out.entry(conn.owner.tgid).or_insert_with(|| ProcessSockets { owner: conn.owner, ..Default::default() });
         p.connections += 1;
         if conn.close_wait_ns != 0 {
             p.close_wait += 1;

@@ -12,9 +12,9 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use crate::{
+    attribution::Attributor,
     btf,
     config::Config,
-    attribution::Attributor,
     ebpf::{Event, Probes, Sizes, decode_event},
     health::Engine,
     host::{self, BPFFS, MountOutcome, TRACEFS},
@@ -38,7 +38,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Names for the kernel's reset reasons and the socket fields the
     // tracepoints lack; without them governor runs with less detail.
     let btf = btf::Btf::read(Path::new(btf::VMLINUX));
-    let reasons = btf.as_ref().map_err(|e| e.to_string()).and_then(|b| btf::reset_reason_names(b).map_err(|e| e.to_string()));
+    let reasons =
+        btf.as_ref().map_err(|e| e.to_string()).and_then(|b| btf::reset_reason_names(b).map_err(|e| e.to_string()));
     let reasons = reasons.unwrap_or_else(|e| {
         warn!(error = %e, "reset reasons will be shown as numbers");
         Vec::new()
@@ -47,12 +48,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Ok(offsets) => {
             for (field, missing) in [("sock.sk_err", offsets.sk_err), ("tcp_sock.srtt_us", offsets.srtt_us)] {
                 if missing == governor_common::SockOffsets::ABSENT {
-                    warn!(field, "not in this kernel's BTF: connect failure reasons or passive handshake times lose detail");
+                    warn!(
+                        field,
+                        "not in this kernel's BTF: connect failure reasons or passive handshake times lose detail"
+                    );
                 }
             }
             kernel_config.sock = offsets;
         }
-        Err(e) => warn!(error = %e, "socket fields unavailable: failure reasons and passive handshake times lose detail"),
+        Err(e) => {
+            warn!(error = %e, "socket fields unavailable: failure reasons and passive handshake times lose detail")
+        }
     }
     if config.metrics.collapse_ephemeral_ports {
         let (low, high) = host::ephemeral_port_range()?;
@@ -171,7 +177,10 @@ fn read_maps(probes: &Probes, aggregator: &mut Aggregator, state: &AppState, now
             if resync.pending && resync.last.is_none_or(|t| t.elapsed() >= RESYNC_INTERVAL) {
                 match probes.sockets() {
                     Ok(table) => {
-                        warn!(sockets = table.len(), "events were lost: connection view rebuilt from the kernel's table");
+                        warn!(
+                            sockets = table.len(),
+                            "events were lost: connection view rebuilt from the kernel's table"
+                        );
                         monitor.tracker.replace(table);
                         resync.pending = false;
                         resync.last = Some(std::time::Instant::now());

@@ -3,8 +3,8 @@
 mod api;
 mod attribution;
 mod btf;
-mod cli;
 mod cardinality;
+mod cli;
 mod config;
 mod connections;
 mod daemon;
@@ -37,6 +37,23 @@ enum Command {
     /// Run the daemon in the foreground: watch every TCP connection on the
     /// host and serve metrics.
     Run(RunArgs),
+    /// Show unhealthy and suspect endpoints and leaking processes, from a
+    /// running daemon.
+    Status {
+        #[command(flatten)]
+        addr: AddrArg,
+        /// Print the JSON document instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A live view of the busiest endpoints of a running daemon; q quits.
+    Top {
+        #[command(flatten)]
+        addr: AddrArg,
+        /// Seconds between refreshes.
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+    },
     /// Check the kernel and host for what governor needs.
     Doctor(ConfigArg),
     /// Validate a config file and print the effective configuration.
@@ -51,6 +68,13 @@ struct ConfigArg {
     /// Config file (TOML); built-in defaults when absent.
     #[arg(long, env = "GOVERNOR_CONFIG")]
     config: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct AddrArg {
+    /// The daemon's HTTP address (its `--metrics-addr`).
+    #[arg(long, env = "GOVERNOR_ADDR", default_value = "127.0.0.1:9966")]
+    addr: SocketAddr,
 }
 
 #[derive(Args)]
@@ -116,6 +140,14 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             init_logging(config.daemon.log_format, &args.log)?;
             let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
             runtime.block_on(daemon::run(config))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { addr, json } => cli::status::status(addr.addr, json),
+        Command::Top { addr, interval } => {
+            if !(0.2..=3600.0).contains(&interval) {
+                anyhow::bail!("--interval must be between 0.2 and 3600 seconds");
+            }
+            cli::top::top(addr.addr, std::time::Duration::from_secs_f64(interval))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Doctor(args) => {

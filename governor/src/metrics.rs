@@ -87,6 +87,7 @@ pub struct Metrics {
     sockets_untracked: IntCounter,
     socket_update_failures: IntCounter,
     ttl_seconds: u64,
+    tracked: IntGaugeVec,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
@@ -260,6 +261,11 @@ impl Metrics {
                 "Sockets the kernel could not add to the per-socket table.",
             ),
             ttl_seconds: limits.ttl_seconds,
+            tracked: gauge_vec(
+                "governor_tracked_entries",
+                "Entries in the daemon's own tables: live connections, endpoints the health engine tracks.",
+                &["table"],
+            ),
             registry: r,
         }
     }
@@ -375,8 +381,12 @@ impl Metrics {
             }
         }
         let ttl = if self.ttl_seconds == 0 { u64::MAX } else { self.ttl_seconds };
-        let expired: Vec<String> =
-            self.process_series.iter().filter(|(_, last)| now.saturating_sub(**last) > ttl).map(|(p, _)| p.clone()).collect();
+        let expired: Vec<String> = self
+            .process_series
+            .iter()
+            .filter(|(_, last)| now.saturating_sub(**last) > ttl)
+            .map(|(p, _)| p.clone())
+            .collect();
         for process in expired {
             self.process_series.remove(&process);
             for g in [&self.close_wait, &self.close_wait_oldest, &self.leak_suspected] {
@@ -385,7 +395,9 @@ impl Metrics {
         }
         for (process, count, oldest, leaking) in rows {
             self.process_series.insert(process.clone(), now);
-            let set = |g: &IntGaugeVec, v: u64| g.with_label_values(&[process.as_str()]).set(i64::try_from(v).unwrap_or(i64::MAX));
+            let set = |g: &IntGaugeVec, v: u64| {
+                g.with_label_values(&[process.as_str()]).set(i64::try_from(v).unwrap_or(i64::MAX))
+            };
             set(&self.close_wait, *count);
             set(&self.close_wait_oldest, *oldest);
             set(&self.leak_suspected, u64::from(*leaking));
@@ -410,6 +422,14 @@ impl Metrics {
             }
         }
         self.health_series = shown.iter().map(|(e, _)| e.clone()).collect();
+    }
+
+    /// Sizes of the daemon's own tables.
+    pub fn set_tracked(&self, connections: usize, endpoints: usize) {
+        let set =
+            |table: &str, n: usize| self.tracked.with_label_values(&[table]).set(i64::try_from(n).unwrap_or(i64::MAX));
+        set("connections", connections);
+        set("health_endpoints", endpoints);
     }
 
     pub fn health_transition(&self, to: State) {

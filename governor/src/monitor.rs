@@ -73,6 +73,7 @@ impl Monitor {
     }
 
     /// Health state changes, for the parts that act on them.
+    #[expect(dead_code, reason = "consumed by the breaker and the registry (issues 4 and 5)")]
     pub fn subscribe(&self) -> broadcast::Receiver<Transition<String>> {
         self.health_events.subscribe()
     }
@@ -159,6 +160,7 @@ impl Monitor {
             .map(|p| (p.label, p.close_wait, p.close_wait_oldest_seconds, p.leaking))
             .collect();
         metrics.set_close_wait(&rows, now.secs);
+        metrics.set_tracked(self.tracker.len(), self.engine.len());
         transitions
     }
 
@@ -195,7 +197,9 @@ impl Monitor {
                 let mut reasons: Vec<api::ReasonCount> = self
                     .reset_reasons
                     .get(v.endpoint)
-                    .map(|m| m.iter().map(|(r, n)| api::ReasonCount { reason: self.reason_name(*r), count: *n }).collect())
+                    .map(|m| {
+                        m.iter().map(|(r, n)| api::ReasonCount { reason: self.reason_name(*r), count: *n }).collect()
+                    })
                     .unwrap_or_default();
                 reasons.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.reason.cmp(&b.reason)));
                 api::Endpoint {
@@ -215,8 +219,7 @@ impl Monitor {
                     last_transition: v.last_transition.map(|t| api::Transition {
                         from: t.from.as_str().to_owned(),
                         to: t.to.as_str().to_owned(),
-                        at_unix: u64::try_from(i64::try_from(t.at).unwrap_or(i64::MAX) + self.unix_offset)
-                            .unwrap_or(0),
+                        at_unix: u64::try_from(i64::try_from(t.at).unwrap_or(i64::MAX) + self.unix_offset).unwrap_or(0),
                         reason: t.reason.clone(),
                     }),
                     reset_reasons: reasons,
@@ -253,14 +256,18 @@ impl Monitor {
             })
             .collect();
         // Oldest first, then by address: stable pages.
-        rows.sort_by(|a, b| b.age_seconds.cmp(&a.age_seconds).then_with(|| (&a.local, &a.remote).cmp(&(&b.local, &b.remote))));
+        rows.sort_by(|a, b| {
+            b.age_seconds.cmp(&a.age_seconds).then_with(|| (&a.local, &a.remote).cmp(&(&b.local, &b.remote)))
+        });
         let total = rows.len() as u64;
-        let page = rows.into_iter().skip(usize::try_from(filter.offset).unwrap_or(usize::MAX)).take(filter.limit).collect();
+        let page =
+            rows.into_iter().skip(usize::try_from(filter.offset).unwrap_or(usize::MAX)).take(filter.limit).collect();
         api::Connections { total, offset: filter.offset, limit: filter.limit as u64, connections: page }
     }
 
     pub fn status(&mut self, now: Now) -> api::Status {
-        let mut endpoints: Vec<api::Endpoint> = self.endpoints(now).into_iter().filter(|e| e.state != "healthy").collect();
+        let mut endpoints: Vec<api::Endpoint> =
+            self.endpoints(now).into_iter().filter(|e| e.state != "healthy").collect();
         endpoints.sort_by(|a, b| (state_rank(&a.state), &a.endpoint).cmp(&(state_rank(&b.state), &b.endpoint)));
         let leaking = self.processes(now).into_iter().filter(|p| p.leaking).collect();
         api::Status { endpoints, leaking }

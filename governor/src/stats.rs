@@ -9,9 +9,9 @@
 
 use std::collections::HashMap;
 
-use crate::connections::FailureReason;
-
 use governor_common::{EndpointKey, EndpointStats, RESET_REASON_SLOTS, TCP_STATE_SLOTS, TRANSITION_SLOTS, counter};
+
+use crate::connections::FailureReason;
 
 /// One reading of the kernel maps, summed over CPUs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

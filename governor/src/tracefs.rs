@@ -232,9 +232,10 @@ pub fn layout_for(tp: &Tracepoint, fields: &[Field]) -> Result<TpLayout, LayoutE
     layout.primary = match tp.hook {
         // The socket table needs the addresses on several transitions:
         // one copy of both costs less than a second copy.
-        Hook::State => {
-            f.span("state", &[addr.as_slice(), &[(l.skaddr, 8), (l.oldstate, 4), (l.newstate, 4), (l.protocol, 2)]].concat())?
-        }
+        Hook::State => f.span(
+            "state",
+            &[addr.as_slice(), &[(l.skaddr, 8), (l.oldstate, 4), (l.newstate, 4), (l.protocol, 2)]].concat(),
+        )?,
         Hook::ResetSent => f.span("reset", &[addr.as_slice(), &[(l.state, 4), (l.reason, 4)]].concat())?,
         Hook::ResetReceived | Hook::Retransmit => layout.addr,
     };

@@ -147,6 +147,33 @@ impl Governor {
         self.scraper.get(path)
     }
 
+    /// A JSON document of the API (`/api/v1/...`).
+    pub fn json(&mut self, path: &str) -> serde_json::Value {
+        match self.scraper.get(path) {
+            Some((200, body)) => serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}")),
+            other => panic!("GET {path}: {other:?}"),
+        }
+    }
+
+    /// Polls `path` (bounded, 30 s) until `done` accepts the document and
+    /// returns that document; panics with the last one otherwise.
+    pub fn wait_json(
+        &mut self,
+        path: &str,
+        what: &str,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let doc = self.json(path);
+            if done(&doc) {
+                return doc;
+            }
+            assert!(Instant::now() < deadline, "{what}: not seen within 30 s; last {path}:\n{doc:#}");
+            thread::sleep(Duration::from_millis(POLL_MS));
+        }
+    }
+
     pub fn metrics(&mut self) -> HashMap<String, f64> {
         self.scraper.metrics()
     }

@@ -6,10 +6,12 @@
 //! Traffic goes only to addresses inside namespaces the test created.
 
 pub mod governor;
+pub mod helper;
 pub mod netns;
 pub mod scrape;
 
 pub use governor::Governor;
+pub use helper::Helper;
 pub use netns::Netns;
 pub use scrape::{Scraper, series};
 

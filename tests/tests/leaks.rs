@@ -1,0 +1,100 @@
+//! CLOSE_WAIT leaks and attribution: a helper process accepts connections
+//! and never closes them after its clients have gone.
+
+use std::net::{SocketAddr, TcpStream};
+
+use governor_tests::{Governor, Helper, Netns, require_root, series};
+use serde_json::Value;
+
+const HELPER: &str = env!("CARGO_BIN_EXE_tcp-helper");
+const CONNECTIONS: usize = 50;
+/// The leak threshold for these tests (the default is 30 s).
+const LEAK_SECONDS: &str = "3";
+
+fn process(doc: &Value, pid: u32) -> Option<&Value> {
+    doc["processes"].as_array()?.iter().find(|p| p["pid"] == pid)
+}
+
+#[test]
+fn a_server_holding_close_wait_sockets_is_marked_leaking_until_it_closes_them() {
+    require_root();
+    let ns = Netns::new("leak");
+    ns.add_address("10.208.0.1/32");
+    let mut gov = Governor::start_with(&[("health.leak_close_wait_seconds", LEAK_SECONDS)]);
+    let mut server = Helper::start(HELPER, &ns, "serve", "10.208.0.1:20081", CONNECTIONS);
+    let pid = server.pid();
+    let addr: SocketAddr = "10.208.0.1:20081".parse().expect("addr");
+    // The clients connect and close at once: the server's sockets go to
+    // CLOSE_WAIT and stay there.
+    ns.run(move || {
+        let clients: Vec<TcpStream> = (0..CONNECTIONS).map(|_| TcpStream::connect(addr).expect("connect")).collect();
+        drop(clients);
+    });
+    server.wait_ready();
+
+    let label = format!("tcp-helper/{pid}");
+    let doc =
+        gov.wait_json("/api/v1/processes", "server leaking", |d| process(d, pid).is_some_and(|p| p["leaking"] == true));
+    let p = process(&doc, pid).expect("server listed");
+    assert_eq!(p["close_wait"], CONNECTIONS, "{p:#}");
+    assert_eq!(p["command"], "tcp-helper");
+    assert_eq!(p["label"], label.as_str());
+    assert_eq!(p["listeners"], serde_json::json!(["10.208.0.1:20081"]));
+    assert!(p["close_wait_oldest_seconds"].as_u64().expect("age") >= 3, "{p:#}");
+    assert_eq!(gov.value(&series("governor_tcp_close_wait_connections", &[("process", &label)])), 50);
+    assert_eq!(gov.value(&series("governor_connection_leak_suspected", &[("process", &label)])), 1);
+    let status = gov.json("/api/v1/status");
+    assert!(status["leaking"].as_array().expect("leaking").iter().any(|p| p["pid"] == pid), "{status:#}");
+    // The listener's endpoint shows the sockets too.
+    let endpoints = gov.json("/api/v1/endpoints");
+    let e = endpoints["endpoints"].as_array().expect("endpoints").iter().find(|e| e["endpoint"] == "10.208.0.1:20081");
+    assert_eq!(e.expect("listener endpoint")["window"]["close_wait"], CONNECTIONS);
+
+    server.close_all();
+    gov.wait_json("/api/v1/processes", "leak mark cleared", |d| {
+        process(d, pid).is_none_or(|p| p["close_wait"] == 0 && p["leaking"] == false)
+    });
+    assert_eq!(gov.settle(&series("governor_connection_leak_suspected", &[("process", &label)]), 0), 0);
+    assert_eq!(gov.value(&series("governor_tcp_close_wait_connections", &[("process", &label)])), 0);
+}
+
+#[test]
+fn connections_are_attributed_to_the_connecting_and_the_listening_process() {
+    require_root();
+    let ns = Netns::new("attr");
+    ns.add_address("10.209.0.1/32");
+    let mut gov = Governor::start();
+    let mut server = Helper::start(HELPER, &ns, "serve", "10.209.0.1:20082", 5);
+    let mut client = Helper::start(HELPER, &ns, "connect", "10.209.0.1:20082", 5);
+    server.wait_ready();
+    let (server_pid, client_pid) = (server.pid(), client.pid());
+
+    let active =
+        gov.wait_json(&format!("/api/v1/connections?pid={client_pid}"), "client's connections", |d| d["total"] == 5);
+    for c in active["connections"].as_array().expect("connections") {
+        assert_eq!(
+            (&c["direction"], &c["command"], &c["remote"]),
+            (&"active".into(), &"tcp-helper".into(), &"10.209.0.1:20082".into()),
+            "{c:#}"
+        );
+        assert_eq!(c["state"], "ESTABLISHED");
+    }
+    let passive =
+        gov.wait_json(&format!("/api/v1/connections?pid={server_pid}"), "server's connections", |d| d["total"] == 5);
+    for c in passive["connections"].as_array().expect("connections") {
+        assert_eq!((&c["direction"], &c["local"]), (&"passive".into(), &"10.209.0.1:20082".into()), "{c:#}");
+    }
+    // Filters and pages.
+    let page = gov.json(&format!("/api/v1/connections?pid={client_pid}&limit=2&offset=4"));
+    assert_eq!((&page["total"], page["connections"].as_array().map(Vec::len)), (&5.into(), Some(1)));
+    let by_endpoint = gov.json("/api/v1/connections?endpoint=10.209.0.1:20082&state=ESTABLISHED&limit=100");
+    assert_eq!(by_endpoint["total"], 10, "both ends have 10.209.0.1:20082 as their service endpoint");
+    let Some((400, body)) = gov.get("/api/v1/connections?limit=0") else { panic!("no answer") };
+    assert!(body.contains("limit must be between 1 and"), "{body}");
+
+    let doc = gov.json("/api/v1/processes");
+    let cgroup = &process(&doc, client_pid).expect("client")["attribution"]["cgroup"];
+    assert!(cgroup.as_str().is_some_and(|c| c.starts_with('/')), "the cgroup path is known: {cgroup}");
+    client.close_all();
+    server.close_all();
+}

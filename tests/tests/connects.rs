@@ -1,0 +1,138 @@
+//! Connect failures by reason, opened connections and the histograms, with
+//! clients and servers inside a test namespace.
+
+use std::{
+    net::{SocketAddr, TcpListener, TcpStream},
+    process::Command,
+    thread,
+    time::Duration,
+};
+
+use governor_tests::{Governor, Netns, require_root, series};
+use socket2::{Domain, Socket, Type};
+
+fn failures(endpoint: &str, reason: &str) -> String {
+    series("governor_tcp_connect_failures_total", &[("endpoint", endpoint), ("reason", reason)])
+}
+
+#[test]
+fn refused_connects_are_counted_as_refused() {
+    require_root();
+    let ns = Netns::new("refused");
+    ns.add_address("10.212.0.1/32");
+    let mut gov = Governor::start();
+    let name = "10.212.0.1:20085";
+    assert_eq!(ns.refused_connects(name.parse().expect("addr"), 7), 7);
+    assert_eq!(gov.settle(&failures(name, "refused"), 7), 7);
+    assert_eq!(gov.value(&failures(name, "timeout")), 0);
+}
+
+#[test]
+fn connects_whose_syns_are_dropped_time_out() {
+    require_root();
+    let ns = Netns::new("timeout");
+    ns.add_address("10.213.0.1/32");
+    // One SYN retry: connect() gives up after about 3 s.
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns.name(), "sysctl", "-q", "-w", "net.ipv4.tcp_syn_retries=1"])
+        .output()
+        .expect("sysctl");
+    assert!(out.status.success(), "sysctl: {}", String::from_utf8_lossy(&out.stderr));
+    ns.nft("table inet loss {\n chain input {\n  type filter hook input priority 0; policy accept;\n  tcp dport 20086 tcp flags syn drop\n }\n}\n");
+    let mut gov = Governor::start();
+    let name = "10.213.0.1:20086";
+    let addr: SocketAddr = name.parse().expect("addr");
+    let timed_out = ns.run(move || {
+        let clients: Vec<_> = (0..3)
+            .map(|_| thread::spawn(move || TcpStream::connect_timeout(&addr, Duration::from_secs(30))))
+            .collect();
+        clients
+            .into_iter()
+            .filter_map(|c| c.join().ok())
+            .filter(|r| matches!(r, Err(e) if e.kind() == std::io::ErrorKind::TimedOut))
+            .count()
+    });
+    assert_eq!(timed_out, 3, "the kernel gave up on each connect");
+    assert_eq!(gov.settle(&failures(name, "timeout"), 3), 3);
+    assert_eq!(gov.value(&failures(name, "refused")), 0);
+}
+
+#[test]
+fn connections_reset_after_establishment_are_counted_as_reset() {
+    require_root();
+    let ns = Netns::new("reset");
+    ns.add_address("10.214.0.1/32");
+    let mut gov = Governor::start();
+    let name = "10.214.0.1:20087";
+    let addr: SocketAddr = name.parse().expect("addr");
+    ns.run(move || {
+        let listener = TcpListener::bind(addr).expect("bind");
+        for _ in 0..5 {
+            let client = TcpStream::connect(addr).expect("connect");
+            let (server, _) = listener.accept().expect("accept");
+            // SO_LINGER 0: close() sends a reset instead of a FIN.
+            let server = Socket::from(server);
+            server.set_linger(Some(Duration::ZERO)).expect("linger");
+            drop(server);
+            // Wait (bounded by the read timeout) until the client saw it.
+            client.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+            let mut buf = [0u8; 1];
+            let err = std::io::Read::read(&mut &client, &mut buf).expect_err("reset");
+            assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
+        }
+    });
+    assert_eq!(gov.settle(&failures(name, "reset"), 5), 5);
+    assert_eq!(gov.value(&failures(name, "refused")), 0);
+}
+
+/// Host-wide histograms also count any other TCP traffic of the host, so a
+/// run is repeated (up to three times) until it saw exactly its own
+/// connections.
+#[test]
+fn histograms_count_exactly_the_connections_made() {
+    require_root();
+    const N: u64 = 40;
+    let ns = Netns::new("hist");
+    ns.add_address("10.215.0.1/32");
+    let mut gov = Governor::start();
+    let addr: SocketAddr = "10.215.0.1:20088".parse().expect("addr");
+    let handshakes = |d: &str| series("governor_tcp_handshake_duration_seconds_count", &[("direction", d)]);
+    let opened = |d: &str| series("governor_tcp_connections_opened_total", &[("direction", d)]);
+    let durations = "governor_tcp_connection_duration_seconds_count";
+    let names = [
+        handshakes("active"),
+        handshakes("passive"),
+        opened("active"),
+        opened("passive"),
+        durations.to_owned(),
+    ];
+    let read = |gov: &mut Governor| -> Vec<u64> {
+        let m = gov.metrics();
+        #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "integer-valued series")]
+        names.iter().map(|n| m.get(n).map_or(0, |v| *v as u64)).collect()
+    };
+    let mut last = Vec::new();
+    for _attempt in 0..3 {
+        let before = read(&mut gov);
+        ns.run(move || {
+            let listener = TcpListener::bind(addr).expect("bind");
+            for _ in 0..N {
+                let client = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+                client.connect(&addr.into()).expect("connect");
+                let (server, _) = listener.accept().expect("accept");
+                // Both ends close at once with a reset: no TIME_WAIT, both
+                // sockets reach CLOSE now.
+                client.set_linger(Some(Duration::ZERO)).expect("linger");
+                drop(client);
+                Socket::from(server).set_linger(Some(Duration::ZERO)).expect("linger");
+            }
+        });
+        gov.settle(durations, before[4] + 2 * N);
+        let after = read(&mut gov);
+        last = before.iter().zip(&after).map(|(b, a)| a - b).collect();
+        if last == [N, N, N, N, 2 * N] {
+            return;
+        }
+    }
+    panic!("handshakes active/passive, opened active/passive, durations: {last:?}, expected {N} each and {} durations", 2 * N);
+}

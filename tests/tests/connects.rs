@@ -43,9 +43,8 @@ fn connects_whose_syns_are_dropped_time_out() {
     let name = "10.213.0.1:20086";
     let addr: SocketAddr = name.parse().expect("addr");
     let timed_out = ns.run(move || {
-        let clients: Vec<_> = (0..3)
-            .map(|_| thread::spawn(move || TcpStream::connect_timeout(&addr, Duration::from_secs(30))))
-            .collect();
+        let clients: Vec<_> =
+            (0..3).map(|_| thread::spawn(move || TcpStream::connect_timeout(&addr, Duration::from_secs(30)))).collect();
         clients
             .into_iter()
             .filter_map(|c| c.join().ok())
@@ -99,13 +98,8 @@ fn histograms_count_exactly_the_connections_made() {
     let handshakes = |d: &str| series("governor_tcp_handshake_duration_seconds_count", &[("direction", d)]);
     let opened = |d: &str| series("governor_tcp_connections_opened_total", &[("direction", d)]);
     let durations = "governor_tcp_connection_duration_seconds_count";
-    let names = [
-        handshakes("active"),
-        handshakes("passive"),
-        opened("active"),
-        opened("passive"),
-        durations.to_owned(),
-    ];
+    let names =
+        [handshakes("active"), handshakes("passive"), opened("active"), opened("passive"), durations.to_owned()];
     let read = |gov: &mut Governor| -> Vec<u64> {
         let m = gov.metrics();
         #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "integer-valued series")]
@@ -134,5 +128,8 @@ fn histograms_count_exactly_the_connections_made() {
             return;
         }
     }
-    panic!("handshakes active/passive, opened active/passive, durations: {last:?}, expected {N} each and {} durations", 2 * N);
+    panic!(
+        "handshakes active/passive, opened active/passive, durations: {last:?}, expected {N} each and {} durations",
+        2 * N
+    );
 }

@@ -10,6 +10,7 @@ pub struct Endpoints {
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[expect(clippy::struct_field_names, reason = "the JSON document's field names")]
 pub struct Endpoint {
     /// `ip:port` or `[v6]:port`.
     pub endpoint: String,
@@ -40,7 +41,7 @@ pub struct Window {
     pub failure_window_seconds: u64,
     /// Retransmits within the reset window.
     pub retransmits: u64,
-    /// Sockets of this endpoint in CLOSE_WAIT now, and the oldest one's age.
+    /// Sockets of this endpoint in `CLOSE_WAIT` now, and the oldest one's age.
     pub close_wait: u64,
     pub close_wait_oldest_seconds: u64,
 }
@@ -81,7 +82,7 @@ pub struct Process {
     pub listeners: Vec<String>,
     pub close_wait: u64,
     pub close_wait_oldest_seconds: u64,
-    /// A CLOSE_WAIT socket older than the leak threshold.
+    /// A `CLOSE_WAIT` socket older than the leak threshold.
     pub leaking: bool,
 }
 
@@ -97,6 +98,7 @@ pub struct Attribution {
 
 /// `GET /api/v1/connections?state=&pid=&endpoint=&limit=&offset=`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[expect(clippy::struct_field_names, reason = "the JSON document's field names")]
 pub struct Connections {
     /// Connections matching the filters (before paging).
     pub total: u64,
@@ -116,7 +118,7 @@ pub struct Connection {
     pub pid: u32,
     pub command: String,
     pub age_seconds: u64,
-    /// Seconds in CLOSE_WAIT, when it is there.
+    /// Seconds in `CLOSE_WAIT`, when it is there.
     pub close_wait_seconds: Option<u64>,
 }
 

@@ -141,7 +141,7 @@ pub struct Health {
     pub recovery_window_seconds: Bounded<1, 3600>,
     /// Clean windows in a row before a recovering endpoint is healthy.
     pub recovery_windows: Bounded<1, 1000>,
-    /// A socket in CLOSE_WAIT longer than this marks its process leaking.
+    /// A socket in `CLOSE_WAIT` longer than this marks its process leaking.
     pub leak_close_wait_seconds: Bounded<1, 86_400>,
     /// Endpoints the engine tracks at most (idle healthy ones go first).
     pub max_endpoints: Bounded<16, 1_000_000>,

@@ -35,31 +35,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     }
     let mut kernel_config = tracefs::read_layouts(&config.ebpf.tracefs)?;
-    // Names for the kernel's reset reasons and the socket fields the
-    // tracepoints lack; without them governor runs with less detail.
-    let btf = btf::Btf::read(Path::new(btf::VMLINUX));
-    let reasons =
-        btf.as_ref().map_err(|e| e.to_string()).and_then(|b| btf::reset_reason_names(b).map_err(|e| e.to_string()));
-    let reasons = reasons.unwrap_or_else(|e| {
-        warn!(error = %e, "reset reasons will be shown as numbers");
-        Vec::new()
-    });
-    match btf.as_ref().map_err(ToString::to_string).map(btf::sock_offsets) {
-        Ok(offsets) => {
-            for (field, missing) in [("sock.sk_err", offsets.sk_err), ("tcp_sock.srtt_us", offsets.srtt_us)] {
-                if missing == governor_common::SockOffsets::ABSENT {
-                    warn!(
-                        field,
-                        "not in this kernel's BTF: connect failure reasons or passive handshake times lose detail"
-                    );
-                }
-            }
-            kernel_config.sock = offsets;
-        }
-        Err(e) => {
-            warn!(error = %e, "socket fields unavailable: failure reasons and passive handshake times lose detail")
-        }
-    }
+    let reasons = read_btf(&mut kernel_config);
     if config.metrics.collapse_ephemeral_ports {
         let (low, high) = host::ephemeral_port_range()?;
         kernel_config.ephemeral_low = low;
@@ -146,6 +122,38 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Err(_) => debug!("HTTP server still had open connections; leaving them"),
     }
     Ok(())
+}
+
+/// Reads the kernel's BTF: names of its reset reasons (returned) and the
+/// offsets of the socket fields the programs read (into `kernel_config`).
+/// Without BTF governor runs with less detail.
+fn read_btf(kernel_config: &mut governor_common::KernelConfig) -> Vec<(u32, String)> {
+    // Names for the kernel's reset reasons and the socket fields the
+    // tracepoints lack; without them governor runs with less detail.
+    let btf = btf::Btf::read(Path::new(btf::VMLINUX));
+    let reasons =
+        btf.as_ref().map_err(ToString::to_string).and_then(|b| btf::reset_reason_names(b).map_err(|e| e.to_string()));
+    let reasons = reasons.unwrap_or_else(|e| {
+        warn!(error = %e, "reset reasons will be shown as numbers");
+        Vec::new()
+    });
+    match btf.as_ref().map_err(ToString::to_string).map(btf::sock_offsets) {
+        Ok(offsets) => {
+            for (field, missing) in [("sock.sk_err", offsets.sk_err), ("tcp_sock.srtt_us", offsets.srtt_us)] {
+                if missing == governor_common::SockOffsets::ABSENT {
+                    warn!(
+                        field,
+                        "not in this kernel's BTF: connect failure reasons or passive handshake times lose detail"
+                    );
+                }
+            }
+            kernel_config.sock = offsets;
+        }
+        Err(e) => {
+            warn!(error = %e, "socket fields unavailable: failure reasons and passive handshake times lose detail");
+        }
+    }
+    reasons
 }
 
 /// Rebuilding the connection mirror from the kernel's table after lost

@@ -99,6 +99,7 @@ impl Metrics {
     /// `reset_reasons` are the kernel's names for `enum sk_rst_reason`
     /// values (from its BTF); values without a name are shown as
     /// `UNKNOWN_<n>`.
+    #[expect(clippy::too_many_lines, reason = "one registration per metric, nothing else")]
     pub fn new(limits: SeriesLimits, reset_reasons: &[(u32, String)]) -> Self {
         let r = Registry::new();
         let counter_vec = |name: &str, help: &str, labels: &[&str]| {
@@ -396,7 +397,7 @@ impl Metrics {
         for (process, count, oldest, leaking) in rows {
             self.process_series.insert(process.clone(), now);
             let set = |g: &IntGaugeVec, v: u64| {
-                g.with_label_values(&[process.as_str()]).set(i64::try_from(v).unwrap_or(i64::MAX))
+                g.with_label_values(&[process.as_str()]).set(i64::try_from(v).unwrap_or(i64::MAX));
             };
             set(&self.close_wait, *count);
             set(&self.close_wait_oldest, *oldest);
@@ -563,6 +564,7 @@ mod tests {
             [
                 r#"governor_metrics_endpoint_series{metric="governor_endpoint_resets_total"} 1"#,
                 r#"governor_metrics_endpoint_series{metric="governor_endpoint_retransmits_total"} 0"#,
+                r#"governor_metrics_endpoint_series{metric="governor_tcp_connect_failures_total"} 0"#,
             ]
         );
         // 10.0.0.1:80 falls idle; after the time to live its series goes and

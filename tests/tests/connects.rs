@@ -11,6 +11,9 @@ use std::{
 use governor_tests::{Governor, Netns, require_root, series};
 use socket2::{Domain, Socket, Type};
 
+/// Connections of the histogram test.
+const N: u64 = 40;
+
 fn failures(endpoint: &str, reason: &str) -> String {
     series("governor_tcp_connect_failures_total", &[("endpoint", endpoint), ("reason", reason)])
 }
@@ -90,7 +93,6 @@ fn connections_reset_after_establishment_are_counted_as_reset() {
 #[test]
 fn histograms_count_exactly_the_connections_made() {
     require_root();
-    const N: u64 = 40;
     let ns = Netns::new("hist");
     ns.add_address("10.215.0.1/32");
     let mut gov = Governor::start();

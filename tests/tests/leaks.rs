@@ -1,4 +1,4 @@
-//! CLOSE_WAIT leaks and attribution: a helper process accepts connections
+//! `CLOSE_WAIT` leaks and attribution: a helper process accepts connections
 //! and never closes them after its clients have gone.
 
 use std::net::{SocketAddr, TcpStream};

@@ -8,6 +8,13 @@
 //! Fields the tracepoint does not carry (`sk_err`, `srtt_us`) are read from
 //! the socket at offsets user space resolved from the kernel's BTF.
 
+#![expect(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "TCP states fit a byte; the pid and tgid halves of bpf_get_current_pid_tgid are meant to be cut"
+)]
+#![expect(clippy::unnecessary_wraps, reason = "every arm has the same try_ shape")]
+
 use core::{ffi::c_void, mem::size_of};
 
 use aya_ebpf::{
@@ -119,7 +126,7 @@ fn sock_u32(skaddr: u64, offset: u32) -> u32 {
 
 #[inline(always)]
 fn insert(skaddr: u64, info: &SockInfo) {
-    if SOCKETS.insert(&skaddr, info, 0).is_err() {
+    if SOCKETS.insert(skaddr, info, 0).is_err() {
         count(counter::SOCKET_UPDATE_FAILED);
     }
 }
@@ -154,7 +161,7 @@ fn passive_open(ctx: &TracePointContext, r: &mut Record, l: &TpLayout, skaddr: u
 #[inline(always)]
 fn try_passive_open(ctx: &TracePointContext, r: &mut Record, l: &TpLayout, skaddr: u64) -> Result<(), i64> {
     let flow = Flow::read(ctx, r, l)?;
-    let owner = LISTENERS.get_ptr(&flow.local_exact()).map_or(Owner::default(), |listener| {
+    let owner = LISTENERS.get_ptr(flow.local_exact()).map_or(Owner::default(), |listener| {
         // SAFETY: a live map value.
         unsafe { (*listener).owner }
     });
@@ -178,7 +185,7 @@ fn listen(ctx: &TracePointContext, r: &mut Record, l: &TpLayout, skaddr: u64) ->
 fn try_listen(ctx: &TracePointContext, r: &mut Record, l: &TpLayout, skaddr: u64) -> Result<(), i64> {
     let flow = Flow::read(ctx, r, l)?;
     let owner = current_owner();
-    let _ = LISTENERS.insert(&flow.local_exact(), &ListenerInfo { owner, skaddr }, 0);
+    let _ = LISTENERS.insert(flow.local_exact(), ListenerInfo { owner, skaddr }, 0);
     let info = SockInfo { open_ns: now(), owner, addrs: flow.addrs(), state: TCP_LISTEN as u8, ..SockInfo::default() };
     emit(event_kind::LISTEN, skaddr, &info, 0);
     Ok(())
@@ -194,12 +201,12 @@ fn try_listen_closed(ctx: &TracePointContext, r: &mut Record, l: &TpLayout, skad
     let flow = Flow::read(ctx, r, l)?;
     let key = flow.local_exact();
     let mut info = SockInfo { addrs: flow.addrs(), state: TCP_CLOSE as u8, ..SockInfo::default() };
-    if let Some(listener) = LISTENERS.get_ptr(&key) {
+    if let Some(listener) = LISTENERS.get_ptr(key) {
         // SAFETY: a live map value.
         let listener = unsafe { *listener };
         if listener.skaddr == skaddr {
             info.owner = listener.owner;
-            let _ = LISTENERS.remove(&key);
+            let _ = LISTENERS.remove(key);
         }
     }
     emit(event_kind::LISTEN_CLOSED, skaddr, &info, 0);
@@ -215,18 +222,15 @@ fn established(ctx: &TracePointContext, r: &mut Record, l: &TpLayout, skaddr: u6
 fn try_established(ctx: &TracePointContext, r: &mut Record, l: &TpLayout, skaddr: u64, old: i32) -> Result<(), i64> {
     let flow = Flow::read(ctx, r, l)?;
     let at = now();
-    let entry = if let Some(entry) = SOCKETS.get_ptr_mut(&skaddr) {
+    let entry = if let Some(entry) = SOCKETS.get_ptr_mut(skaddr) {
         entry
     } else {
         // Evicted, or opened before the programs were attached: track it
         // from here without an owner.
         let direction = if old == TCP_SYN_SENT { direction::ACTIVE } else { direction::PASSIVE };
-        let _ = SOCKETS.insert(
-            &skaddr,
-            &SockInfo { open_ns: at, direction, ..SockInfo::default() },
-            u64::from(BPF_NOEXIST),
-        );
-        let Some(entry) = SOCKETS.get_ptr_mut(&skaddr) else {
+        let _ =
+            SOCKETS.insert(skaddr, SockInfo { open_ns: at, direction, ..SockInfo::default() }, u64::from(BPF_NOEXIST));
+        let Some(entry) = SOCKETS.get_ptr_mut(skaddr) else {
             count(counter::SOCKET_UPDATE_FAILED);
             return Ok(());
         };
@@ -260,12 +264,12 @@ fn connect_failed(ctx: &TracePointContext, r: &mut Record, l: &TpLayout, skaddr:
 fn try_connect_failed(ctx: &TracePointContext, r: &mut Record, l: &TpLayout, skaddr: u64) -> Result<(), i64> {
     let flow = Flow::read(ctx, r, l)?;
     let error = sock_u32(skaddr, offsets().sk_err);
-    let mut info = match SOCKETS.get_ptr(&skaddr) {
+    let mut info = match SOCKETS.get_ptr(skaddr) {
         // SAFETY: a live map value.
         Some(entry) => unsafe { *entry },
         None => SockInfo { direction: direction::ACTIVE, ..SockInfo::default() },
     };
-    let _ = SOCKETS.remove(&skaddr);
+    let _ = SOCKETS.remove(skaddr);
     info.addrs = flow.addrs();
     info.state = TCP_SYN_SENT as u8;
     emit(event_kind::CONNECT_FAILED, skaddr, &info, error);
@@ -279,7 +283,7 @@ fn closed(skaddr: u64, old: i32) -> i64 {
 
 #[inline(always)]
 fn try_closed(skaddr: u64, old: i32) -> Result<(), i64> {
-    let Some(entry) = SOCKETS.get_ptr(&skaddr) else {
+    let Some(entry) = SOCKETS.get_ptr(skaddr) else {
         if old != TCP_SYN_RECV && old != TCP_CLOSE {
             count(counter::SOCKET_UNTRACKED);
         }
@@ -287,7 +291,7 @@ fn try_closed(skaddr: u64, old: i32) -> Result<(), i64> {
     };
     // SAFETY: a live map value.
     let mut info = unsafe { *entry };
-    let _ = SOCKETS.remove(&skaddr);
+    let _ = SOCKETS.remove(skaddr);
     if info.established_ns == 0 {
         // An incoming connection that never completed its handshake.
         return Ok(());
@@ -304,7 +308,7 @@ fn close_wait(skaddr: u64) -> i64 {
 
 #[inline(always)]
 fn try_close_wait(skaddr: u64) -> Result<(), i64> {
-    if let Some(entry) = SOCKETS.get_ptr_mut(&skaddr) {
+    if let Some(entry) = SOCKETS.get_ptr_mut(skaddr) {
         // SAFETY: a live map value, written under the socket lock.
         let info = unsafe { &mut *entry };
         info.close_wait_ns = now();
@@ -321,7 +325,7 @@ fn close_wait_left(skaddr: u64, new: i32) -> i64 {
 
 #[inline(always)]
 fn try_close_wait_left(skaddr: u64, new: i32) -> Result<(), i64> {
-    if let Some(entry) = SOCKETS.get_ptr_mut(&skaddr) {
+    if let Some(entry) = SOCKETS.get_ptr_mut(skaddr) {
         // SAFETY: a live map value, written under the socket lock.
         let info = unsafe { &mut *entry };
         info.state = new as u8;
@@ -333,7 +337,7 @@ fn try_close_wait_left(skaddr: u64, new: i32) -> Result<(), i64> {
 
 #[inline(always)]
 fn set_state(skaddr: u64, new: i32) -> i64 {
-    if let Some(entry) = SOCKETS.get_ptr_mut(&skaddr) {
+    if let Some(entry) = SOCKETS.get_ptr_mut(skaddr) {
         // SAFETY: a live map value, written under the socket lock.
         unsafe { (*entry).state = new as u8 };
     }

@@ -373,12 +373,9 @@ impl Metrics {
     /// leaking)` for every process holding such sockets now. A process
     /// whose sockets are gone shows 0 until the series time to live passes.
     pub fn set_close_wait(&mut self, rows: &[(String, u64, u64, bool)], now: u64) {
-        for (process, last) in &mut self.process_series {
-            if !rows.iter().any(|(p, ..)| p == process) {
-                for g in [&self.close_wait, &self.close_wait_oldest, &self.leak_suspected] {
-                    g.with_label_values(&[process.as_str()]).set(0);
-                }
-                let _ = last;
+        for process in self.process_series.keys().filter(|p| !rows.iter().any(|(r, ..)| r == *p)) {
+            for g in [&self.close_wait, &self.close_wait_oldest, &self.leak_suspected] {
+                g.with_label_values(&[process.as_str()]).set(0);
             }
         }
         let ttl = if self.ttl_seconds == 0 { u64::MAX } else { self.ttl_seconds };

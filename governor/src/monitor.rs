@@ -153,11 +153,14 @@ impl Monitor {
         states.sort_by_key(|(e, s)| (severity(*s), e.clone()));
         metrics.set_health(&states, usize::MAX);
 
-        let rows: Vec<(String, u64, u64, bool)> = self
-            .processes(now)
+        // Only processes holding CLOSE_WAIT sockets need attributing here.
+        let rows: Vec<(String, u64, u64, bool)> = connections::by_process(&self.tracker)
             .into_iter()
             .filter(|p| p.close_wait > 0)
-            .map(|p| (p.label, p.close_wait, p.close_wait_oldest_seconds, p.leaking))
+            .map(|p| {
+                let p = self.process(p, now);
+                (p.label, p.close_wait, p.close_wait_oldest_seconds, p.leaking)
+            })
             .collect();
         metrics.set_close_wait(&rows, now.secs);
         metrics.set_tracked(self.tracker.len(), self.engine.len());
@@ -166,25 +169,24 @@ impl Monitor {
 
     /// Every process owning live sockets, attributed.
     pub fn processes(&mut self, now: Now) -> Vec<api::Process> {
-        connections::by_process(&self.tracker)
-            .into_iter()
-            .map(|p| {
-                let command = command_name(&p.owner.comm);
-                let attribution = self.attributor.attribute(p.owner.cgroup_id, now.secs);
-                let age = p.close_wait_age_seconds(now.ns);
-                api::Process {
-                    pid: p.owner.tgid,
-                    label: process_label(&command, p.owner.tgid, &attribution),
-                    command,
-                    attribution,
-                    connections: p.connections,
-                    listeners: p.listeners,
-                    close_wait: p.close_wait,
-                    close_wait_oldest_seconds: age,
-                    leaking: p.close_wait > 0 && age >= self.leak_after_seconds,
-                }
-            })
-            .collect()
+        connections::by_process(&self.tracker).into_iter().map(|p| self.process(p, now)).collect()
+    }
+
+    fn process(&mut self, p: connections::ProcessSockets, now: Now) -> api::Process {
+        let command = command_name(&p.owner.comm);
+        let attribution = self.attributor.attribute(p.owner.cgroup_id, now.secs);
+        let age = p.close_wait_age_seconds(now.ns);
+        api::Process {
+            pid: p.owner.tgid,
+            label: process_label(&command, p.owner.tgid, &attribution),
+            command,
+            attribution,
+            connections: p.connections,
+            listeners: p.listeners,
+            close_wait: p.close_wait,
+            close_wait_oldest_seconds: age,
+            leaking: p.close_wait > 0 && age >= self.leak_after_seconds,
+        }
     }
 
     pub fn endpoints(&self, now: Now) -> Vec<api::Endpoint> {

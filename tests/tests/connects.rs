@@ -3,7 +3,6 @@
 
 use std::{
     net::{SocketAddr, TcpListener, TcpStream},
-    process::Command,
     thread,
     time::Duration,
 };
@@ -36,11 +35,8 @@ fn connects_whose_syns_are_dropped_time_out() {
     let ns = Netns::new("timeout");
     ns.add_address("10.213.0.1/32");
     // One SYN retry: connect() gives up after about 3 s.
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns.name(), "sysctl", "-q", "-w", "net.ipv4.tcp_syn_retries=1"])
-        .output()
-        .expect("sysctl");
-    assert!(out.status.success(), "sysctl: {}", String::from_utf8_lossy(&out.stderr));
+    // /proc/sys/net belongs to the namespace of the thread that opens it.
+    ns.run(|| std::fs::write("/proc/sys/net/ipv4/tcp_syn_retries", "1").expect("set tcp_syn_retries in the namespace"));
     ns.nft("table inet loss {\n chain input {\n  type filter hook input priority 0; policy accept;\n  tcp dport 20086 tcp flags syn drop\n }\n}\n");
     let mut gov = Governor::start();
     let name = "10.213.0.1:20086";

@@ -38,8 +38,14 @@ pub mod counter {
     /// Closes of established sockets the per-socket table did not know
     /// (opened before governor started, or evicted from the full table).
     pub const SOCKET_UNTRACKED: u32 = 7;
+    /// Flows the per-flow table could not take.
+    pub const FLOW_UPDATE_FAILED: u32 = 8;
+    /// Closes of established connections whose flow entry was gone
+    /// (evicted from the full table): their last bytes were not counted
+    /// per flow (the endpoint totals have them).
+    pub const FLOW_UNTRACKED: u32 = 9;
     /// Size of the array.
-    pub const SLOTS: u32 = 8;
+    pub const SLOTS: u32 = 10;
 }
 
 /// The largest part of a tracepoint record a program copies. One copy of the
@@ -130,7 +136,8 @@ pub struct KernelConfig {
     /// `ephemeral_low > ephemeral_high` turns collapsing off.
     pub ephemeral_low: u16,
     pub ephemeral_high: u16,
-    pub pad: u32,
+    /// `KernelConfig::COUNT_FLOWS` and future switches.
+    pub flags: u32,
     /// Where fields the tracepoints do not carry sit in the kernel's socket
     /// structs, from the running kernel's BTF.
     pub sock: SockOffsets,
@@ -154,6 +161,9 @@ impl SockOffsets {
 }
 
 impl KernelConfig {
+    /// Flag: keep the per-flow table (the `cgroup_skb` programs count into
+    /// it).
+    pub const COUNT_FLOWS: u32 = 1;
     pub const EMPTY: Self = Self {
         inet_sock_set_state: TpLayout::EMPTY,
         tcp_send_reset: TpLayout::EMPTY,
@@ -161,7 +171,7 @@ impl KernelConfig {
         tcp_retransmit_skb: TpLayout::EMPTY,
         ephemeral_low: 1,
         ephemeral_high: 0,
-        pad: 0,
+        flags: 0,
         sock: SockOffsets { sk_err: SockOffsets::ABSENT, srtt_us: SockOffsets::ABSENT },
     };
 }
@@ -169,7 +179,7 @@ impl KernelConfig {
 /// A service endpoint: address and port. IPv4 addresses fill the first four
 /// bytes of `addr`, the rest is zero.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct EndpointKey {
     pub addr: [u8; 16],
     /// Host byte order; 0 for a collapsed ephemeral port.
@@ -188,7 +198,47 @@ pub struct EndpointStats {
     pub resets_received: u64,
     /// Segments retransmitted towards this endpoint (the remote side).
     pub retransmits: u64,
-    pub reserved: u64,
+    /// TCP payload bytes this host's sockets sent on connections of this
+    /// endpoint (to it when it is remote, from it when it is local).
+    pub bytes_sent: u64,
+    /// TCP payload bytes this host's sockets received on them.
+    pub bytes_received: u64,
+}
+
+/// Length of the rate window of [`FlowStats`].
+pub const FLOW_RATE_WINDOW_NS: u64 = 1_000_000_000;
+
+/// One established connection in the per-flow table, keyed by its
+/// [`FlowAddrs`] (local side first). Created when the handshake completes,
+/// counted by the `cgroup_skb` programs for every packet, removed when the
+/// connection closes. Byte counts are TCP payload (no headers); packets are
+/// wire segments (a GSO packet counts as its segments).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowStats {
+    pub owner: Owner,
+    /// The service endpoint the flow belongs to: the remote side of an
+    /// active open, the local listener of a passive one (ephemeral ports
+    /// collapsed as in the endpoint table).
+    pub endpoint: EndpointKey,
+    /// `bpf_ktime_get_ns()` when the handshake completed.
+    pub established_ns: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub packets_sent: u64,
+    pub packets_received: u64,
+    /// Start of the current rate window and the bytes inside it.
+    pub window_start_ns: u64,
+    pub window_sent: u64,
+    pub window_received: u64,
+    /// The last complete window: its length and bytes (0 before the first
+    /// window completed).
+    pub last_window_ns: u64,
+    pub last_sent: u64,
+    pub last_received: u64,
+    /// `direction::ACTIVE` or `direction::PASSIVE`.
+    pub direction: u8,
+    pub pad: [u8; 7],
 }
 
 /// Kinds of ring buffer events. Every event starts with
@@ -326,7 +376,7 @@ pub struct TcpEvent {
 #[cfg(feature = "user")]
 mod pod {
     use super::{
-        ConnEvent, EndpointKey, EndpointStats, FlowAddrs, KernelConfig, ListenerInfo, Owner, SockInfo, SockOffsets,
+        ConnEvent, EndpointKey, EndpointStats, FlowAddrs, FlowStats, KernelConfig, ListenerInfo, Owner, SockInfo, SockOffsets,
         Span, TcpEvent, TpLayout,
     };
 
@@ -355,6 +405,8 @@ mod pod {
     unsafe impl aya::Pod for ListenerInfo {}
     // SAFETY: as above.
     unsafe impl aya::Pod for ConnEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FlowStats {}
 }
 
 #[cfg(test)]
@@ -375,7 +427,8 @@ mod tests {
         assert_eq!((size_of::<ListenerInfo>(), align_of::<ListenerInfo>()), (40, 8));
         assert_eq!((size_of::<ConnEvent>(), align_of::<ConnEvent>()), (136, 8));
         assert_eq!((size_of::<EndpointKey>(), align_of::<EndpointKey>()), (24, 4));
-        assert_eq!((size_of::<EndpointStats>(), align_of::<EndpointStats>()), (32, 8));
+        assert_eq!((size_of::<EndpointStats>(), align_of::<EndpointStats>()), (40, 8));
+        assert_eq!((size_of::<FlowStats>(), align_of::<FlowStats>()), (152, 8));
         assert_eq!((size_of::<TcpEvent>(), align_of::<TcpEvent>()), (56, 8));
     }
 }

@@ -26,12 +26,12 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use governor_common::{
-    ConnEvent, ListenerInfo, Owner, SockInfo, SockOffsets, TpLayout, counter, direction, event_kind,
+    ConnEvent, FlowStats, KernelConfig, ListenerInfo, Owner, SockInfo, SockOffsets, TpLayout, counter, direction, event_kind,
 };
 
 use crate::{
-    maps::{EVENTS, GOVERNOR_CONFIG, LISTENERS, SOCKETS, count},
-    record::{Flow, Record},
+    maps::{EVENTS, FLOWS, GOVERNOR_CONFIG, LISTENERS, SOCKETS, count},
+    record::{Flow, Record, endpoint},
 };
 
 pub const TCP_ESTABLISHED: i32 = 1;
@@ -96,6 +96,13 @@ fn current_owner() -> Owner {
         pid: pid_tgid as u32,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
     }
+}
+
+/// Does user space want bytes counted per flow?
+#[inline(always)]
+fn counting_flows() -> bool {
+    // SAFETY: plain read of an immutable global set at load.
+    unsafe { core::ptr::read_volatile(&raw const GOVERNOR_CONFIG.flags) & KernelConfig::COUNT_FLOWS != 0 }
 }
 
 #[inline(always)]
@@ -250,7 +257,34 @@ fn try_established(ctx: &TracePointContext, r: &mut Record, l: &TpLayout, skaddr
     info.addrs = flow.addrs();
     info.state = TCP_ESTABLISHED as u8;
     emit(event_kind::OPENED, skaddr, info, 0);
+    if counting_flows() {
+        track_flow(info);
+    }
     Ok(())
+}
+
+/// Starts counting the bytes of an established connection: the
+/// `cgroup_skb` programs add to the entry made here.
+#[inline(never)]
+fn track_flow(info: &SockInfo) -> i64 {
+    let a = &info.addrs;
+    let endpoint = if info.direction == direction::ACTIVE {
+        endpoint(a.family, a.daddr, a.dport)
+    } else {
+        endpoint(a.family, a.saddr, a.sport)
+    };
+    let flow = FlowStats {
+        owner: info.owner,
+        endpoint,
+        established_ns: info.established_ns,
+        window_start_ns: info.established_ns,
+        direction: info.direction,
+        ..FlowStats::default()
+    };
+    if FLOWS.insert(a, &flow, 0).is_err() {
+        count(counter::FLOW_UPDATE_FAILED);
+    }
+    0
 }
 
 /// `SYN_SENT` straight to `CLOSE`: refused (`ECONNREFUSED`), timed out
@@ -295,6 +329,9 @@ fn try_closed(skaddr: u64, old: i32) -> Result<(), i64> {
     if info.established_ns == 0 {
         // An incoming connection that never completed its handshake.
         return Ok(());
+    }
+    if counting_flows() && FLOWS.remove(&info.addrs).is_err() {
+        count(counter::FLOW_UNTRACKED);
     }
     info.state = old as u8;
     emit(event_kind::CLOSED, skaddr, &info, sock_u32(skaddr, offsets().sk_err));

@@ -9,9 +9,12 @@
 #![expect(clippy::needless_pass_by_value, reason = "#[tracepoint] hands the context over by value")]
 
 mod connection;
+mod flow;
 mod maps;
 mod record;
 
+mod flow_egress;
+mod flow_ingress;
 mod reset_received;
 mod reset_sent;
 mod retransmit;

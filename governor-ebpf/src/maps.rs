@@ -10,7 +10,8 @@ use aya_ebpf::{
     maps::{LruHashMap, PerCpuArray, RingBuf},
 };
 use governor_common::{
-    EndpointKey, EndpointStats, KernelConfig, ListenerInfo, RESET_REASON_SLOTS, SockInfo, TRANSITION_SLOTS, counter,
+    EndpointKey, EndpointStats, FlowAddrs, FlowStats, KernelConfig, ListenerInfo, RESET_REASON_SLOTS, SockInfo,
+    TRANSITION_SLOTS, counter,
 };
 
 /// Tracepoint field offsets and the ephemeral port range; set by user space.
@@ -44,6 +45,11 @@ pub static SOCKETS: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(65_
 /// collapsing), so that accepted connections take their listener's owner.
 #[map]
 pub static LISTENERS: LruHashMap<EndpointKey, ListenerInfo> = LruHashMap::with_max_entries(4096, 0);
+
+/// Established connections with their byte and packet counts, keyed by
+/// both ends (local first). Bounded; resized at load time.
+#[map]
+pub static FLOWS: LruHashMap<FlowAddrs, FlowStats> = LruHashMap::with_max_entries(65_536, 0);
 
 /// Discrete events for user space. Resized at load time.
 #[map]
@@ -92,21 +98,9 @@ pub enum EndpointCounter {
 }
 
 /// Adds one to an endpoint's counter, creating the entry when it is missing.
-/// The entry is shared by all CPUs, so the add is atomic.
 #[inline(always)]
 pub fn count_endpoint(key: &EndpointKey, which: EndpointCounter) {
-    let entry = if let Some(entry) = ENDPOINTS.get_ptr_mut(key) {
-        entry
-    } else {
-        // Another CPU may insert the same key between the lookup and here;
-        // NOEXIST keeps its counts and the lookup below finds it.
-        let _ = ENDPOINTS.insert(key, EndpointStats::default(), u64::from(BPF_NOEXIST));
-        let Some(entry) = ENDPOINTS.get_ptr_mut(key) else {
-            count(counter::ENDPOINT_UPDATE_FAILED);
-            return;
-        };
-        entry
-    };
+    let Some(entry) = endpoint_entry(key) else { return };
     // SAFETY: `entry` points at a live map value; the field pointers stay in it.
     let field = unsafe {
         match which {
@@ -115,9 +109,33 @@ pub fn count_endpoint(key: &EndpointKey, which: EndpointCounter) {
             EndpointCounter::Retransmits => &raw mut (*entry).retransmits,
         }
     };
-    // `AtomicU64::fetch_add` does not exist on the BPF target (no
-    // compare-and-swap), but the instruction set has an atomic add.
-    // SAFETY: the value is 8-byte aligned map memory that lives as long as
-    // the entry; other CPUs only touch it atomically.
-    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(field, 1) };
+    add(field, 1);
+}
+
+/// The endpoint's entry, created when it is missing; `None` (counted) when
+/// the table cannot take it.
+#[inline(always)]
+pub fn endpoint_entry(key: &EndpointKey) -> Option<*mut EndpointStats> {
+    if let Some(entry) = ENDPOINTS.get_ptr_mut(key) {
+        return Some(entry);
+    }
+    // Another CPU may insert the same key between the lookup and here;
+    // NOEXIST keeps its counts and the lookup below finds it.
+    let _ = ENDPOINTS.insert(key, EndpointStats::default(), u64::from(BPF_NOEXIST));
+    let entry = ENDPOINTS.get_ptr_mut(key);
+    if entry.is_none() {
+        count(counter::ENDPOINT_UPDATE_FAILED);
+    }
+    entry
+}
+
+/// Adds `n` to a counter in a map value shared by all CPUs.
+///
+/// `AtomicU64::fetch_add` does not exist on the BPF target (no
+/// compare-and-swap), but the instruction set has an atomic add.
+#[inline(always)]
+pub fn add(field: *mut u64, n: u64) {
+    // SAFETY: callers pass an 8-byte aligned field of a live map value;
+    // other CPUs only touch it atomically.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(field, n) };
 }

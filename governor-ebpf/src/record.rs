@@ -209,7 +209,7 @@ fn widen(v4: [u8; 4]) -> [u8; 16] {
 
 /// An endpoint key with client-side (ephemeral) ports collapsed to 0.
 #[inline(always)]
-fn endpoint(family: u16, addr: [u8; 16], port: u16) -> EndpointKey {
+pub fn endpoint(family: u16, addr: [u8; 16], port: u16) -> EndpointKey {
     // SAFETY: plain reads of immutable globals set at load.
     let (low, high) = unsafe {
         (

@@ -130,3 +130,39 @@ pub struct Status {
     /// Processes marked leaking.
     pub leaking: Vec<Process>,
 }
+
+/// `GET /api/v1/flows?sort=rate|bytes&limit=`: the busiest established
+/// connections (top talkers), from the kernel's per-flow table.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Flows {
+    /// Established connections in the table.
+    pub total: u64,
+    /// `rate` (bytes per second now, both directions) or `bytes` (since
+    /// the connection opened, both directions), busiest first.
+    pub sort: String,
+    pub flows: Vec<Flow>,
+}
+
+/// One established connection as this host's socket sees it: `sent` is what
+/// the local socket sent. Bytes are TCP payload; packets are segments.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Flow {
+    pub local: String,
+    pub remote: String,
+    /// The service endpoint: the remote side of an active open, the local
+    /// listener of a passive one.
+    pub endpoint: String,
+    /// `active` (this host connected) or `passive` (accepted).
+    pub direction: String,
+    pub pid: u32,
+    pub command: String,
+    pub age_seconds: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub packets_sent: u64,
+    pub packets_received: u64,
+    /// Bytes per second over the last complete second (decaying when the
+    /// flow goes idle).
+    pub sent_bytes_per_second: u64,
+    pub received_bytes_per_second: u64,
+}

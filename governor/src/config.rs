@@ -59,6 +59,12 @@ pub struct Ebpf {
     /// TCP socket of the host, both ends of local connections counted;
     /// closes of evicted sockets are counted as untracked.
     pub socket_table_entries: Bounded<1024, 4_194_304>,
+    /// Count bytes and packets per connection (two `cgroup_skb` programs on
+    /// the cgroup v2 root that run for every packet of the host).
+    pub count_flows: bool,
+    /// Size of the per-flow table in the kernel (LRU): one entry per
+    /// established connection, both ends of local connections counted.
+    pub flow_table_entries: Bounded<1024, 4_194_304>,
     /// Size of the event ring buffer in bytes: a power of two, at least one
     /// page (4096).
     pub ring_buffer_bytes: RingBufferBytes,
@@ -77,6 +83,8 @@ impl Default for Ebpf {
         Self {
             endpoint_table_entries: Bounded(16_384),
             socket_table_entries: Bounded(65_536),
+            count_flows: true,
+            flow_table_entries: Bounded(65_536),
             ring_buffer_bytes: RingBufferBytes(4 << 20),
             event_drain_interval_ms: Bounded(100),
             tracefs: PathBuf::from("/sys/kernel/tracing"),
@@ -348,6 +356,8 @@ log_format = "json"
 [ebpf]
 endpoint_table_entries = 1024
 socket_table_entries = 2048
+count_flows = false
+flow_table_entries = 4096
 ring_buffer_bytes = 65536
 event_drain_interval_ms = 50
 tracefs = "/t"
@@ -410,6 +420,8 @@ pod_log_dir = "/pods"
             Ebpf {
                 endpoint_table_entries: Bounded(1024),
                 socket_table_entries: Bounded(2048),
+                count_flows: false,
+                flow_table_entries: Bounded(4096),
                 ring_buffer_bytes: RingBufferBytes(65536),
                 event_drain_interval_ms: Bounded(50),
                 tracefs: "/t".into(),

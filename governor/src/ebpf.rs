@@ -1,14 +1,16 @@
 //! Loading, attaching and reading the kernel programs: the thin edge between
 //! the daemon and aya.
 
+use std::path::{Path, PathBuf};
+
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::TracePoint,
+    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, TracePoint},
 };
 use governor_common::{
-    ConnEvent, EndpointKey, EndpointStats, KernelConfig, RESET_REASON_SLOTS, SockInfo, TRANSITION_SLOTS, TcpEvent,
-    counter, event_kind,
+    ConnEvent, EndpointKey, EndpointStats, FlowAddrs, FlowStats, KernelConfig, RESET_REASON_SLOTS, SockInfo,
+    TRANSITION_SLOTS, TcpEvent, counter, event_kind,
 };
 
 use crate::{stats::KernelSnapshot, tracefs::TRACEPOINTS};
@@ -19,19 +21,28 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/go
 pub enum EbpfError {
     #[error("loading the eBPF object failed: {0}")]
     Load(#[from] aya::EbpfError),
-    #[error("program {program} ({tracepoint}): {source}")]
-    Program { program: &'static str, tracepoint: String, source: aya::programs::ProgramError },
+    #[error("program {program} ({hook}): {source}")]
+    Program { program: &'static str, hook: String, source: aya::programs::ProgramError },
     #[error("the eBPF object has no {kind} named {name}")]
     Missing { kind: &'static str, name: &'static str },
     #[error("map {map}: {source}")]
     Map { map: &'static str, source: aya::maps::MapError },
+    #[error("cannot open the cgroup {path} to attach the per-flow programs: {source}")]
+    Cgroup { path: PathBuf, source: std::io::Error },
 }
+
+/// The per-packet programs, attached at the cgroup v2 root.
+const FLOW_PROGRAMS: [(&str, CgroupSkbAttachType, &str); 2] = [
+    ("gov_flow_in", CgroupSkbAttachType::Ingress, "cgroup_skb/ingress"),
+    ("gov_flow_out", CgroupSkbAttachType::Egress, "cgroup_skb/egress"),
+];
 
 /// Sizes chosen by the operator.
 #[derive(Clone, Copy, Debug)]
 pub struct Sizes {
     pub endpoint_table_entries: u32,
     pub socket_table_entries: u32,
+    pub flow_table_entries: u32,
     pub ring_buffer_bytes: u32,
 }
 
@@ -44,13 +55,18 @@ pub struct Probes {
 }
 
 impl Probes {
-    /// Loads the object with `config` and attaches every program. On error
-    /// whatever was attached is detached again (the `Ebpf` is dropped).
-    pub fn load(config: &KernelConfig, sizes: Sizes) -> Result<Self, EbpfError> {
+    /// Loads the object with `config` and attaches every program: the
+    /// per-flow programs to the cgroup v2 hierarchy at `cgroup` when
+    /// `config` asks for flows. On error whatever was attached is detached
+    /// again (the `Ebpf` is dropped).
+    pub fn load(config: &KernelConfig, sizes: Sizes, cgroup: &Path) -> Result<Self, EbpfError> {
+        let flows = config.flags & KernelConfig::COUNT_FLOWS != 0;
         let mut ebpf = EbpfLoader::new()
             .override_global("GOVERNOR_CONFIG", config, true)
             .map_max_entries("ENDPOINTS", sizes.endpoint_table_entries)
             .map_max_entries("SOCKETS", sizes.socket_table_entries)
+            // Unused without flows: keep the preallocated table small.
+            .map_max_entries("FLOWS", if flows { sizes.flow_table_entries } else { 1 })
             .map_max_entries("EVENTS", sizes.ring_buffer_bytes)
             .load(OBJECT)?;
         let mut attached = 0;
@@ -59,11 +75,31 @@ impl Probes {
                 .program_mut(tp.program)
                 .ok_or(EbpfError::Missing { kind: "program", name: tp.program })?
                 .try_into()
-                .map_err(|source| EbpfError::Program { program: tp.program, tracepoint: tp.to_string(), source })?;
-            let fail = |source| EbpfError::Program { program: tp.program, tracepoint: tp.to_string(), source };
+                .map_err(|source| EbpfError::Program { program: tp.program, hook: tp.to_string(), source })?;
+            let fail = |source| EbpfError::Program { program: tp.program, hook: tp.to_string(), source };
             program.load().map_err(fail)?;
             program.attach(tp.category, tp.name).map_err(fail)?;
             attached += 1;
+        }
+        if flows {
+            let root = std::fs::File::open(cgroup)
+                .map_err(|source| EbpfError::Cgroup { path: cgroup.to_path_buf(), source })?;
+            for (name, attach_type, hook) in FLOW_PROGRAMS {
+                let fail = |source| EbpfError::Program {
+                    program: name,
+                    hook: format!("{hook} on {}", cgroup.display()),
+                    source,
+                };
+                let program: &mut CgroupSkb = ebpf
+                    .program_mut(name)
+                    .ok_or(EbpfError::Missing { kind: "program", name })?
+                    .try_into()
+                    .map_err(fail)?;
+                program.load().map_err(fail)?;
+                // Other tools' programs on the root stay in place and run too.
+                program.attach(&root, attach_type, CgroupAttachMode::AllowMultiple).map_err(fail)?;
+                attached += 1;
+            }
         }
         Ok(Self {
             ebpf,
@@ -93,6 +129,13 @@ impl Probes {
         Ok(map.iter().filter_map(Result::ok).collect())
     }
 
+    /// Takes the per-flow table out, for readers outside the daemon loop;
+    /// call once.
+    pub fn take_flows(&mut self) -> Result<FlowTable, EbpfError> {
+        let map = self.ebpf.take_map("FLOWS").ok_or(EbpfError::Missing { kind: "map", name: "FLOWS" })?;
+        HashMap::try_from(map).map(FlowTable).map_err(|source| EbpfError::Map { map: "FLOWS", source })
+    }
+
     /// Takes the event ring buffer out; call once.
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, EbpfError> {
         let map = self.ebpf.take_map("EVENTS").ok_or(EbpfError::Missing { kind: "map", name: "EVENTS" })?;
@@ -117,6 +160,18 @@ impl Probes {
                 map.iter().filter_map(Result::ok).collect()
             },
         })
+    }
+}
+
+/// The kernel's per-flow table (established connections with their byte
+/// counts).
+pub struct FlowTable(HashMap<MapData, FlowAddrs, FlowStats>);
+
+impl FlowTable {
+    /// Every entry: two system calls per flow, so read on demand only.
+    pub fn read(&self) -> Vec<(FlowAddrs, FlowStats)> {
+        // Connections close while we walk: skip what vanished.
+        self.0.iter().filter_map(Result::ok).collect()
     }
 }
 

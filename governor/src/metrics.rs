@@ -56,6 +56,10 @@ pub struct Metrics {
     reason_names: Vec<(u32, String)>,
     endpoint_resets: IntCounterVec,
     endpoint_retransmits: IntCounterVec,
+    endpoint_bytes: IntCounterVec,
+    bytes_series: SeriesLimiter,
+    flows_untracked: IntCounter,
+    flow_update_failures: IntCounter,
     pub programs_attached: IntGauge,
     events_lost: IntCounter,
     /// One counter per entry of `EVENT_KINDS`, resolved once: the drain
@@ -88,6 +92,28 @@ pub struct Metrics {
     socket_update_failures: IntCounter,
     ttl_seconds: u64,
     tracked: IntGaugeVec,
+}
+
+/// Adds per-endpoint increments to a counter with a `direction` label
+/// (`sent`, `received`); an endpoint is admitted (or summed under `other`)
+/// by its total over both directions.
+fn add_directions(
+    limiter: &mut SeriesLimiter,
+    vec: &IntCounterVec,
+    [sent, received]: [&HashMap<String, u64>; 2],
+    now: u64,
+    budget: &mut Budget,
+) {
+    let mut both = sent.clone();
+    for (k, v) in received {
+        *both.entry(k.clone()).or_default() += v;
+    }
+    limiter.admit(&both, now, budget);
+    for (direction, map) in [("sent", sent), ("received", received)] {
+        for (endpoint, v) in map {
+            vec.with_label_values(&[limiter.label(endpoint), direction]).inc_by(*v);
+        }
+    }
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
@@ -150,6 +176,21 @@ impl Metrics {
                 "governor_endpoint_retransmits_total",
                 "TCP retransmits per remote endpoint.",
                 &["endpoint"],
+            ),
+            endpoint_bytes: counter_vec(
+                "governor_endpoint_bytes_total",
+                "TCP payload bytes this host's sockets sent and received on connections of a service endpoint (the \
+                 remote side of connections this host opened, the local listener of accepted ones).",
+                &["endpoint", "direction"],
+            ),
+            bytes_series: SeriesLimiter::new(limits.per_metric, limits.ttl_seconds),
+            flows_untracked: counter(
+                "governor_ebpf_flows_untracked_total",
+                "Closes of established connections whose entry the full per-flow table had evicted.",
+            ),
+            flow_update_failures: counter(
+                "governor_ebpf_flow_update_failures_total",
+                "Connections the kernel could not add to the per-flow table.",
             ),
             programs_attached: register(
                 &r,
@@ -295,32 +336,40 @@ impl Metrics {
         self.endpoint_update_failures.inc_by(c(counter::ENDPOINT_UPDATE_FAILED));
         self.sockets_untracked.inc_by(c(counter::SOCKET_UNTRACKED));
         self.socket_update_failures.inc_by(c(counter::SOCKET_UPDATE_FAILED));
+        self.flows_untracked.inc_by(c(counter::FLOW_UNTRACKED));
+        self.flow_update_failures.inc_by(c(counter::FLOW_UPDATE_FAILED));
 
         // Several kernel keys can share a label (IPv4-mapped IPv6), so sum
         // by label first.
         let mut sent: HashMap<String, u64> = HashMap::new();
         let mut received: HashMap<String, u64> = HashMap::new();
         let mut retransmits: HashMap<String, u64> = HashMap::new();
+        let mut bytes_sent: HashMap<String, u64> = HashMap::new();
+        let mut bytes_received: HashMap<String, u64> = HashMap::new();
         for (key, d) in &inc.endpoints {
             let label = labels::endpoint(key);
-            for (map, v) in
-                [(&mut sent, d.resets_sent), (&mut received, d.resets_received), (&mut retransmits, d.retransmits)]
-            {
+            for (map, v) in [
+                (&mut sent, d.resets_sent),
+                (&mut received, d.resets_received),
+                (&mut retransmits, d.retransmits),
+                (&mut bytes_sent, d.bytes_sent),
+                (&mut bytes_received, d.bytes_received),
+            ] {
                 if v > 0 {
                     *map.entry(label.clone()).or_default() += v;
                 }
             }
         }
 
-        let mut both = sent.clone();
-        for (k, v) in &received {
-            *both.entry(k.clone()).or_default() += v;
-        }
         // Idle series go first, so that their budget is free for new ones.
-        for endpoint in self.reset_series.expire(now, &mut self.budget) {
-            for direction in ["sent", "received"] {
-                // A direction that never had counts has no series: fine.
-                let _ = self.endpoint_resets.remove_label_values(&[&endpoint, direction]);
+        for (limiter, vec) in
+            [(&mut self.reset_series, &self.endpoint_resets), (&mut self.bytes_series, &self.endpoint_bytes)]
+        {
+            for endpoint in limiter.expire(now, &mut self.budget) {
+                for direction in ["sent", "received"] {
+                    // A direction that never had counts has no series: fine.
+                    let _ = vec.remove_label_values(&[&endpoint, direction]);
+                }
             }
         }
         for endpoint in self.retransmit_series.expire(now, &mut self.budget) {
@@ -332,12 +381,14 @@ impl Metrics {
             }
         }
         let dropped_before = self.budget.dropped();
-        self.reset_series.admit(&both, now, &mut self.budget);
-        for (direction, map) in [("sent", &sent), ("received", &received)] {
-            for (endpoint, v) in map {
-                self.endpoint_resets.with_label_values(&[self.reset_series.label(endpoint), direction]).inc_by(*v);
-            }
-        }
+        add_directions(&mut self.reset_series, &self.endpoint_resets, [&sent, &received], now, &mut self.budget);
+        add_directions(
+            &mut self.bytes_series,
+            &self.endpoint_bytes,
+            [&bytes_sent, &bytes_received],
+            now,
+            &mut self.budget,
+        );
         for (endpoint, v) in self.retransmit_series.assign(&retransmits, now, &mut self.budget) {
             self.endpoint_retransmits.with_label_values(&[endpoint.as_str()]).inc_by(v);
         }
@@ -354,6 +405,7 @@ impl Metrics {
             ("governor_endpoint_resets_total", &self.reset_series),
             ("governor_endpoint_retransmits_total", &self.retransmit_series),
             ("governor_tcp_connect_failures_total", &self.failure_series),
+            ("governor_endpoint_bytes_total", &self.bytes_series),
         ] {
             self.endpoint_series.with_label_values(&[metric]).set(i64::try_from(limiter.len()).unwrap_or(i64::MAX));
         }
@@ -459,7 +511,7 @@ mod tests {
     }
 
     fn stats(sent: u64, received: u64, retransmits: u64) -> EndpointStats {
-        EndpointStats { resets_sent: sent, resets_received: received, retransmits, reserved: 0 }
+        EndpointStats { resets_sent: sent, resets_received: received, retransmits, ..EndpointStats::default() }
     }
 
     fn lines(m: &Metrics, prefix: &str) -> Vec<String> {

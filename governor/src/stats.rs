@@ -89,7 +89,8 @@ impl Aggregator {
                 resets_sent: grown(now.resets_sent, before.resets_sent),
                 resets_received: grown(now.resets_received, before.resets_received),
                 retransmits: grown(now.retransmits, before.retransmits),
-                reserved: 0,
+                bytes_sent: grown(now.bytes_sent, before.bytes_sent),
+                bytes_received: grown(now.bytes_received, before.bytes_received),
             };
             if d != EndpointStats::default() {
                 out.endpoints.push((*key, d));
@@ -111,7 +112,7 @@ mod tests {
     }
 
     fn stats(sent: u64, received: u64, retransmits: u64) -> EndpointStats {
-        EndpointStats { resets_sent: sent, resets_received: received, retransmits, reserved: 0 }
+        EndpointStats { resets_sent: sent, resets_received: received, retransmits, ..EndpointStats::default() }
     }
 
     fn snap(

@@ -10,16 +10,33 @@
 
 #![expect(clippy::cast_possible_truncation, reason = "ports are 16-bit values in 32-bit context fields")]
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::SkBuffContext};
+use core::mem::MaybeUninit;
+
+use aya_ebpf::{
+    helpers::{bpf_ktime_get_ns, generated::bpf_skb_load_bytes},
+    programs::SkBuffContext,
+};
 use governor_common::{AF_INET, AF_INET6, FLOW_RATE_WINDOW_NS, FlowAddrs, FlowStats};
 
 use crate::maps::{FLOWS, add, endpoint_entry};
+
+/// Reads one `u32` field of the `__sk_buff` context. The verifier wants
+/// every context access as one load at a constant offset from the context
+/// pointer; a volatile read keeps LLVM from sharing address arithmetic
+/// between fields (the context's own accessors hand out references, which
+/// it does share).
+macro_rules! ctx_field {
+    ($ctx:expr, $($field:tt)+) => {
+        // SAFETY: a field of the context the kernel passed in.
+        unsafe { core::ptr::read_volatile(&raw const (*$ctx.skb.skb).$($field)+) }
+    };
+}
 
 /// `cgroup_skb` verdict: let the packet through.
 pub const PASS: i32 = 1;
 
 const IPPROTO_TCP: u8 = 6;
-const IPV6_HEADER: usize = 40;
+const IPV6_HEADER: u32 = 40;
 
 /// Counts one packet of the socket it belongs to; `sent` for egress.
 #[inline(always)]
@@ -30,8 +47,7 @@ pub fn account(ctx: &SkBuffContext, sent: bool) {
     if payload == 0 {
         return;
     }
-    // SAFETY: context field read; the kernel fills it for every skb.
-    let segments = u64::from(unsafe { (*ctx.skb.skb).gso_segs }).max(1);
+    let segments = u64::from(ctx_field!(ctx, gso_segs)).max(1);
     let payload = u64::from(payload);
     // SAFETY: `flow` is a live map value; the counters are only changed
     // with atomic adds, the window fields by whichever CPU sees the window
@@ -75,23 +91,35 @@ fn roll_window(f: &mut FlowStats) {
 /// in host order, IPv4 in the first four address bytes.
 #[inline(always)]
 fn flow_key(ctx: &SkBuffContext) -> Option<FlowAddrs> {
-    let skb = &ctx.skb;
-    let family = skb.family() as u16;
+    let family = ctx_field!(ctx, family) as u16;
+    // Addresses are in network order in memory: their native-endian bytes
+    // are the address bytes.
     let (saddr, daddr) = match family {
-        // The addresses are in network order in memory: their native-endian
-        // bytes are the address bytes.
-        AF_INET => (widen(skb.local_ipv4()), widen(skb.remote_ipv4())),
-        AF_INET6 => (v6(skb.local_ipv6()), v6(skb.remote_ipv6())),
+        AF_INET => (widen(ctx_field!(ctx, local_ip4)), widen(ctx_field!(ctx, remote_ip4))),
+        AF_INET6 => (
+            v6([
+                ctx_field!(ctx, local_ip6[0]),
+                ctx_field!(ctx, local_ip6[1]),
+                ctx_field!(ctx, local_ip6[2]),
+                ctx_field!(ctx, local_ip6[3]),
+            ]),
+            v6([
+                ctx_field!(ctx, remote_ip6[0]),
+                ctx_field!(ctx, remote_ip6[1]),
+                ctx_field!(ctx, remote_ip6[2]),
+                ctx_field!(ctx, remote_ip6[3]),
+            ]),
+        ),
         _ => return None,
     };
     Some(FlowAddrs {
         saddr,
         daddr,
         family,
-        sport: skb.local_port() as u16,
+        sport: ctx_field!(ctx, local_port) as u16,
         // `remote_port` holds the network-order port in its upper half on
         // little-endian machines (the kernel shifts it there).
-        dport: remote_port(skb.remote_port()),
+        dport: remote_port(ctx_field!(ctx, remote_port)),
         pad: 0,
     })
 }
@@ -114,18 +142,9 @@ fn widen(addr: u32) -> [u8; 16] {
 }
 
 #[inline(always)]
-fn v6(words: &[u32; 4]) -> [u8; 16] {
-    let mut out = [0u8; 16];
-    let mut i = 0;
-    while i < 4 {
-        let b = words[i].to_ne_bytes();
-        out[i * 4] = b[0];
-        out[i * 4 + 1] = b[1];
-        out[i * 4 + 2] = b[2];
-        out[i * 4 + 3] = b[3];
-        i += 1;
-    }
-    out
+fn v6(words: [u32; 4]) -> [u8; 16] {
+    let [a, b, c, d] = words.map(u32::from_le);
+    (u128::from(a) | u128::from(b) << 32 | u128::from(c) << 64 | u128::from(d) << 96).to_le_bytes()
 }
 
 /// TCP payload bytes of the packet (which starts at its IP header); `None`
@@ -133,10 +152,9 @@ fn v6(words: &[u32; 4]) -> [u8; 16] {
 /// from the packet: an IPv6 socket talks IPv4 to IPv4-mapped peers.
 #[inline(always)]
 fn payload(ctx: &SkBuffContext) -> Option<u32> {
-    let mut first = [0u8; 10];
-    ctx.load_bytes(0, &mut first).ok()?;
+    let first: [u8; 10] = load(ctx, 0)?;
     let (ip_header, protocol) = match first[0] >> 4 {
-        4 => (usize::from(first[0] & 0x0f) * 4, first[9]),
+        4 => (u32::from(first[0] & 0x0f) * 4, first[9]),
         // Extension headers before TCP are not followed: such packets are
         // not counted.
         6 => (IPV6_HEADER, first[6]),
@@ -145,8 +163,19 @@ fn payload(ctx: &SkBuffContext) -> Option<u32> {
     if protocol != IPPROTO_TCP {
         return None;
     }
-    let mut offset_byte = [0u8; 1];
-    ctx.load_bytes(ip_header + 12, &mut offset_byte).ok()?;
-    let headers = (ip_header + usize::from(offset_byte[0] >> 4) * 4) as u32;
-    Some(ctx.len().saturating_sub(headers))
+    let [data_offset]: [u8; 1] = load(ctx, ip_header + 12)?;
+    let headers = ip_header + u32::from(data_offset >> 4) * 4;
+    Some(ctx_field!(ctx, len).saturating_sub(headers))
+}
+
+/// `N` bytes of the packet at `offset` (from the IP header), with a length
+/// the verifier knows: the context's own `load_bytes` computes it at run
+/// time.
+#[inline(always)]
+fn load<const N: usize>(ctx: &SkBuffContext, offset: u32) -> Option<[u8; N]> {
+    let mut out = MaybeUninit::<[u8; N]>::uninit();
+    // SAFETY: the helper writes exactly N bytes into `out` or fails.
+    let rc = unsafe { bpf_skb_load_bytes(ctx.skb.skb.cast(), offset, out.as_mut_ptr().cast(), N as u32) };
+    // SAFETY: on success all N bytes were written.
+    (rc == 0).then(|| unsafe { out.assume_init() })
 }

@@ -42,6 +42,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         kernel_config.ephemeral_high = high;
     }
 
+    let cgroup = flow_cgroup(&config, &mut kernel_config);
+
     let addr = config.daemon.metrics_addr;
     let listener = TcpListener::bind(addr)
         .await
@@ -52,10 +54,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Sizes {
             endpoint_table_entries: config.ebpf.endpoint_table_entries.get(),
             socket_table_entries: config.ebpf.socket_table_entries.get(),
+            flow_table_entries: config.ebpf.flow_table_entries.get(),
             ring_buffer_bytes: config.ebpf.ring_buffer_bytes.0,
         },
+        &cgroup,
     )?;
     let mut events = probes.take_events()?;
+    let counting_flows = kernel_config.flags & governor_common::KernelConfig::COUNT_FLOWS != 0;
+    let flows = if counting_flows { Some(probes.take_flows()?) } else { None };
     info!(programs = probes.attached(), "eBPF programs attached");
 
     let limits = SeriesLimits {
@@ -67,6 +73,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     metrics.programs_attached.set(i64::try_from(probes.attached()).unwrap_or(i64::MAX));
     metrics.map_capacity.with_label_values(&["endpoints"]).set(i64::from(probes.endpoint_capacity()));
     metrics.map_capacity.with_label_values(&["sockets"]).set(i64::from(probes.socket_capacity()));
+    if counting_flows {
+        metrics.map_capacity.with_label_values(&["flows"]).set(i64::from(config.ebpf.flow_table_entries.get()));
+    }
     let monitor = Monitor::new(
         Engine::new(config.health.engine_config()),
         Attributor::new(config.attribution.cgroup_root.clone(), Some(config.attribution.pod_log_dir.clone())),
@@ -74,7 +83,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         reasons,
         unix_offset(),
     );
-    let state = AppState::new(metrics, monitor);
+    let state = AppState::new(metrics, monitor, flows);
 
     let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(
@@ -122,6 +131,28 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Err(_) => debug!("HTTP server still had open connections; leaving them"),
     }
     Ok(())
+}
+
+/// Where the per-flow programs attach: the cgroup v2 root, so every socket
+/// of the host is counted. Turns flow counting on in `kernel_config` when
+/// the config asks for it and cgroup v2 is mounted; without it governor
+/// runs without per-flow bytes.
+fn flow_cgroup(config: &Config, kernel_config: &mut governor_common::KernelConfig) -> std::path::PathBuf {
+    if !config.ebpf.count_flows {
+        info!("ebpf.count_flows is off: no per-flow bytes");
+        return std::path::PathBuf::new();
+    }
+    let mounts = host::read_mounts().unwrap_or_default();
+    match host::cgroup2_root(&mounts) {
+        Some(root) => {
+            kernel_config.flags |= governor_common::KernelConfig::COUNT_FLOWS;
+            root.to_path_buf()
+        }
+        None => {
+            warn!("cgroup v2 is not mounted: no per-flow bytes (flows, governor_endpoint_bytes_total)");
+            std::path::PathBuf::new()
+        }
+    }
 }
 
 /// Reads the kernel's BTF: names of its reset reasons (returned) and the

@@ -96,8 +96,10 @@ impl Probes {
                     .try_into()
                     .map_err(fail)?;
                 program.load().map_err(fail)?;
-                // Other tools' programs on the root stay in place and run too.
-                program.attach(&root, attach_type, CgroupAttachMode::AllowMultiple).map_err(fail)?;
+                // aya attaches through a BPF link (kernel 5.7+): link_create
+                // takes no flags, and a cgroup link always runs beside the
+                // programs other tools attached to the same cgroup.
+                program.attach(&root, attach_type, CgroupAttachMode::Single).map_err(fail)?;
                 attached += 1;
             }
         }

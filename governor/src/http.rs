@@ -16,6 +16,8 @@ use axum::{
 
 use crate::{
     api,
+    ebpf::FlowTable,
+    flows::{self, FlowQuery},
     metrics::Metrics,
     monitor::{ConnectionFilter, MAX_PAGE, Monitor, Now},
 };
@@ -25,11 +27,18 @@ pub struct AppState {
     pub monitor: Mutex<Monitor>,
     /// Programs attached and the first reading of the maps done.
     pub ready: AtomicBool,
+    /// The kernel's per-flow table; `None` when flows are not counted.
+    pub flows: Option<FlowTable>,
 }
 
 impl AppState {
-    pub fn new(metrics: Metrics, monitor: Monitor) -> Arc<Self> {
-        Arc::new(Self { metrics: Mutex::new(metrics), monitor: Mutex::new(monitor), ready: AtomicBool::new(false) })
+    pub fn new(metrics: Metrics, monitor: Monitor, flows: Option<FlowTable>) -> Arc<Self> {
+        Arc::new(Self {
+            metrics: Mutex::new(metrics),
+            monitor: Mutex::new(monitor),
+            ready: AtomicBool::new(false),
+            flows,
+        })
     }
 
     pub fn set_ready(&self, ready: bool) {
@@ -53,6 +62,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/endpoints", get(endpoints))
         .route("/api/v1/processes", get(processes))
         .route("/api/v1/connections", get(connections))
+        .route("/api/v1/flows", get(flows))
         .with_state(state)
 }
 
@@ -93,6 +103,30 @@ async fn connections(
         return bad_request(&format!("limit must be between 1 and {MAX_PAGE}"));
     }
     Json(state.monitor.lock().expect("monitor lock poisoned").connections(&filter, now())).into_response()
+}
+
+async fn flows(State(state): State<Arc<AppState>>, query: Result<Query<FlowQuery>, QueryRejection>) -> Response {
+    let Query(query) = match query {
+        Ok(q) => q,
+        Err(e) => return bad_request(&format!("{e}; parameters: sort (rate or bytes), limit")),
+    };
+    if query.limit == 0 || query.limit > flows::MAX_LIMIT {
+        return bad_request(&format!("limit must be between 1 and {}", flows::MAX_LIMIT));
+    }
+    if state.flows.is_none() {
+        return (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({ "error": "flows are not counted: ebpf.count_flows is off" })),
+        )
+            .into_response();
+    }
+    // Walking the kernel table takes two system calls per flow: off the
+    // async workers.
+    let table = tokio::task::spawn_blocking(move || state.flows.as_ref().map(FlowTable::read).unwrap_or_default());
+    match table.await {
+        Ok(table) => Json(flows::top(&table, query, now().ns)).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, Json(serde_json::json!({ "error": e.to_string() }))).into_response(),
+    }
 }
 
 fn bad_request(message: &str) -> Response {

@@ -10,6 +10,7 @@ mod connections;
 mod daemon;
 mod doctor;
 mod ebpf;
+mod flows;
 mod health;
 mod host;
 mod http;

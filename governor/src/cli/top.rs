@@ -1,6 +1,10 @@
 //! `governor top`: a live view of the busiest endpoints from
-//! `GET /api/v1/endpoints`, refreshed on an interval. When stdout is not a
-//! terminal it prints one snapshot as plain text instead.
+//! `GET /api/v1/endpoints` and, under them, the top talkers: the busiest
+//! established connections by current byte rate from
+//! `GET /api/v1/flows?sort=rate`. Both are fetched together on an interval.
+//! A daemon without flows (older than this CLI, or failing to answer them)
+//! still shows its endpoints, with the top talkers marked unavailable. When
+//! stdout is not a terminal it prints one snapshot as plain text instead.
 
 use std::{
     io::{self, IsTerminal as _, Write},
@@ -24,10 +28,12 @@ use crossterm::{
     terminal::{self, Clear, ClearType, EnterAlternateScreen, LeaveAlternateScreen},
 };
 
-use super::{REQUEST_TIMEOUT, client, print_stdout, table};
+use super::{REQUEST_TIMEOUT, client, human_duration, print_stdout, table};
 use crate::api;
 
 pub const PATH: &str = "/api/v1/endpoints";
+/// The 20 busiest flows by bytes per second now, busiest first.
+pub const FLOWS_PATH: &str = "/api/v1/flows?sort=rate&limit=20";
 
 /// Refreshing faster than this only loads the daemon.
 const MIN_INTERVAL: Duration = Duration::from_millis(200);
@@ -36,23 +42,24 @@ const TICK: Duration = Duration::from_millis(100);
 /// The order of the state counts in the header.
 const STATES: [&str; 4] = ["unhealthy", "suspect", "recovering", "healthy"];
 
-/// Shows the busiest endpoints until `q`, Esc or Ctrl-C, fetching them
-/// every `interval` (at least 200 ms). While the daemon cannot be reached
-/// the header says why and the last table stays. When stdout is not a
-/// terminal, prints one snapshot and returns (an error if the daemon
-/// cannot be reached).
+/// Shows the busiest endpoints and the top talkers until `q`, Esc or
+/// Ctrl-C, fetching them every `interval` (at least 200 ms). While the
+/// daemon cannot be reached the header says why and the last tables stay.
+/// When stdout is not a terminal, prints one snapshot and returns (an error
+/// if the daemon cannot be reached; unavailable flows are not one).
 pub fn top(addr: SocketAddr, interval: Duration) -> anyhow::Result<()> {
     if !io::stdout().is_terminal() {
-        let endpoints: api::Endpoints = client::get_json(addr, PATH, REQUEST_TIMEOUT)?;
+        let Fetched { endpoints, flows } = fetch(addr)?;
         let mut lines = vec![header_line(&clock(SystemTime::now()), addr, false, &summary(&endpoints))];
         lines.extend(render_top(&endpoints, usize::MAX, usize::MAX));
+        lines.extend(render_talkers(&flows, usize::MAX, usize::MAX));
         print_stdout(&(lines.join("\n") + "\n")).context("cannot write to stdout")?;
         return Ok(());
     }
     let updates = spawn_fetcher(addr, interval.max(MIN_INTERVAL));
     let _terminal = TerminalGuard::enter().context("cannot take over the terminal (pipe the output for a snapshot)")?;
     let (mut width, mut height) = terminal::size().context("cannot read the terminal size")?;
-    let mut view = View { addr, endpoints: None, fetched_at: String::new(), error: None };
+    let mut view = View::new(addr);
     view.draw(width, height)?;
     loop {
         if event::poll(TICK)? {
@@ -73,7 +80,7 @@ pub fn top(addr: SocketAddr, interval: Duration) -> anyhow::Result<()> {
                     changed = true;
                 }
                 Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => anyhow::bail!("the thread fetching endpoints stopped"),
+                Err(TryRecvError::Disconnected) => anyhow::bail!("the thread fetching from the daemon stopped"),
             }
         }
         if changed {
@@ -82,14 +89,40 @@ pub fn top(addr: SocketAddr, interval: Duration) -> anyhow::Result<()> {
     }
 }
 
-/// Fetches the endpoints every `interval` on a thread of its own, so keys
-/// are answered at once even while the daemon is slow to answer.
-fn spawn_fetcher(addr: SocketAddr, interval: Duration) -> mpsc::Receiver<Result<api::Endpoints, client::ClientError>> {
+/// One round of fetching: the endpoints, then the flows, or why the flows
+/// are unavailable.
+struct Fetched {
+    endpoints: api::Endpoints,
+    flows: Result<api::Flows, String>,
+}
+
+/// Fetches the endpoints and then the flows. Only the endpoints are needed:
+/// when the flows fail the error says why in a few words.
+fn fetch(addr: SocketAddr) -> Result<Fetched, client::ClientError> {
+    let endpoints = client::get_json(addr, PATH, REQUEST_TIMEOUT)?;
+    let flows = client::get_json(addr, FLOWS_PATH, REQUEST_TIMEOUT).map_err(|e| flows_unavailable(&e));
+    Ok(Fetched { endpoints, flows })
+}
+
+/// Why the top talkers cannot be shown, short enough for their title line.
+fn flows_unavailable(error: &client::ClientError) -> String {
+    match error {
+        client::ClientError::Status { status: 404, .. } => {
+            "the daemon has no flows API (it is older than this CLI: upgrade it)".to_owned()
+        }
+        client::ClientError::Status { status, body, .. } => format!("the daemon answered {status}: {body}"),
+        other => other.to_string(),
+    }
+}
+
+/// Fetches every `interval` on a thread of its own, so keys are answered at
+/// once even while the daemon is slow to answer.
+fn spawn_fetcher(addr: SocketAddr, interval: Duration) -> mpsc::Receiver<Result<Fetched, client::ClientError>> {
     let (sender, receiver) = mpsc::channel();
     thread::spawn(move || {
         loop {
             let started = Instant::now();
-            if sender.send(client::get_json(addr, PATH, REQUEST_TIMEOUT)).is_err() {
+            if sender.send(fetch(addr)).is_err() {
                 return;
             }
             thread::sleep(interval.saturating_sub(started.elapsed()));
@@ -98,20 +131,24 @@ fn spawn_fetcher(addr: SocketAddr, interval: Duration) -> mpsc::Receiver<Result<
     receiver
 }
 
-/// What the live view shows: the last endpoints fetched, and the error of
-/// the last fetch if it failed.
+/// What the live view shows: the last endpoints and flows fetched, and the
+/// error of the last fetch if it failed.
 struct View {
     addr: SocketAddr,
-    endpoints: Option<api::Endpoints>,
+    fetched: Option<Fetched>,
     fetched_at: String,
     error: Option<String>,
 }
 
 impl View {
-    fn update(&mut self, update: Result<api::Endpoints, client::ClientError>) {
+    fn new(addr: SocketAddr) -> Self {
+        Self { addr, fetched: None, fetched_at: String::new(), error: None }
+    }
+
+    fn update(&mut self, update: Result<Fetched, client::ClientError>) {
         match update {
-            Ok(endpoints) => {
-                self.endpoints = Some(endpoints);
+            Ok(fetched) => {
+                self.fetched = Some(fetched);
                 self.fetched_at = clock(SystemTime::now());
                 self.error = None;
             }
@@ -120,15 +157,21 @@ impl View {
     }
 
     fn lines(&self, width: usize, height: usize) -> Vec<String> {
-        let status = match (&self.error, &self.endpoints) {
-            (None, Some(endpoints)) => summary(endpoints),
+        let status = match (&self.error, &self.fetched) {
+            (None, Some(fetched)) => summary(&fetched.endpoints),
             (None, None) => "connecting...".to_owned(),
             (Some(error), None) => format!("retrying: {error}"),
-            (Some(error), Some(_)) => format!("retrying, table from {}: {error}", self.fetched_at),
+            (Some(error), Some(_)) => format!("retrying, tables from {}: {error}", self.fetched_at),
         };
         let mut lines = vec![truncate(&header_line(&clock(SystemTime::now()), self.addr, true, &status), width)];
-        if let Some(endpoints) = &self.endpoints {
-            lines.extend(render_top(endpoints, width, height.saturating_sub(1)));
+        if let Some(Fetched { endpoints, flows }) = &self.fetched {
+            let (endpoints_height, talkers_height) = split_height(
+                height.saturating_sub(1),
+                render_top(endpoints, width, usize::MAX).len(),
+                render_talkers(flows, width, usize::MAX).len(),
+            );
+            lines.extend(render_top(endpoints, width, endpoints_height));
+            lines.extend(render_talkers(flows, width, talkers_height));
         }
         lines.truncate(height);
         lines
@@ -191,6 +234,102 @@ fn row(endpoint: &api::Endpoint) -> Vec<String> {
         retransmits.to_string(),
         close_wait.to_string(),
     ]
+}
+
+/// How many of `rows` lines go to the endpoints and how many to the top
+/// talkers, given how many lines each would fill. When both do not fit the
+/// endpoints get half the rows (rounded up), or more when the top talkers
+/// need less than the other half.
+fn split_height(rows: usize, endpoints_wanted: usize, talkers_wanted: usize) -> (usize, usize) {
+    let endpoints = endpoints_wanted.min(rows.saturating_sub(talkers_wanted).max(rows.div_ceil(2)));
+    (endpoints, (rows - endpoints).min(talkers_wanted))
+}
+
+/// The top talkers section, at most `height` lines of at most `width`
+/// characters: a blank line, a title with the number of established flows,
+/// then their table, or the title says why flows are unavailable. Nothing
+/// when fewer than two lines fit.
+fn render_talkers(flows: &Result<api::Flows, String>, width: usize, height: usize) -> Vec<String> {
+    if height < 2 {
+        return Vec::new();
+    }
+    let title = match flows {
+        Ok(flows) => format!("top talkers  flows: {} established, busiest by {}", flows.total, flows.sort),
+        Err(reason) => format!("top talkers  unavailable: {reason}"),
+    };
+    let mut lines = vec![String::new(), truncate(&title, width)];
+    if let Ok(flows) = flows {
+        lines.extend(render_flows(flows, width, height - 2));
+    }
+    lines
+}
+
+/// The flows table in the order the daemon sent them (busiest first), at
+/// most `height` lines of at most `width` characters. When the daemon holds
+/// more flows than are shown, the last line says how many more.
+pub fn render_flows(flows: &api::Flows, width: usize, height: usize) -> Vec<String> {
+    if height == 0 {
+        return Vec::new();
+    }
+    let room = height - 1;
+    let fetched = flows.flows.len();
+    // The daemon sends at most the limit asked for, and counts them all.
+    let total = usize::try_from(flows.total).unwrap_or(usize::MAX).max(fetched);
+    let shown = if fetched + usize::from(total > fetched) <= room { fetched } else { room.saturating_sub(1) };
+    let rows: Vec<Vec<String>> = flows.flows[..shown].iter().map(flow_row).collect();
+    let mut lines = table(&["LOCAL", "REMOTE", "PROCESS", "SEND/s", "RECV/s", "SENT", "RECEIVED", "AGE"], &rows);
+    if room > 0 && fetched == 0 {
+        lines
+            .push("no established connections tracked (flows are counted only when ebpf.count_flows is on)".to_owned());
+    } else if room > 0 && shown < total {
+        lines.push(format!("... {} more flows", total - shown));
+    }
+    lines.iter().map(|line| truncate(line, width)).collect()
+}
+
+fn flow_row(flow: &api::Flow) -> Vec<String> {
+    let api::Flow {
+        local,
+        remote,
+        command,
+        pid,
+        age_seconds,
+        bytes_sent,
+        bytes_received,
+        sent_bytes_per_second,
+        received_bytes_per_second,
+        ..
+    } = flow;
+    let process = if command.is_empty() && *pid == 0 { "-".to_owned() } else { format!("{command}/{pid}") };
+    vec![
+        local.clone(),
+        remote.clone(),
+        process,
+        human_bytes(*sent_bytes_per_second),
+        human_bytes(*received_bytes_per_second),
+        human_bytes(*bytes_sent),
+        human_bytes(*bytes_received),
+        human_duration(*age_seconds),
+    ]
+}
+
+/// A byte count in binary units with one decimal: `0 B`, `1023 B`,
+/// `1.0 KiB`, `10.0 MiB`, `2.5 GiB`. A value that rounds to 1024 of a unit
+/// is shown in the next one (`1.0 MiB`, not `1024.0 KiB`).
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    // Tenths of a unit, rounded half up; u128 so that nothing overflows.
+    let tenths = |divisor: u128| (u128::from(bytes) * 10 + divisor / 2) / divisor;
+    let (mut unit, mut divisor) = (0, 1024_u128);
+    while unit + 1 < UNITS.len() && tenths(divisor) >= 10_240 {
+        unit += 1;
+        divisor *= 1024;
+    }
+    let tenths = tenths(divisor);
+    format!("{}.{} {}", tenths / 10, tenths % 10, UNITS[unit])
 }
 
 /// What went wrong with an endpoint within its windows.
@@ -362,19 +501,221 @@ mod tests {
         assert_eq!(header_line("x", addr, false, "y"), "x  governor 127.0.0.1:9966  y");
     }
 
+    const MIB: u64 = 1 << 20;
+    const GIB: u64 = 1 << 30;
+
+    #[expect(clippy::too_many_arguments, reason = "one flow per line in the tests")]
+    fn flow(
+        local: &str,
+        remote: &str,
+        command: &str,
+        pid: u32,
+        age_seconds: u64,
+        (sent_bytes_per_second, received_bytes_per_second): (u64, u64),
+        bytes_sent: u64,
+        bytes_received: u64,
+    ) -> api::Flow {
+        api::Flow {
+            local: local.to_owned(),
+            remote: remote.to_owned(),
+            command: command.to_owned(),
+            pid,
+            age_seconds,
+            sent_bytes_per_second,
+            received_bytes_per_second,
+            bytes_sent,
+            bytes_received,
+            ..api::Flow::default()
+        }
+    }
+
+    /// Busiest by rate first, as the daemon sends them; the second one has
+    /// moved the most bytes, so sorting by bytes would change the order.
+    fn sample_flows() -> api::Flows {
+        api::Flows {
+            total: 3,
+            sort: "rate".to_owned(),
+            flows: vec![
+                flow("10.0.0.9:41000", "10.0.0.3:443", "curl", 4242, 75, (512, 3 * MIB / 2), 1536, 10 * MIB),
+                flow("10.0.0.9:5432", "10.0.0.7:50000", "postgres", 88, 7_260, (2048, 0), 5 * GIB / 2, 1023),
+                flow("[fd00::9]:6379", "[fd00::1]:40000", "", 0, 0, (0, 0), 0, 0),
+            ],
+        }
+    }
+
+    fn addr() -> SocketAddr {
+        "127.0.0.1:9966".parse().expect("address")
+    }
+
     #[test]
-    fn view_keeps_the_last_table_while_retrying() {
-        let addr: SocketAddr = "127.0.0.1:9966".parse().expect("address");
-        let mut view = View { addr, endpoints: None, fetched_at: String::new(), error: None };
-        assert!(view.lines(200, 10)[0].ends_with("q to quit  connecting..."));
-        view.update(Ok(sample()));
-        assert_eq!(view.lines(200, 10).len(), 6);
-        view.update(Err(client::ClientError::Malformed { addr, detail: "no end of headers".to_owned() }));
-        let lines = view.lines(200, 3);
-        assert!(lines[0].contains("q to quit  retrying, table from "), "{}", lines[0]);
-        assert!(lines[0].contains("did not answer with valid HTTP"), "{}", lines[0]);
-        assert_eq!(lines.len(), 3);
+    fn bytes_in_binary_units() {
+        let cases = [
+            (0, "0 B"),
+            (1, "1 B"),
+            (1023, "1023 B"),
+            (1024, "1.0 KiB"),
+            (1536, "1.5 KiB"),
+            (1_048_575, "1.0 MiB"),
+            (10 * MIB, "10.0 MiB"),
+            (10 * MIB + MIB / 4, "10.3 MiB"),
+            (GIB, "1.0 GiB"),
+            (5 * GIB / 2, "2.5 GiB"),
+            (1 << 40, "1.0 TiB"),
+            (u64::MAX, "16.0 EiB"),
+        ];
+        for (bytes, expected) in cases {
+            assert_eq!(human_bytes(bytes), expected, "{bytes} bytes");
+        }
+    }
+
+    #[test]
+    fn flows_in_the_daemons_order() {
+        assert_eq!(
+            render_flows(&sample_flows(), 200, 10),
+            [
+                "LOCAL           REMOTE           PROCESS        SEND/s   RECV/s   SENT     RECEIVED  AGE",
+                "10.0.0.9:41000  10.0.0.3:443     curl/4242      512 B    1.5 MiB  1.5 KiB  10.0 MiB  1m15s",
+                "10.0.0.9:5432   10.0.0.7:50000   postgres/88    2.0 KiB  0 B      2.5 GiB  1023 B    2h1m",
+                "[fd00::9]:6379  [fd00::1]:40000  -              0 B      0 B      0 B      0 B       0s",
+            ]
+        );
+    }
+
+    #[test]
+    fn flows_cut_to_the_screen() {
+        assert_eq!(
+            render_flows(&sample_flows(), 40, 3),
+            [
+                "LOCAL           REMOTE           PROCESS",
+                "10.0.0.9:41000  10.0.0.3:443     curl/4242",
+                "... 2 more flows"
+            ]
+        );
+        assert_eq!(render_flows(&sample_flows(), 5, 1), ["LOCAL"]);
+        assert!(render_flows(&sample_flows(), 80, 0).is_empty());
+        assert_eq!(render_flows(&sample_flows(), 200, 4).len(), 4, "three rows fit exactly");
+        // The daemon holds more flows than it sent: the rest are counted.
+        let mut flows = sample_flows();
+        flows.total = 250;
+        let lines = render_flows(&flows, 200, usize::MAX);
+        assert_eq!(lines.len(), 5);
+        assert_eq!(lines[4], "... 247 more flows");
+        assert_eq!(render_flows(&flows, 200, 4)[3], "... 248 more flows");
+    }
+
+    #[test]
+    fn no_flows_says_how_they_are_counted() {
+        let flows = api::Flows { total: 0, sort: "rate".to_owned(), flows: Vec::new() };
+        assert_eq!(
+            render_flows(&flows, 200, 5),
+            [
+                "LOCAL  REMOTE  PROCESS  SEND/s  RECV/s  SENT  RECEIVED  AGE",
+                "no established connections tracked (flows are counted only when ebpf.count_flows is on)",
+            ]
+        );
+    }
+
+    #[test]
+    fn talkers_title_counts_the_flows_or_says_why_not() {
+        let lines = render_talkers(&Ok(sample_flows()), 200, usize::MAX);
+        assert_eq!(lines.len(), 6);
+        assert_eq!(lines[..2], ["", "top talkers  flows: 3 established, busiest by rate"]);
+        assert!(lines[2].starts_with("LOCAL"));
+        assert_eq!(render_talkers(&Ok(sample_flows()), 20, 2), ["", "top talkers  flows:"]);
+        assert!(render_talkers(&Ok(sample_flows()), 200, 1).is_empty());
+        assert_eq!(
+            render_talkers(&Err("the daemon answered 503: not ready".to_owned()), 200, 10),
+            ["", "top talkers  unavailable: the daemon answered 503: not ready"]
+        );
+    }
+
+    #[test]
+    fn flows_unavailable_in_a_few_words() {
+        let addr = addr();
+        let status = |status| client::ClientError::Status {
+            addr,
+            path: FLOWS_PATH.to_owned(),
+            status,
+            body: "not here".to_owned(),
+        };
+        assert_eq!(
+            flows_unavailable(&status(404)),
+            "the daemon has no flows API (it is older than this CLI: upgrade it)"
+        );
+        assert_eq!(flows_unavailable(&status(503)), "the daemon answered 503: not here");
+        let malformed = client::ClientError::Malformed { addr, detail: "no end of headers".to_owned() };
+        assert_eq!(flows_unavailable(&malformed), malformed.to_string());
+    }
+
+    #[test]
+    fn height_split_between_endpoints_and_talkers() {
+        // Both fit: each gets what it fills.
+        assert_eq!(split_height(30, 5, 6), (5, 6));
+        // Neither fits: the endpoints get half, rounded up.
+        assert_eq!(split_height(20, 30, 23), (10, 10));
+        assert_eq!(split_height(21, 30, 23), (11, 10));
+        // Few endpoints leave the rest to the talkers, and the other way round.
+        assert_eq!(split_height(20, 4, 23), (4, 16));
+        assert_eq!(split_height(20, 30, 2), (18, 2));
+        assert_eq!(split_height(20, 30, 0), (20, 0));
+        assert_eq!(split_height(1, 30, 23), (1, 0));
+        assert_eq!(split_height(0, 30, 23), (0, 0));
+    }
+
+    #[test]
+    fn view_shows_both_tables_within_the_screen() {
+        let mut view = View::new(addr());
+        view.update(Ok(Fetched { endpoints: sample(), flows: Ok(sample_flows()) }));
+        let lines = view.lines(200, 30);
+        assert_eq!(lines.len(), 1 + 5 + 6, "{lines:#?}");
         assert!(lines[1].starts_with("ENDPOINT"));
+        assert_eq!(lines[6], "");
+        assert_eq!(lines[7], "top talkers  flows: 3 established, busiest by rate");
+        assert!(lines[9].contains("curl/4242"));
+        let lines = view.lines(50, 9);
+        assert_eq!(lines.len(), 9, "{lines:#?}");
+        assert!(lines.iter().all(|line| line.chars().count() <= 50), "{lines:#?}");
+        assert_eq!(lines[4], "... 2 more endpoints");
+        assert_eq!(lines[5], "");
+        assert_eq!(lines[8], "... 3 more flows");
+    }
+
+    #[test]
+    fn view_keeps_the_endpoints_when_flows_fail() {
+        let mut view = View::new(addr());
+        let not_found = client::ClientError::Status {
+            addr: addr(),
+            path: FLOWS_PATH.to_owned(),
+            status: 404,
+            body: "not found".to_owned(),
+        };
+        view.update(Ok(Fetched { endpoints: sample(), flows: Err(flows_unavailable(&not_found)) }));
+        let lines = view.lines(200, 30);
+        assert!(lines[0].ends_with("q to quit  4 endpoints: 1 unhealthy, 1 suspect, 0 recovering, 2 healthy"));
+        assert_eq!(lines.len(), 1 + 5 + 2, "{lines:#?}");
+        assert!(lines[1].starts_with("ENDPOINT"));
+        assert!(lines[2].starts_with("10.0.0.2:5432"));
+        assert_eq!(
+            lines[7],
+            "top talkers  unavailable: the daemon has no flows API (it is older than this CLI: upgrade it)"
+        );
+    }
+
+    #[test]
+    fn view_keeps_the_last_tables_while_retrying() {
+        let addr = addr();
+        let mut view = View::new(addr);
+        assert!(view.lines(200, 10)[0].ends_with("q to quit  connecting..."));
+        view.update(Ok(Fetched { endpoints: sample(), flows: Ok(sample_flows()) }));
+        assert_eq!(view.lines(200, 10).len(), 10);
+        view.update(Err(client::ClientError::Malformed { addr, detail: "no end of headers".to_owned() }));
+        let lines = view.lines(200, 30);
+        assert!(lines[0].contains("q to quit  retrying, tables from "), "{}", lines[0]);
+        assert!(lines[0].contains("did not answer with valid HTTP"), "{}", lines[0]);
+        assert_eq!(lines.len(), 12);
+        assert!(lines[1].starts_with("ENDPOINT"));
+        assert!(lines[9].contains("curl/4242"));
+        assert_eq!(view.lines(200, 3).len(), 3);
     }
 
     #[test]

@@ -41,6 +41,8 @@ const MIN_INTERVAL: Duration = Duration::from_millis(200);
 const TICK: Duration = Duration::from_millis(100);
 /// The order of the state counts in the header.
 const STATES: [&str; 4] = ["unhealthy", "suspect", "recovering", "healthy"];
+/// The top talkers' blank line and title: less shows nothing of them.
+const TALKERS_MIN_HEIGHT: usize = 2;
 
 /// Shows the busiest endpoints and the top talkers until `q`, Esc or
 /// Ctrl-C, fetching them every `interval` (at least 200 ms). While the
@@ -104,15 +106,25 @@ fn fetch(addr: SocketAddr) -> Result<Fetched, client::ClientError> {
     Ok(Fetched { endpoints, flows })
 }
 
-/// Why the top talkers cannot be shown, short enough for their title line.
+/// Why the top talkers cannot be shown, short enough for their title line:
+/// the daemon's own `{"error": ...}` when it sent one (it answers 404 when
+/// `ebpf.count_flows` is off), else a 404 means a daemon older than the
+/// flows API.
 fn flows_unavailable(error: &client::ClientError) -> String {
     match error {
-        client::ClientError::Status { status: 404, .. } => {
-            "the daemon has no flows API (it is older than this CLI: upgrade it)".to_owned()
-        }
-        client::ClientError::Status { status, body, .. } => format!("the daemon answered {status}: {body}"),
+        client::ClientError::Status { status, body, .. } => match (status, error_message(body)) {
+            (404, Some(message)) => message,
+            (404, None) => "the daemon has no flows API (it is older than this CLI: upgrade it)".to_owned(),
+            (_, message) => format!("the daemon answered {status}: {}", message.as_deref().unwrap_or(body)),
+        },
         other => other.to_string(),
     }
+}
+
+/// The `error` string of a JSON error body, `{"error": "..."}`.
+fn error_message(body: &str) -> Option<String> {
+    let document: serde_json::Value = serde_json::from_str(body).ok()?;
+    Some(document.get("error")?.as_str()?.to_owned())
 }
 
 /// Fetches every `interval` on a thread of its own, so keys are answered at
@@ -239,10 +251,14 @@ fn row(endpoint: &api::Endpoint) -> Vec<String> {
 /// How many of `rows` lines go to the endpoints and how many to the top
 /// talkers, given how many lines each would fill. When both do not fit the
 /// endpoints get half the rows (rounded up), or more when the top talkers
-/// need less than the other half.
+/// need less than the other half. Fewer lines than the talkers' blank line
+/// and title go to the endpoints instead.
 fn split_height(rows: usize, endpoints_wanted: usize, talkers_wanted: usize) -> (usize, usize) {
     let endpoints = endpoints_wanted.min(rows.saturating_sub(talkers_wanted).max(rows.div_ceil(2)));
-    (endpoints, (rows - endpoints).min(talkers_wanted))
+    match (rows - endpoints).min(talkers_wanted) {
+        talkers if talkers < TALKERS_MIN_HEIGHT => (endpoints_wanted.min(rows), 0),
+        talkers => (endpoints, talkers),
+    }
 }
 
 /// The top talkers section, at most `height` lines of at most `width`
@@ -250,7 +266,7 @@ fn split_height(rows: usize, endpoints_wanted: usize, talkers_wanted: usize) -> 
 /// then their table, or the title says why flows are unavailable. Nothing
 /// when fewer than two lines fit.
 fn render_talkers(flows: &Result<api::Flows, String>, width: usize, height: usize) -> Vec<String> {
-    if height < 2 {
+    if height < TALKERS_MIN_HEIGHT {
         return Vec::new();
     }
     let title = match flows {
@@ -573,10 +589,10 @@ mod tests {
         assert_eq!(
             render_flows(&sample_flows(), 200, 10),
             [
-                "LOCAL           REMOTE           PROCESS        SEND/s   RECV/s   SENT     RECEIVED  AGE",
-                "10.0.0.9:41000  10.0.0.3:443     curl/4242      512 B    1.5 MiB  1.5 KiB  10.0 MiB  1m15s",
-                "10.0.0.9:5432   10.0.0.7:50000   postgres/88    2.0 KiB  0 B      2.5 GiB  1023 B    2h1m",
-                "[fd00::9]:6379  [fd00::1]:40000  -              0 B      0 B      0 B      0 B       0s",
+                "LOCAL           REMOTE           PROCESS      SEND/s   RECV/s   SENT     RECEIVED  AGE",
+                "10.0.0.9:41000  10.0.0.3:443     curl/4242    512 B    1.5 MiB  1.5 KiB  10.0 MiB  1m15s",
+                "10.0.0.9:5432   10.0.0.7:50000   postgres/88  2.0 KiB  0 B      2.5 GiB  1023 B    2h1m",
+                "[fd00::9]:6379  [fd00::1]:40000  -            0 B      0 B      0 B      0 B       0s",
             ]
         );
     }
@@ -585,11 +601,7 @@ mod tests {
     fn flows_cut_to_the_screen() {
         assert_eq!(
             render_flows(&sample_flows(), 40, 3),
-            [
-                "LOCAL           REMOTE           PROCESS",
-                "10.0.0.9:41000  10.0.0.3:443     curl/4242",
-                "... 2 more flows"
-            ]
+            ["LOCAL           REMOTE        PROCESS", "10.0.0.9:41000  10.0.0.3:443  curl/4242", "... 2 more flows"]
         );
         assert_eq!(render_flows(&sample_flows(), 5, 1), ["LOCAL"]);
         assert!(render_flows(&sample_flows(), 80, 0).is_empty());
@@ -632,17 +644,27 @@ mod tests {
     #[test]
     fn flows_unavailable_in_a_few_words() {
         let addr = addr();
-        let status = |status| client::ClientError::Status {
+        let status = |status, body: &str| client::ClientError::Status {
             addr,
             path: FLOWS_PATH.to_owned(),
             status,
-            body: "not here".to_owned(),
+            body: body.to_owned(),
         };
+        // An older daemon: no route, so no JSON error.
         assert_eq!(
-            flows_unavailable(&status(404)),
+            flows_unavailable(&status(404, "(empty body)")),
             "the daemon has no flows API (it is older than this CLI: upgrade it)"
         );
-        assert_eq!(flows_unavailable(&status(503)), "the daemon answered 503: not here");
+        // A daemon not counting flows says so.
+        assert_eq!(
+            flows_unavailable(&status(404, r#"{"error":"flows are not counted: ebpf.count_flows is off"}"#)),
+            "flows are not counted: ebpf.count_flows is off"
+        );
+        assert_eq!(
+            flows_unavailable(&status(500, r#"{"error":"task panicked"}"#)),
+            "the daemon answered 500: task panicked"
+        );
+        assert_eq!(flows_unavailable(&status(503, "not ready")), "the daemon answered 503: not ready");
         let malformed = client::ClientError::Malformed { addr, detail: "no end of headers".to_owned() };
         assert_eq!(flows_unavailable(&malformed), malformed.to_string());
     }
@@ -658,6 +680,10 @@ mod tests {
         assert_eq!(split_height(20, 4, 23), (4, 16));
         assert_eq!(split_height(20, 30, 2), (18, 2));
         assert_eq!(split_height(20, 30, 0), (20, 0));
+        // Too few lines for the talkers' title: the endpoints take them.
+        assert_eq!(split_height(3, 30, 23), (3, 0));
+        assert_eq!(split_height(4, 30, 23), (2, 2));
+        assert_eq!(split_height(3, 2, 23), (2, 0));
         assert_eq!(split_height(1, 30, 23), (1, 0));
         assert_eq!(split_height(0, 30, 23), (0, 0));
     }
@@ -687,7 +713,7 @@ mod tests {
             addr: addr(),
             path: FLOWS_PATH.to_owned(),
             status: 404,
-            body: "not found".to_owned(),
+            body: "(empty body)".to_owned(),
         };
         view.update(Ok(Fetched { endpoints: sample(), flows: Err(flows_unavailable(&not_found)) }));
         let lines = view.lines(200, 30);

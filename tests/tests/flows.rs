@@ -1,0 +1,136 @@
+//! Per-flow bytes and packets, counted by the `cgroup_skb` programs on the
+//! cgroup v2 root: a transfer of a known size between two namespaces
+//! joined by a veth pair.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream},
+    thread,
+};
+
+use governor_tests::{Governor, Netns, require_root, series};
+use serde_json::Value;
+
+/// 10 MiB each way.
+const BYTES: u64 = 10 << 20;
+/// TCP payload per segment on a 1500-byte link with timestamps: 1448
+/// (1460 without): a lower bound on the segments either way.
+const MAX_SEGMENT: u64 = 1460;
+
+fn within_one_percent(value: &Value, expected: u64) -> bool {
+    value.as_u64().is_some_and(|v| v.abs_diff(expected) * 100 <= expected)
+}
+
+fn send_all(stream: &mut TcpStream, bytes: u64) {
+    let chunk = vec![0x5a_u8; 64 << 10];
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64);
+        stream.write_all(&chunk[..usize::try_from(n).expect("chunk")]).expect("send");
+        left -= n;
+    }
+}
+
+fn receive_exactly(stream: &mut TcpStream, bytes: u64) {
+    let mut buf = vec![0_u8; 64 << 10];
+    let mut left = bytes;
+    while left > 0 {
+        let want = usize::try_from(left.min(buf.len() as u64)).expect("chunk");
+        let n = stream.read(&mut buf[..want]).expect("receive");
+        assert!(n > 0, "peer closed with {left} bytes to go");
+        left -= n as u64;
+    }
+}
+
+fn flow<'a>(doc: &'a Value, local: &str) -> Option<&'a Value> {
+    doc["flows"].as_array()?.iter().find(|f| f["local"] == local)
+}
+
+#[test]
+fn a_transfer_between_two_namespaces_is_counted_per_flow_and_per_endpoint() {
+    require_root();
+    let (client_ns, server_ns) = (Netns::new("flow-c"), Netns::new("flow-s"));
+    client_ns.link(&server_ns, &["10.216.0.1/24", "fd00:216::1/64"], &["10.216.0.2/24", "fd00:216::2/64"]);
+    let mut gov = Governor::start();
+    for (server, label) in [("10.216.0.2:20161", "10.216.0.2:20161"), ("[fd00:216::2]:20162", "[fd00:216::2]:20162")] {
+        transfer_is_counted(&mut gov, &client_ns, &server_ns, server.parse().expect("addr"), label);
+    }
+    assert_eq!(gov.value("governor_ebpf_flow_update_failures_total"), 0);
+}
+
+/// 10 MiB each way between a client in `client_ns` and a server at
+/// `server_addr` in `server_ns`; `label` is how governor writes the
+/// server's endpoint.
+fn transfer_is_counted(gov: &mut Governor, client_ns: &Netns, server_ns: &Netns, server_addr: SocketAddr, label: &str) {
+    let listener = server_ns.run(move || TcpListener::bind(server_addr).expect("listen"));
+    // The server reads everything, then answers with as much.
+    let server = thread::spawn(move || {
+        let (mut stream, _) = listener.accept().expect("accept");
+        receive_exactly(&mut stream, BYTES);
+        send_all(&mut stream, BYTES);
+        stream
+    });
+    let mut client = client_ns.run(move || TcpStream::connect(server_addr).expect("connect"));
+    send_all(&mut client, BYTES);
+    receive_exactly(&mut client, BYTES);
+    // Both ends stay open while governor is asked: flows are live
+    // connections.
+    let server_stream = server.join().expect("server thread");
+    let client_local = client.local_addr().expect("client address").to_string();
+
+    let doc = gov.json("/api/v1/flows?sort=bytes&limit=100");
+    for (local, direction) in [(client_local.as_str(), "active"), (label, "passive")] {
+        let f = flow(&doc, local).unwrap_or_else(|| panic!("flow {local} not listed:\n{doc:#}"));
+        assert_eq!(f["endpoint"], label, "{f:#}");
+        assert_eq!(f["direction"], direction, "{f:#}");
+        assert_eq!(f["pid"], std::process::id(), "{f:#}");
+        // Payload bytes: exact unless segments were retransmitted.
+        assert!(within_one_percent(&f["bytes_sent"], BYTES), "sent: {f:#}");
+        assert!(within_one_percent(&f["bytes_received"], BYTES), "received: {f:#}");
+        for packets in ["packets_sent", "packets_received"] {
+            assert!(f[packets].as_u64().expect(packets) >= BYTES.div_ceil(MAX_SEGMENT), "{packets}: {f:#}");
+        }
+    }
+    let client_flow = flow(&doc, &client_local).expect("client flow");
+    assert_eq!(client_flow["remote"], label);
+    assert!(doc["total"].as_u64().expect("total") >= 2, "{doc:#}");
+
+    // Both ends are on this host, so the endpoint's totals hold both
+    // sockets' bytes: 2 × 10 MiB each way.
+    for direction in ["sent", "received"] {
+        let name = series("governor_endpoint_bytes_total", &[("direction", direction), ("endpoint", label)]);
+        let value = gov.settle(&name, 2 * BYTES);
+        assert!(value.abs_diff(2 * BYTES) * 100 <= 2 * BYTES, "{name} = {value}");
+    }
+
+    // Closed connections leave the table.
+    drop(client);
+    drop(server_stream);
+    gov.wait_json("/api/v1/flows?limit=100", "flows gone after close", |d| {
+        flow(d, &client_local).is_none() && flow(d, label).is_none()
+    });
+}
+
+#[test]
+fn without_flow_counting_the_per_packet_programs_stay_detached() {
+    require_root();
+    let mut gov = Governor::start_with(&[("ebpf.count_flows", "false")]);
+    assert_eq!(gov.value("governor_ebpf_programs_attached"), 4);
+    let (status, body) = gov.get("/api/v1/flows").expect("answer");
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("ebpf.count_flows"), "{body}");
+}
+
+#[test]
+fn flows_api_rejects_bad_parameters() {
+    require_root();
+    let mut gov = Governor::start();
+    for path in ["/api/v1/flows?limit=0", "/api/v1/flows?limit=10001", "/api/v1/flows?sort=speed"] {
+        let (status, body) = gov.get(path).expect("answer");
+        assert_eq!(status, 400, "{path}: {body}");
+        assert!(body.contains("error"), "{path}: {body}");
+    }
+    let doc = gov.json("/api/v1/flows?limit=1");
+    assert_eq!(doc["sort"], "rate");
+    assert!(doc["flows"].as_array().expect("flows").len() <= 1, "{doc:#}");
+}

@@ -376,8 +376,8 @@ pub struct TcpEvent {
 #[cfg(feature = "user")]
 mod pod {
     use super::{
-        ConnEvent, EndpointKey, EndpointStats, FlowAddrs, FlowStats, KernelConfig, ListenerInfo, Owner, SockInfo, SockOffsets,
-        Span, TcpEvent, TpLayout,
+        ConnEvent, EndpointKey, EndpointStats, FlowAddrs, FlowStats, KernelConfig, ListenerInfo, Owner, SockInfo,
+        SockOffsets, Span, TcpEvent, TpLayout,
     };
 
     // SAFETY: all of these are #[repr(C)], made of integers with explicit

@@ -26,7 +26,8 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use governor_common::{
-    ConnEvent, FlowStats, KernelConfig, ListenerInfo, Owner, SockInfo, SockOffsets, TpLayout, counter, direction, event_kind,
+    ConnEvent, FlowStats, KernelConfig, ListenerInfo, Owner, SockInfo, SockOffsets, TpLayout, counter, direction,
+    event_kind,
 };
 
 use crate::{

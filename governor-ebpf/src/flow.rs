@@ -42,7 +42,7 @@ const IPV6_HEADER: u32 = 40;
 #[inline(always)]
 pub fn account(ctx: &SkBuffContext, sent: bool) {
     let Some(key) = flow_key(ctx) else { return };
-    let Some(flow) = FLOWS.get_ptr_mut(&key) else { return };
+    let Some(flow) = FLOWS.get_ptr_mut(key) else { return };
     let Some(payload) = payload(ctx) else { return };
     if payload == 0 {
         return;

@@ -134,6 +134,7 @@ pub struct Status {
 /// `GET /api/v1/flows?sort=rate|bytes&limit=`: the busiest established
 /// connections (top talkers), from the kernel's per-flow table.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[expect(clippy::struct_field_names, reason = "the JSON document's field names")]
 pub struct Flows {
     /// Established connections in the table.
     pub total: u64,

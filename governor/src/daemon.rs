@@ -143,16 +143,12 @@ fn flow_cgroup(config: &Config, kernel_config: &mut governor_common::KernelConfi
         return std::path::PathBuf::new();
     }
     let mounts = host::read_mounts().unwrap_or_default();
-    match host::cgroup2_root(&mounts) {
-        Some(root) => {
-            kernel_config.flags |= governor_common::KernelConfig::COUNT_FLOWS;
-            root.to_path_buf()
-        }
-        None => {
-            warn!("cgroup v2 is not mounted: no per-flow bytes (flows, governor_endpoint_bytes_total)");
-            std::path::PathBuf::new()
-        }
-    }
+    let Some(root) = host::cgroup2_root(&mounts) else {
+        warn!("cgroup v2 is not mounted: no per-flow bytes (flows, governor_endpoint_bytes_total)");
+        return std::path::PathBuf::new();
+    };
+    kernel_config.flags |= governor_common::KernelConfig::COUNT_FLOWS;
+    root.to_path_buf()
 }
 
 /// Reads the kernel's BTF: names of its reset reasons (returned) and the

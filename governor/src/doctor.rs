@@ -84,7 +84,7 @@ pub fn checks(config: &Config) -> Vec<Check> {
             Outcome::Warn,
             "cgroup v2",
             "no cgroup2 mount in /proc/self/mountinfo",
-            "mount -t cgroup2 none /sys/fs/cgroup (needed by later enforcement features)",
+            "mount -t cgroup2 none /sys/fs/cgroup (per-flow bytes and enforcement attach there)",
         ),
     });
 
@@ -111,13 +111,22 @@ pub fn checks(config: &Config) -> Vec<Check> {
         });
     }
 
-    // Later features add cgroup and sock_ops program types here.
-    let label = "program type tracepoint";
-    out.push(match aya::sys::is_program_supported(ProgramType::TracePoint) {
-        Ok(true) => Check::pass(label, "supported"),
-        Ok(false) => Check::not(Outcome::Fail, label, "not supported by this kernel", "enable CONFIG_BPF_EVENTS"),
-        Err(e) => Check::not(Outcome::Fail, label, format!("cannot probe: {e}"), "run as root"),
-    });
+    // Later features add cgroup_sock_addr and sock_ops here.
+    for (label, kind, missing, fix) in [
+        ("program type tracepoint", ProgramType::TracePoint, Outcome::Fail, "enable CONFIG_BPF_EVENTS"),
+        (
+            "program type cgroup_skb",
+            ProgramType::CgroupSkb,
+            Outcome::Warn,
+            "enable CONFIG_CGROUP_BPF, or set ebpf.count_flows = false (no per-flow bytes)",
+        ),
+    ] {
+        out.push(match aya::sys::is_program_supported(kind) {
+            Ok(true) => Check::pass(label, "supported"),
+            Ok(false) => Check::not(missing, label, "not supported by this kernel", fix),
+            Err(e) => Check::not(Outcome::Fail, label, format!("cannot probe: {e}"), "run as root"),
+        });
+    }
     for (label, kind) in [
         ("map type percpu_array", MapType::PerCpuArray),
         ("map type lru_hash", MapType::LruHash),

@@ -152,7 +152,7 @@ mod tests {
         let s = FlowStats { window_sent: 4000, window_received: 1000, ..stats(0, 0, 2000) };
         assert_eq!(rates(&s, 21 * SECOND), (4000, 1000));
         assert_eq!(rates(&s, 24 * SECOND), (1000, 250));
-        assert_eq!(rates(&s, 4020 * SECOND), (0, 0));
+        assert_eq!(rates(&s, 8020 * SECOND), (0, 0));
     }
 
     #[test]

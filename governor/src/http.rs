@@ -125,7 +125,9 @@ async fn flows(State(state): State<Arc<AppState>>, query: Result<Query<FlowQuery
     let table = tokio::task::spawn_blocking(move || state.flows.as_ref().map(FlowTable::read).unwrap_or_default());
     match table.await {
         Ok(table) => Json(flows::top(&table, query, now().ns)).into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, Json(serde_json::json!({ "error": e.to_string() }))).into_response(),
+        Err(e) => {
+            (StatusCode::INTERNAL_SERVER_ERROR, Json(serde_json::json!({ "error": e.to_string() }))).into_response()
+        }
     }
 }
 

@@ -571,6 +571,27 @@ mod tests {
     }
 
     #[test]
+    fn endpoint_bytes_by_direction_with_the_busiest_endpoints_named() {
+        let mut m = Metrics::new(SeriesLimits { per_metric: 1, budget: 100, ttl_seconds: 0 }, &[]);
+        let bytes = |sent, received| EndpointStats { bytes_sent: sent, bytes_received: received, ..Default::default() };
+        let inc = Increments {
+            endpoints: vec![(key(1, 443), bytes(10, 5000)), (key(2, 443), bytes(700, 0)), (key(3, 443), bytes(0, 0))],
+            ..Default::default()
+        };
+        m.apply(&inc, 0);
+        m.apply(&inc, 1);
+        assert_eq!(
+            lines(&m, "governor_endpoint_bytes_total{"),
+            [
+                r#"governor_endpoint_bytes_total{direction="received",endpoint="10.0.0.1:443"} 10000"#,
+                r#"governor_endpoint_bytes_total{direction="sent",endpoint="10.0.0.1:443"} 20"#,
+                r#"governor_endpoint_bytes_total{direction="sent",endpoint="other"} 1400"#,
+            ]
+        );
+        assert!(lines(&m, "governor_endpoint_resets_total{").is_empty());
+    }
+
+    #[test]
     fn endpoints_beyond_the_limit_are_summed_under_other() {
         let mut m = Metrics::new(SeriesLimits { per_metric: 1, budget: 100, ttl_seconds: 0 }, &[]);
         let inc = Increments {
@@ -611,6 +632,7 @@ mod tests {
         assert_eq!(
             lines(&m, "governor_metrics_endpoint_series{"),
             [
+                r#"governor_metrics_endpoint_series{metric="governor_endpoint_bytes_total"} 0"#,
                 r#"governor_metrics_endpoint_series{metric="governor_endpoint_resets_total"} 1"#,
                 r#"governor_metrics_endpoint_series{metric="governor_endpoint_retransmits_total"} 0"#,
                 r#"governor_metrics_endpoint_series{metric="governor_tcp_connect_failures_total"} 0"#,

@@ -58,7 +58,8 @@ impl Netns {
     /// end its addresses (IPv6 ones without duplicate address detection).
     pub fn link(&self, peer: &Self, here: &[&str], there: &[&str]) {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let (a, b) = (format!("gv{}a{n}", std::process::id() % 100_000), format!("gv{}b{n}", std::process::id() % 100_000));
+        let (a, b) =
+            (format!("gv{}a{n}", std::process::id() % 100_000), format!("gv{}b{n}", std::process::id() % 100_000));
         self.ip(&["link", "add", &a, "type", "veth", "peer", "name", &b, "netns", peer.name()]);
         for (ns, dev, cidrs) in [(self, &a, here), (peer, &b, there)] {
             for cidr in cidrs {

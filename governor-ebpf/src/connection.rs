@@ -282,7 +282,7 @@ fn track_flow(info: &SockInfo) -> i64 {
         direction: info.direction,
         ..FlowStats::default()
     };
-    if FLOWS.insert(a, &flow, 0).is_err() {
+    if FLOWS.insert(a, flow, 0).is_err() {
         count(counter::FLOW_UPDATE_FAILED);
     }
     0
@@ -331,7 +331,7 @@ fn try_closed(skaddr: u64, old: i32) -> Result<(), i64> {
         // An incoming connection that never completed its handshake.
         return Ok(());
     }
-    if counting_flows() && FLOWS.remove(&info.addrs).is_err() {
+    if counting_flows() && FLOWS.remove(info.addrs).is_err() {
         count(counter::FLOW_UNTRACKED);
     }
     info.state = old as u8;

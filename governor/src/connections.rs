@@ -7,9 +7,10 @@
 //! it through events. When the ring buffer loses events the mirror can be
 //! rebuilt from the table with [`Tracker::replace`].
 
-use std::collections::{HashMap, hash_map::Entry};
+use std::collections::{HashMap, HashSet, hash_map::Entry};
 
 use governor_common::{ConnEvent, FlowAddrs, Owner, SockInfo, direction, event_kind};
+use slab::Slab;
 
 use crate::labels;
 
@@ -114,9 +115,17 @@ pub enum Outcome {
 }
 
 /// Live sockets by kernel address.
+///
+/// Connections sit in a slab indexed by a small map: with 100,000s of
+/// connections, growing a map of whole entries would briefly need the old
+/// and the new table at once, while a slab grows in place. The sockets in
+/// `CLOSE_WAIT` are indexed apart, so the per-second work does not walk
+/// every connection.
 #[derive(Debug, Default)]
 pub struct Tracker {
-    conns: HashMap<u64, Conn>,
+    index: HashMap<u64, usize>,
+    conns: Slab<Conn>,
+    close_wait: HashSet<u64>,
     listeners: HashMap<u64, Conn>,
 }
 
@@ -131,7 +140,7 @@ impl Tracker {
         let ConnEvent { timestamp_ns, kind, error, skaddr, info } = *ev;
         match kind {
             event_kind::OPENED => {
-                self.conns.insert(skaddr, Conn::from_info(&info));
+                self.put(skaddr, Conn::from_info(&info));
                 Outcome::Opened {
                     direction: info.direction,
                     endpoint: endpoint_of(info.direction, &info.addrs),
@@ -139,29 +148,24 @@ impl Tracker {
                 }
             }
             event_kind::CONNECT_FAILED => {
-                self.conns.remove(&skaddr);
+                self.remove(skaddr);
                 Outcome::ConnectFailed {
                     endpoint: endpoint_of(direction::ACTIVE, &info.addrs),
                     reason: FailureReason::of_connect(error),
                 }
             }
             event_kind::CLOSE_WAIT | event_kind::CLOSE_WAIT_LEFT => {
-                // A socket opened while events were lost is added here.
-                let conn = Conn::from_info(&info);
                 let close_wait_ns = if kind == event_kind::CLOSE_WAIT { info.close_wait_ns } else { 0 };
-                match self.conns.entry(skaddr) {
-                    Entry::Occupied(mut e) => {
-                        e.get_mut().state = info.state;
-                        e.get_mut().close_wait_ns = close_wait_ns;
-                    }
-                    Entry::Vacant(e) => {
-                        e.insert(Conn { close_wait_ns, ..conn });
-                    }
-                }
+                let conn = match self.index.get(&skaddr) {
+                    Some(&i) => Conn { state: info.state, close_wait_ns, ..self.conns[i] },
+                    // A socket opened while events were lost is added here.
+                    None => Conn { close_wait_ns, ..Conn::from_info(&info) },
+                };
+                self.put(skaddr, conn);
                 Outcome::None
             }
             event_kind::CLOSED => {
-                self.conns.remove(&skaddr);
+                self.remove(skaddr);
                 let reset = info.direction == direction::ACTIVE && matches!(error, errno::ECONNRESET | errno::EPIPE);
                 Outcome::Closed {
                     duration_seconds: seconds(timestamp_ns.saturating_sub(info.established_ns)),
@@ -180,22 +184,52 @@ impl Tracker {
         }
     }
 
+    /// Adds or replaces the connection at `skaddr`.
+    fn put(&mut self, skaddr: u64, conn: Conn) {
+        if conn.close_wait_ns == 0 {
+            self.close_wait.remove(&skaddr);
+        } else {
+            self.close_wait.insert(skaddr);
+        }
+        match self.index.entry(skaddr) {
+            Entry::Occupied(e) => self.conns[*e.get()] = conn,
+            Entry::Vacant(e) => {
+                e.insert(self.conns.insert(conn));
+            }
+        }
+    }
+
+    fn remove(&mut self, skaddr: u64) {
+        if let Some(i) = self.index.remove(&skaddr) {
+            self.conns.remove(i);
+        }
+        self.close_wait.remove(&skaddr);
+    }
+
     /// Replaces the mirror with a reading of the kernel's table (after lost
     /// events). Listeners are kept: the table does not hold them.
     pub fn replace(&mut self, table: impl IntoIterator<Item = (u64, SockInfo)>) {
-        self.conns = table
-            .into_iter()
-            .filter(|(_, info)| info.established_ns != 0)
-            .map(|(skaddr, info)| (skaddr, Conn::from_info(&info)))
-            .collect();
+        self.index.clear();
+        self.conns.clear();
+        self.close_wait.clear();
+        for (skaddr, info) in table {
+            if info.established_ns != 0 {
+                self.put(skaddr, Conn::from_info(&info));
+            }
+        }
     }
 
     pub fn connections(&self) -> impl Iterator<Item = (&u64, &Conn)> {
-        self.conns.iter()
+        self.index.iter().map(|(skaddr, &i)| (skaddr, &self.conns[i]))
+    }
+
+    /// The connections in `CLOSE_WAIT`.
+    fn in_close_wait(&self) -> impl Iterator<Item = &Conn> {
+        self.close_wait.iter().filter_map(|skaddr| self.index.get(skaddr).map(|&i| &self.conns[i]))
     }
 
     pub fn len(&self) -> usize {
-        self.conns.len()
+        self.index.len()
     }
 }
 
@@ -221,7 +255,7 @@ impl ProcessSockets {
 /// known owner), sorted by pid.
 pub fn by_process(t: &Tracker) -> Vec<ProcessSockets> {
     let mut out: HashMap<u32, ProcessSockets> = HashMap::new();
-    for conn in t.conns.values() {
+    for (_, conn) in &t.conns {
         let p =
             out.entry(conn.owner.tgid).or_insert_with(|| ProcessSockets { owner: conn.owner, ..Default::default() });
         p.connections += 1;
@@ -245,11 +279,39 @@ pub fn by_process(t: &Tracker) -> Vec<ProcessSockets> {
     v
 }
 
+/// Processes holding sockets in `CLOSE_WAIT`, as [`by_process`] counts
+/// them but without walking every connection: `connections` and
+/// `listeners` are left empty.
+pub fn close_wait_by_process(t: &Tracker) -> Vec<ProcessSockets> {
+    let mut out: HashMap<u32, ProcessSockets> = HashMap::new();
+    for conn in t.in_close_wait() {
+        let p =
+            out.entry(conn.owner.tgid).or_insert_with(|| ProcessSockets { owner: conn.owner, ..Default::default() });
+        p.close_wait += 1;
+        if p.oldest_close_wait_ns == 0 || conn.close_wait_ns < p.oldest_close_wait_ns {
+            p.oldest_close_wait_ns = conn.close_wait_ns;
+        }
+    }
+    let mut v: Vec<_> = out.into_values().collect();
+    v.sort_by_key(|p| p.owner.tgid);
+    v
+}
+
 /// Live connections and `CLOSE_WAIT` sockets per service endpoint:
 /// `(connections, close_wait, oldest close_wait ns)`.
 pub fn by_endpoint(t: &Tracker) -> HashMap<String, (u64, u64, u64)> {
+    tally(t.conns.iter().map(|(_, c)| c))
+}
+
+/// [`by_endpoint`] for the endpoints with sockets in `CLOSE_WAIT` only (the
+/// connection counts then are the `CLOSE_WAIT` ones).
+pub fn close_wait_by_endpoint(t: &Tracker) -> HashMap<String, (u64, u64, u64)> {
+    tally(t.in_close_wait())
+}
+
+fn tally<'a>(conns: impl Iterator<Item = &'a Conn>) -> HashMap<String, (u64, u64, u64)> {
     let mut out: HashMap<String, (u64, u64, u64)> = HashMap::new();
-    for conn in t.conns.values() {
+    for conn in conns {
         let e = out.entry(conn.endpoint()).or_default();
         e.0 += 1;
         if conn.close_wait_ns != 0 {

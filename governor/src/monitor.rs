@@ -3,7 +3,7 @@
 //! read by the HTTP API. No I/O here except the cgroup and pod lookups of
 //! attribution.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use governor_common::{ConnEvent, TcpEvent, direction};
 use tokio::sync::broadcast;
@@ -35,6 +35,8 @@ pub struct Monitor {
     health_events: broadcast::Sender<Transition<String>>,
     /// Unix seconds minus monotonic seconds, to show times as dates.
     unix_offset: i64,
+    /// Endpoints that had sockets in `CLOSE_WAIT` at the last tick.
+    close_wait_endpoints: HashSet<String>,
 }
 
 /// Seconds and nanoseconds on the kernel's clock (`bpf_ktime_get_ns`).
@@ -69,6 +71,7 @@ impl Monitor {
             reason_names,
             health_events: broadcast::channel(1024).0,
             unix_offset,
+            close_wait_endpoints: HashSet::new(),
         }
     }
 
@@ -130,10 +133,18 @@ impl Monitor {
                 self.engine.record(endpoint, now.secs, *sample);
             }
         }
-        let by_endpoint = connections::by_endpoint(&self.tracker);
-        for (endpoint, (_, close_wait, oldest)) in &by_endpoint {
-            let age = if *close_wait == 0 { 0 } else { now.ns.saturating_sub(*oldest) / 1_000_000_000 };
-            self.engine.set_close_wait(endpoint, *close_wait, age);
+        // Only sockets in CLOSE_WAIT are walked; endpoints that had some at
+        // the last tick and have none now are set back to zero.
+        let close_wait = connections::close_wait_by_endpoint(&self.tracker);
+        for endpoint in self.close_wait_endpoints.drain() {
+            if !close_wait.contains_key(&endpoint) {
+                self.engine.set_close_wait(&endpoint, 0, 0);
+            }
+        }
+        for (endpoint, (_, count, oldest)) in close_wait {
+            let age = now.ns.saturating_sub(oldest) / 1_000_000_000;
+            self.engine.set_close_wait(&endpoint, count, age);
+            self.close_wait_endpoints.insert(endpoint);
         }
         let transitions = self.engine.evaluate(now.secs);
         for t in &transitions {
@@ -154,9 +165,8 @@ impl Monitor {
         metrics.set_health(&states, usize::MAX);
 
         // Only processes holding CLOSE_WAIT sockets need attributing here.
-        let rows: Vec<(String, u64, u64, bool)> = connections::by_process(&self.tracker)
+        let rows: Vec<(String, u64, u64, bool)> = connections::close_wait_by_process(&self.tracker)
             .into_iter()
-            .filter(|p| p.close_wait > 0)
             .map(|p| {
                 let p = self.process(p, now);
                 (p.label, p.close_wait, p.close_wait_oldest_seconds, p.leaking)

@@ -35,6 +35,12 @@ pub struct BenchArgs {
     /// Where the report goes, relative to the workspace root.
     #[arg(long, default_value = "BENCHMARKS.md")]
     output: String,
+    #[command(flatten)]
+    scale: crate::scale::ScaleArgs,
+    /// Run only the scale measurements and print their section (no report
+    /// written).
+    #[arg(long)]
+    scale_only: bool,
 }
 
 #[derive(clap::Args)]
@@ -44,10 +50,10 @@ pub struct LoadgenArgs {
 }
 
 /// A namespace that is removed on drop.
-struct Netns(String);
+pub struct Netns(pub String);
 
 impl Netns {
-    fn new(name: String) -> anyhow::Result<Self> {
+    pub fn new(name: String) -> anyhow::Result<Self> {
         let _ = Command::new("ip").args(["netns", "del", &name]).stderr(Stdio::null()).status();
         crate::exec(Command::new("ip").args(["netns", "add", &name]))?;
         let ns = Self(name);
@@ -63,7 +69,7 @@ impl Drop for Netns {
 }
 
 /// A background process killed on drop.
-struct Background(Child);
+pub struct Background(pub Child);
 
 impl Background {
     /// SIGTERM, so that governor detaches cleanly; the time to exit, or
@@ -93,7 +99,7 @@ impl Drop for Background {
 }
 
 /// CPU time (user + system) of a process so far, from `/proc/<pid>/stat`.
-fn cpu_time(pid: u32) -> Option<Duration> {
+pub fn cpu_time(pid: u32) -> Option<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name (which may hold spaces): state is the
     // first, utime and stime the 12th and 13th.
@@ -106,7 +112,7 @@ fn cpu_time(pid: u32) -> Option<Duration> {
 }
 
 /// Resident memory of a process in KiB, from `/proc/<pid>/status`.
-fn rss_kib(pid: u32) -> Option<u64> {
+pub fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse().ok()
 }
@@ -135,6 +141,10 @@ enum Attached {
 }
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    if args.scale_only {
+        print!("{}", crate::scale::section(&crate::scale::run(args.scale)?));
+        return Ok(());
+    }
     if args.rounds < 5 {
         bail!("--rounds must be at least 5 for a meaningful median");
     }
@@ -157,13 +167,15 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     }
     step("profiling the kernel programs (kernel.bpf_stats_enabled, one more run)");
     let programs = profile(&ns, args.seconds)?;
+    drop(ns);
+    let scale = crate::scale::run(args.scale)?;
     let daemon = DaemonFigures {
         cpu: median(&mut cpu),
         rss_kib: rss.iter().copied().max().unwrap_or(0),
         shutdown_ms: median(&mut shutdown),
         shutdown_max_ms: shutdown.iter().copied().fold(0.0, f64::max),
     };
-    let report = report(args, &mut gov, &mut peer, &daemon, &programs);
+    let report = report(args, &mut gov, &mut peer, &daemon, &programs) + &crate::scale::section(&scale);
     let path = root().join(&args.output);
     std::fs::write(&path, report).with_context(|| format!("writing {}", path.display()))?;
     step(&format!(
@@ -240,7 +252,8 @@ impl Drop for BpfStats {
 /// run with the kernel's run-time statistics on (they add a little cost of
 /// their own, so this run is not one of the ratio runs).
 fn profile(ns: &Netns, seconds: u64) -> anyhow::Result<Vec<(&'static str, f64, f64)>> {
-    const PROGRAMS: [&str; 4] = ["gov_state", "gov_rst_sent", "gov_rst_recv", "gov_retrans"];
+    const PROGRAMS: [&str; 6] =
+        ["gov_state", "gov_rst_sent", "gov_rst_recv", "gov_retrans", "gov_flow_in", "gov_flow_out"];
     let _stats = BpfStats::enable()?;
     let _governor = start_governor()?;
     let (_, connections) = loadgen_in(ns, seconds)?;
@@ -422,18 +435,25 @@ fn host_ticks() -> anyhow::Result<(u64, u64, u64)> {
 }
 
 fn start_governor() -> anyhow::Result<Background> {
+    start_governor_with(None).map(|(g, _)| g)
+}
+
+/// Starts the release build of governor (with a config file, if given) and
+/// waits until it is ready; returns it and its metrics address.
+pub fn start_governor_with(config: Option<&std::path::Path>) -> anyhow::Result<(Background, SocketAddr)> {
     let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port();
     let bin = root().join("target/release/governor");
-    let child = Command::new(&bin)
-        .args(["run", "--metrics-addr", &format!("127.0.0.1:{port}"), "--log", "warn"])
-        .stdout(Stdio::null())
-        .spawn()
-        .with_context(|| format!("starting {}", bin.display()))?;
+    let mut cmd = Command::new(&bin);
+    cmd.args(["run", "--metrics-addr", &format!("127.0.0.1:{port}"), "--log", "warn"]);
+    if let Some(path) = config {
+        cmd.arg("--config").arg(path);
+    }
+    let child = cmd.stdout(Stdio::null()).spawn().with_context(|| format!("starting {}", bin.display()))?;
     let child = Background(child);
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     for _ in 0..200 {
         if ready(addr) {
-            return Ok(child);
+            return Ok((child, addr));
         }
         thread::sleep(Duration::from_millis(50));
     }

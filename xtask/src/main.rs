@@ -2,6 +2,7 @@
 //! does; set-up is idempotent and fast when everything is present.
 
 mod bench;
+mod scale;
 mod setup;
 
 use std::{
@@ -39,6 +40,12 @@ enum Task {
     /// Internal: the load generator the benchmark runs inside its namespace.
     #[command(hide = true)]
     Loadgen(bench::LoadgenArgs),
+    /// Internal: holds many connections open for the scale benchmark.
+    #[command(hide = true)]
+    Hold(scale::HoldArgs),
+    /// Internal: new connections at a fixed rate for the scale benchmark.
+    #[command(hide = true)]
+    Paced(scale::PacedArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -61,6 +68,8 @@ fn main() -> anyhow::Result<()> {
             bench::run(&args)
         }
         Task::Loadgen(args) => bench::loadgen(&args),
+        Task::Hold(args) => scale::hold(&args),
+        Task::Paced(args) => scale::paced(&args),
     }
 }
 

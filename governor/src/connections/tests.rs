@@ -107,3 +107,34 @@ fn listeners_belong_to_their_process_and_the_table_can_be_reloaded() {
     t.apply(&event(event_kind::LISTEN_CLOSED, 5, S, l, 0));
     assert!(by_process(&t).iter().all(|p| p.listeners.is_empty()));
 }
+
+#[test]
+fn the_close_wait_index_follows_every_change() {
+    let mut t = Tracker::default();
+    for (skaddr, tgid) in [(1, 42), (2, 42), (3, 43)] {
+        t.apply(&event(event_kind::OPENED, skaddr, S, passive(tgid, u8::try_from(skaddr).expect("small")), 0));
+    }
+    assert!(close_wait_by_endpoint(&t).is_empty());
+    assert!(close_wait_by_process(&t).is_empty());
+
+    for (skaddr, at) in [(1, 5), (2, 3), (3, 4)] {
+        let info = SockInfo { close_wait_ns: at * S, state: 8, ..passive(if skaddr == 3 { 43 } else { 42 }, 2) };
+        t.apply(&event(event_kind::CLOSE_WAIT, skaddr, at * S, info, 0));
+    }
+    assert_eq!(close_wait_by_endpoint(&t)["10.0.0.1:80"], (3, 3, 3 * S));
+    let p = close_wait_by_process(&t);
+    let seen: Vec<_> = p.iter().map(|p| (p.owner.tgid, p.close_wait, p.oldest_close_wait_ns)).collect();
+    assert_eq!(seen, [(42, 2, 3 * S), (43, 1, 4 * S)]);
+
+    // Leaving CLOSE_WAIT, closing, and a rebuild from the kernel's table
+    // all keep the index right.
+    t.apply(&event(event_kind::CLOSE_WAIT_LEFT, 2, 6 * S, SockInfo { state: 9, ..passive(42, 2) }, 0));
+    t.apply(&event(event_kind::CLOSED, 3, 7 * S, passive(43, 2), 0));
+    assert_eq!(close_wait_by_endpoint(&t)["10.0.0.1:80"], (1, 1, 5 * S));
+    assert_eq!(t.len(), 2);
+    t.replace([(9, SockInfo { close_wait_ns: 8 * S, ..passive(44, 2) }), (10, passive(44, 3))]);
+    assert_eq!(t.len(), 2);
+    let p = close_wait_by_process(&t);
+    assert_eq!((p.len(), p[0].owner.tgid, p[0].close_wait), (1, 44, 1));
+    assert_eq!(by_endpoint(&t)["10.0.0.1:80"], (2, 1, 8 * S));
+}

@@ -348,7 +348,7 @@ pub fn section(f: &ScaleFigures) -> String {
     let mib = |kib: u64| kib as f64 / 1024.0;
     let verdict = |ok: bool| if ok { "meets the target" } else { "misses the target" };
     format!(
-        "## Scale: {connections} connections open, {rate} new connections per second\n\n\
+        "\n## Scale: {connections} connections open, {rate} new connections per second\n\n\
          Produced by the same command, after the rounds above. governor runs with\n\
          its defaults except the kernel tables, sized for both ends of every\n\
          connection (`ebpf.socket_table_entries` and `ebpf.flow_table_entries` =\n\

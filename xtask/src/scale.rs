@@ -396,6 +396,6 @@ mod tests {
     #[test]
     fn tables_hold_both_ends_of_every_connection() {
         assert_eq!(config(100_000), "[ebpf]\nsocket_table_entries = 262144\nflow_table_entries = 262144\n");
-        assert_eq!(config(10), "[ebpf]\nsocket_table_entries = 16384\nflow_table_entries = 16384\n");
+        assert_eq!(config(10), "[ebpf]\nsocket_table_entries = 32768\nflow_table_entries = 32768\n");
     }
 }

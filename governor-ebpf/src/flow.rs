@@ -18,7 +18,10 @@ use aya_ebpf::{
 };
 use governor_common::{AF_INET, AF_INET6, FLOW_RATE_WINDOW_NS, FlowAddrs, FlowStats};
 
-use crate::maps::{FLOWS, add, endpoint_entry};
+use crate::{
+    maps::{FLOWS, add, endpoint_entry},
+    record::widen,
+};
 
 /// Reads one `u32` field of the `__sk_buff` context. The verifier wants
 /// every context access as one load at a constant offset from the context
@@ -95,7 +98,7 @@ fn flow_key(ctx: &SkBuffContext) -> Option<FlowAddrs> {
     // Addresses are in network order in memory: their native-endian bytes
     // are the address bytes.
     let (saddr, daddr) = match family {
-        AF_INET => (widen(ctx_field!(ctx, local_ip4)), widen(ctx_field!(ctx, remote_ip4))),
+        AF_INET => (widen(ctx_field!(ctx, local_ip4).to_ne_bytes()), widen(ctx_field!(ctx, remote_ip4).to_ne_bytes())),
         AF_INET6 => (
             v6([
                 ctx_field!(ctx, local_ip6[0]),
@@ -134,11 +137,6 @@ fn remote_port(field: u32) -> u16 {
 #[inline(always)]
 fn remote_port(field: u32) -> u16 {
     field as u16
-}
-
-#[inline(always)]
-fn widen(addr: u32) -> [u8; 16] {
-    u128::from(u32::from_le(addr)).to_le_bytes()
 }
 
 #[inline(always)]

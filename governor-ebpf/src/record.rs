@@ -203,7 +203,7 @@ impl Flow {
 /// built in registers: zeroing a byte array and copying into it compiles to
 /// a call of the byte-by-byte memset.
 #[inline(always)]
-fn widen(v4: [u8; 4]) -> [u8; 16] {
+pub fn widen(v4: [u8; 4]) -> [u8; 16] {
     u128::from(u32::from_le_bytes(v4)).to_le_bytes()
 }
 

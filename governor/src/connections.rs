@@ -245,6 +245,22 @@ pub struct ProcessSockets {
 }
 
 impl ProcessSockets {
+    /// The entry of `conn`'s owner in `by_pid`, created when missing.
+    fn of<'a>(by_pid: &'a mut HashMap<u32, Self>, conn: &Conn) -> &'a mut Self {
+        by_pid.entry(conn.owner.tgid).or_insert_with(|| Self { owner: conn.owner, ..Default::default() })
+    }
+
+    /// Counts one connection of this process.
+    fn count(&mut self, conn: &Conn) {
+        self.connections += 1;
+        if conn.close_wait_ns != 0 {
+            self.close_wait += 1;
+            if self.oldest_close_wait_ns == 0 || conn.close_wait_ns < self.oldest_close_wait_ns {
+                self.oldest_close_wait_ns = conn.close_wait_ns;
+            }
+        }
+    }
+
     /// Age of the oldest `CLOSE_WAIT` socket at `now_ns`.
     pub fn close_wait_age_seconds(&self, now_ns: u64) -> u64 {
         if self.close_wait == 0 { 0 } else { now_ns.saturating_sub(self.oldest_close_wait_ns) / 1_000_000_000 }
@@ -256,19 +272,10 @@ impl ProcessSockets {
 pub fn by_process(t: &Tracker) -> Vec<ProcessSockets> {
     let mut out: HashMap<u32, ProcessSockets> = HashMap::new();
     for (_, conn) in &t.conns {
-        let p =
-            out.entry(conn.owner.tgid).or_insert_with(|| ProcessSockets { owner: conn.owner, ..Default::default() });
-        p.connections += 1;
-        if conn.close_wait_ns != 0 {
-            p.close_wait += 1;
-            if p.oldest_close_wait_ns == 0 || conn.close_wait_ns < p.oldest_close_wait_ns {
-                p.oldest_close_wait_ns = conn.close_wait_ns;
-            }
-        }
+        ProcessSockets::of(&mut out, conn).count(conn);
     }
     for l in t.listeners.values() {
-        let p = out.entry(l.owner.tgid).or_insert_with(|| ProcessSockets { owner: l.owner, ..Default::default() });
-        p.listeners.push(l.local());
+        ProcessSockets::of(&mut out, l).listeners.push(l.local());
     }
     let mut v: Vec<_> = out.into_values().collect();
     for p in &mut v {
@@ -280,17 +287,12 @@ pub fn by_process(t: &Tracker) -> Vec<ProcessSockets> {
 }
 
 /// Processes holding sockets in `CLOSE_WAIT`, as [`by_process`] counts
-/// them but without walking every connection: `connections` and
-/// `listeners` are left empty.
+/// them but without walking every connection: `connections` counts only
+/// the `CLOSE_WAIT` ones and `listeners` is left empty.
 pub fn close_wait_by_process(t: &Tracker) -> Vec<ProcessSockets> {
     let mut out: HashMap<u32, ProcessSockets> = HashMap::new();
     for conn in t.in_close_wait() {
-        let p =
-            out.entry(conn.owner.tgid).or_insert_with(|| ProcessSockets { owner: conn.owner, ..Default::default() });
-        p.close_wait += 1;
-        if p.oldest_close_wait_ns == 0 || conn.close_wait_ns < p.oldest_close_wait_ns {
-            p.oldest_close_wait_ns = conn.close_wait_ns;
-        }
+        ProcessSockets::of(&mut out, conn).count(conn);
     }
     let mut v: Vec<_> = out.into_values().collect();
     v.sort_by_key(|p| p.owner.tgid);

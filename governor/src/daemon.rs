@@ -42,7 +42,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         kernel_config.ephemeral_high = high;
     }
 
-    let cgroup = flow_cgroup(&config, &mut kernel_config);
+    let cgroup = flow_cgroup(&config);
 
     let addr = config.daemon.metrics_addr;
     let listener = TcpListener::bind(addr)
@@ -57,11 +57,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             flow_table_entries: config.ebpf.flow_table_entries.get(),
             ring_buffer_bytes: config.ebpf.ring_buffer_bytes.0,
         },
-        &cgroup,
+        cgroup.as_deref(),
     )?;
     let mut events = probes.take_events()?;
-    let counting_flows = kernel_config.flags & governor_common::KernelConfig::COUNT_FLOWS != 0;
-    let flows = if counting_flows { Some(probes.take_flows()?) } else { None };
+    let flows = if cgroup.is_some() { Some(probes.take_flows()?) } else { None };
     info!(programs = probes.attached(), "eBPF programs attached");
 
     let limits = SeriesLimits {
@@ -73,7 +72,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     metrics.programs_attached.set(i64::try_from(probes.attached()).unwrap_or(i64::MAX));
     metrics.map_capacity.with_label_values(&["endpoints"]).set(i64::from(probes.endpoint_capacity()));
     metrics.map_capacity.with_label_values(&["sockets"]).set(i64::from(probes.socket_capacity()));
-    if counting_flows {
+    if flows.is_some() {
         metrics.map_capacity.with_label_values(&["flows"]).set(i64::from(config.ebpf.flow_table_entries.get()));
     }
     let monitor = Monitor::new(
@@ -134,21 +133,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 }
 
 /// Where the per-flow programs attach: the cgroup v2 root, so every socket
-/// of the host is counted. Turns flow counting on in `kernel_config` when
-/// the config asks for it and cgroup v2 is mounted; without it governor
-/// runs without per-flow bytes.
-fn flow_cgroup(config: &Config, kernel_config: &mut governor_common::KernelConfig) -> std::path::PathBuf {
+/// of the host is counted. `None` (no per-flow bytes) when the config turns
+/// flows off or cgroup v2 is not mounted.
+fn flow_cgroup(config: &Config) -> Option<std::path::PathBuf> {
     if !config.ebpf.count_flows {
         info!("ebpf.count_flows is off: no per-flow bytes");
-        return std::path::PathBuf::new();
+        return None;
     }
     let mounts = host::read_mounts().unwrap_or_default();
-    let Some(root) = host::cgroup2_root(&mounts) else {
+    let root = host::cgroup2_root(&mounts).map(Path::to_path_buf);
+    if root.is_none() {
         warn!("cgroup v2 is not mounted: no per-flow bytes (flows, governor_endpoint_bytes_total)");
-        return std::path::PathBuf::new();
-    };
-    kernel_config.flags |= governor_common::KernelConfig::COUNT_FLOWS;
-    root.to_path_buf()
+    }
+    root
 }
 
 /// Reads the kernel's BTF: names of its reset reasons (returned) and the

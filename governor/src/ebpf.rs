@@ -55,14 +55,18 @@ pub struct Probes {
 }
 
 impl Probes {
-    /// Loads the object with `config` and attaches every program: the
-    /// per-flow programs to the cgroup v2 hierarchy at `cgroup` when
-    /// `config` asks for flows. On error whatever was attached is detached
-    /// again (the `Ebpf` is dropped).
-    pub fn load(config: &KernelConfig, sizes: Sizes, cgroup: &Path) -> Result<Self, EbpfError> {
-        let flows = config.flags & KernelConfig::COUNT_FLOWS != 0;
+    /// Loads the object with `config` and attaches every program; with a
+    /// `cgroup` (the cgroup v2 root) the per-flow programs too, and flows
+    /// are counted. On error whatever was attached is detached again (the
+    /// `Ebpf` is dropped).
+    pub fn load(config: &KernelConfig, sizes: Sizes, cgroup: Option<&Path>) -> Result<Self, EbpfError> {
+        let flows = cgroup.is_some();
+        let mut config = *config;
+        if flows {
+            config.flags |= KernelConfig::COUNT_FLOWS;
+        }
         let mut ebpf = EbpfLoader::new()
-            .override_global("GOVERNOR_CONFIG", config, true)
+            .override_global("GOVERNOR_CONFIG", &config, true)
             .map_max_entries("ENDPOINTS", sizes.endpoint_table_entries)
             .map_max_entries("SOCKETS", sizes.socket_table_entries)
             // Unused without flows: keep the preallocated table small.
@@ -81,7 +85,7 @@ impl Probes {
             program.attach(tp.category, tp.name).map_err(fail)?;
             attached += 1;
         }
-        if flows {
+        if let Some(cgroup) = cgroup {
             let root = std::fs::File::open(cgroup)
                 .map_err(|source| EbpfError::Cgroup { path: cgroup.to_path_buf(), source })?;
             for (name, attach_type, hook) in FLOW_PROGRAMS {

@@ -1,7 +1,7 @@
 //! Top talkers: turning the kernel's per-flow table into
 //! `/api/v1/flows`. Pure: the table is read elsewhere (`ebpf::FlowTable`).
 
-use governor_common::{FLOW_RATE_WINDOW_NS, FlowAddrs, FlowStats, direction};
+use governor_common::{FLOW_RATE_WINDOW_NS, FlowAddrs, FlowStats};
 use serde::Deserialize;
 
 use crate::{api, attribution::command_name, labels};
@@ -84,7 +84,7 @@ fn flow(a: &FlowAddrs, s: &FlowStats, now_ns: u64) -> api::Flow {
         local: labels::endpoint_of(a.family, &a.saddr, a.sport),
         remote: labels::endpoint_of(a.family, &a.daddr, a.dport),
         endpoint: labels::endpoint(&s.endpoint),
-        direction: if s.direction == direction::PASSIVE { "passive" } else { "active" }.to_owned(),
+        direction: labels::direction_name(s.direction).to_owned(),
         pid: s.owner.tgid,
         command: command_name(&s.owner.comm),
         age_seconds: now_ns.saturating_sub(s.established_ns) / 1_000_000_000,
@@ -99,7 +99,7 @@ fn flow(a: &FlowAddrs, s: &FlowStats, now_ns: u64) -> api::Flow {
 
 #[cfg(test)]
 mod tests {
-    use governor_common::{AF_INET, EndpointKey, Owner};
+    use governor_common::{AF_INET, EndpointKey, Owner, direction};
     use proptest::prelude::*;
 
     use super::*;

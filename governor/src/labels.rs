@@ -39,6 +39,12 @@ pub fn endpoint(key: &EndpointKey) -> String {
     endpoint_of(key.family, &key.addr, key.port)
 }
 
+/// `active` (this host connected) or `passive` (it accepted), from
+/// `governor_common::direction`.
+pub fn direction_name(direction: u8) -> &'static str {
+    if direction == governor_common::direction::PASSIVE { "passive" } else { "active" }
+}
+
 pub fn endpoint_of(family: u16, addr: &[u8; 16], port: u16) -> String {
     let port = if port == 0 { EPHEMERAL_PORT.to_owned() } else { port.to_string() };
     match family {

@@ -84,7 +84,7 @@ impl Monitor {
     pub fn on_conn_event(&mut self, ev: &ConnEvent, metrics: &Metrics) {
         match self.tracker.apply(ev) {
             Outcome::Opened { direction: d, endpoint, handshake_seconds } => {
-                let name = if d == direction::PASSIVE { "passive" } else { "active" };
+                let name = labels::direction_name(d);
                 metrics.opened(name, handshake_seconds);
                 if d == direction::ACTIVE {
                     self.pending.entry(endpoint).or_default().connect_attempts += 1;
@@ -259,7 +259,7 @@ impl Monitor {
                 local: c.local(),
                 remote: c.remote(),
                 state: labels::tcp_state_name(c.state.into()).into_owned(),
-                direction: if c.direction == direction::PASSIVE { "passive" } else { "active" }.to_owned(),
+                direction: labels::direction_name(c.direction).to_owned(),
                 pid: c.owner.tgid,
                 command: command_name(&c.owner.comm),
                 age_seconds: now.ns.saturating_sub(c.established_ns) / 1_000_000_000,

@@ -113,8 +113,14 @@ pub fn cpu_time(pid: u32) -> Option<Duration> {
 
 /// Resident memory of a process in KiB, from `/proc/<pid>/status`.
 pub fn rss_kib(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmRSS:")
+}
+
+/// A memory figure of a process in KiB (`VmRSS:`, `VmHWM:`, ...), from
+/// `/proc/<pid>/status`.
+pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse().ok()
+    status.lines().find_map(|l| l.strip_prefix(field))?.trim().trim_end_matches("kB").trim().parse().ok()
 }
 
 /// What one measurement saw.

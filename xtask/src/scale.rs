@@ -17,7 +17,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::bench::{Netns, cpu_time, rss_kib, start_governor_with};
+use crate::bench::{Netns, cpu_time, rss_kib, start_governor_with, status_kib};
 
 #[derive(clap::Args, Clone, Copy)]
 pub struct ScaleArgs {
@@ -169,7 +169,7 @@ fn run_with(args: ScaleArgs, config_path: &std::path::Path) -> anyhow::Result<Sc
         .with_context(|| format!("paced load printed {text:?}"))?;
     let paced_rss_kib = rss_kib(pid).unwrap_or(0);
     let events_lost = metric(addr, "governor_ebpf_events_lost_total")? - lost_before;
-    let hold_peak_kib = peak_kib(pid).unwrap_or(0);
+    let hold_peak_kib = status_kib(pid, "VmHWM:").unwrap_or(0);
     drop(ns);
     drop(gov);
 
@@ -189,12 +189,6 @@ fn run_with(args: ScaleArgs, config_path: &std::path::Path) -> anyhow::Result<Sc
         paced_rss_kib,
         events_lost,
     })
-}
-
-/// Peak resident memory (`VmHWM`) in KiB.
-fn peak_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?.trim().trim_end_matches("kB").trim().parse().ok()
 }
 
 /// One integer series from governor's `/metrics` (0 when absent).
@@ -361,7 +355,7 @@ pub fn section(f: &ScaleFigures) -> String {
          \x20 closes, the client reads the end and closes; paced at {rate} per\n\
          \x20 second for {secs} s: {paced_n} connections, {paced_rate:.0} per second reached.\n\n\
          | | measured | target |\n|---|---|---|\n\
-         | resident memory, {opened} connections open | {hold_rss:.1} MiB (peak {peak:.1} MiB) | ≤ 64 MiB: {mem_verdict} |\n\
+         | resident memory, {opened} connections open | {hold_rss:.1} MiB (peak over both runs {peak:.1} MiB) | ≤ 64 MiB: {mem_verdict} |\n\
          | CPU while they opened ({open_rate:.0} per second) | {open_cpu:.1}% of one CPU | |\n\
          | CPU while they were held | {hold_cpu:.1}% of one CPU | |\n\
          | CPU at {paced_rate:.0} new connections per second | {paced_cpu:.1}% of one CPU | ≤ 5%: {cpu_verdict} |\n\

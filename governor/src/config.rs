@@ -10,6 +10,10 @@ use std::{
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 
+mod registry;
+
+pub use self::registry::{Cidr, Etcd, Registry, RegistrySource};
+
 /// The whole file. Unknown keys are errors.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
@@ -19,6 +23,11 @@ pub struct Config {
     pub metrics: Metrics,
     pub health: Health,
     pub attribution: Attribution,
+    pub etcd: Etcd,
+    pub registry: Registry,
+    /// The service registries governor watches (none: it only observes).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub registries: Vec<RegistrySource>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
@@ -279,7 +288,16 @@ pub enum ConfigError {
 impl Config {
     /// Parses the text of a config file. The error names the key and line.
     pub fn parse(path: &str, text: &str) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Invalid { path: path.to_owned(), message: describe(&e, text) })
+        let config: Self = toml::from_str(text)
+            .map_err(|e| ConfigError::Invalid { path: path.to_owned(), message: describe(&e, text) })?;
+        registry::validate(&config.etcd, &config.registry, &config.registries).map_err(|(key, message)| {
+            let message = match line_of(text, &key) {
+                Some(line) => format!("line {line}, key `{key}`: {message}"),
+                None => format!("key `{key}`: {message}"),
+            };
+            ConfigError::Invalid { path: path.to_owned(), message }
+        })?;
+        Ok(config)
     }
 
     /// The configuration as a complete TOML file, defaults included.
@@ -304,6 +322,22 @@ fn describe(e: &toml::de::Error, text: &str) -> String {
         Some(key) => format!("line {line}, key `{key}`: {message}"),
         None => format!("line {line}: {message}"),
     }
+}
+
+/// The line where the dotted key `table.key` is set, if the file sets it
+/// (the first one for arrays of tables).
+fn line_of(text: &str, dotted: &str) -> Option<usize> {
+    let (table, key) = dotted.rsplit_once('.').unwrap_or(("", dotted));
+    let mut current = String::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            line.trim_matches(|c| c == '[' || c == ']').trim().clone_into(&mut current);
+        } else if current == table && line.split('=').next().is_some_and(|k| k.trim() == key) {
+            return Some(i + 1);
+        }
+    }
+    None
 }
 
 /// The dotted key whose value (or name) starts at byte `at`: the table
@@ -344,6 +378,7 @@ mod tests {
     }
 
     #[test]
+    #[expect(clippy::too_many_lines, reason = "one assertion per key of the file")]
     fn every_key_is_read() {
         let c = Config::parse(
             "x",
@@ -386,10 +421,89 @@ max_endpoints = 500
 [attribution]
 cgroup_root = "/cg"
 pod_log_dir = "/pods"
+
+[etcd]
+endpoints = ["https://10.0.0.1:2379", "https://10.0.0.2:2379"]
+connect_timeout_ms = 500
+request_timeout_ms = 700
+username = "governor"
+password_file = "/p"
+ca_file = "/ca"
+cert_file = "/c"
+key_file = "/k"
+prefix = "/gov/v2"
+
+[registry]
+node = "node-1"
+dry_run = true
+kill_switch_key = "/stop"
+window_ms = 200
+remove_after_windows = 2
+restore_after_windows = 9
+min_samples = 3
+max_ejection_percent = 34
+quarantine_base_seconds = 10
+quarantine_max_seconds = 100
+local_cidrs = ["10.244.1.0/24", "fd00::/64"]
+
+[[registries]]
+name = "kratos"
+prefix = "/microservices"
+format = "kratos"
+
+[[registries]]
+name = "gozero"
+prefix = "/gozero/"
+format = "host_port"
 "#,
         )
         .unwrap();
-        let Config { daemon, ebpf, metrics, health, attribution } = c;
+        let Config { daemon, ebpf, metrics, health, attribution, etcd, registry, registries } = c;
+        assert_eq!(
+            etcd,
+            Etcd {
+                endpoints: vec!["https://10.0.0.1:2379".into(), "https://10.0.0.2:2379".into()],
+                connect_timeout_ms: Bounded(500),
+                request_timeout_ms: Bounded(700),
+                username: "governor".into(),
+                password_file: Some("/p".into()),
+                ca_file: Some("/ca".into()),
+                cert_file: Some("/c".into()),
+                key_file: Some("/k".into()),
+                prefix: "/gov/v2".into(),
+            }
+        );
+        assert_eq!(
+            registry,
+            Registry {
+                node: "node-1".into(),
+                dry_run: true,
+                kill_switch_key: "/stop".into(),
+                window_ms: Bounded(200),
+                remove_after_windows: Bounded(2),
+                restore_after_windows: Bounded(9),
+                min_samples: Bounded(3),
+                max_ejection_percent: Bounded(34),
+                quarantine_base_seconds: Bounded(10),
+                quarantine_max_seconds: Bounded(100),
+                local_cidrs: vec!["10.244.1.0/24".parse().unwrap(), "fd00::/64".parse().unwrap()],
+            }
+        );
+        assert_eq!(
+            registries,
+            vec![
+                RegistrySource {
+                    name: "kratos".into(),
+                    prefix: "/microservices".into(),
+                    format: crate::registry::format::Format::Kratos
+                },
+                RegistrySource {
+                    name: "gozero".into(),
+                    prefix: "/gozero/".into(),
+                    format: crate::registry::format::Format::HostPort
+                },
+            ]
+        );
         assert_eq!(
             health,
             Health {
@@ -437,6 +551,23 @@ pod_log_dir = "/pods"
                 series_ttl_seconds: Bounded(0),
                 collapse_ephemeral_ports: false
             }
+        );
+    }
+
+    #[test]
+    fn cross_key_errors_name_key_and_line() {
+        let e = err(
+            "[etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\n[registry]\nremove_after_windows = 4\nrestore_after_windows = 3\n",
+        );
+        assert!(e.contains("line 5, key `registry.restore_after_windows`: 3 must be more than"), "{e}");
+        let e = err("[[registries]]\nname = \"a\"\nprefix = \"/m\"\nformat = \"kratos\"\n");
+        assert!(e.contains("line 2, key `registries.name`") || e.contains("key `etcd.endpoints`"), "{e}");
+        let e = err("[[registries]]\nname = \"a\"\nprefix = \"/m\"\nformat = \"yaml\"\n");
+        assert!(e.contains("line 4, key `registries.format`"), "{e}");
+        let e = err("[registry]\nlocal_cidrs = [\"10.0.0.0/40\"]\n");
+        assert!(
+            e.contains("line 2, key `registry.local_cidrs`: `10.0.0.0/40`: the prefix length must be 0 to 32"),
+            "{e}"
         );
     }
 

@@ -22,6 +22,7 @@ use crate::{
     labels,
     metrics::{Metrics, SeriesLimits},
     monitor::Monitor,
+    registry::{self, Controller, RegistryMetrics},
     stats::Aggregator,
     tracefs,
 };
@@ -63,18 +64,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let flows = if cgroup.is_some() { Some(probes.take_flows()?) } else { None };
     info!(programs = probes.attached(), "eBPF programs attached");
 
-    let limits = SeriesLimits {
-        per_metric: config.metrics.max_endpoint_series.get() as usize,
-        budget: config.metrics.max_series_total.get() as usize,
-        ttl_seconds: config.metrics.series_ttl_seconds.get().into(),
-    };
-    let metrics = Metrics::new(limits, &reasons);
-    metrics.programs_attached.set(i64::try_from(probes.attached()).unwrap_or(i64::MAX));
-    metrics.map_capacity.with_label_values(&["endpoints"]).set(i64::from(probes.endpoint_capacity()));
-    metrics.map_capacity.with_label_values(&["sockets"]).set(i64::from(probes.socket_capacity()));
-    if flows.is_some() {
-        metrics.map_capacity.with_label_values(&["flows"]).set(i64::from(config.ebpf.flow_table_entries.get()));
-    }
+    let metrics = daemon_metrics(&config, &probes, &reasons, flows.is_some());
     let monitor = Monitor::new(
         Engine::new(config.health.engine_config()),
         Attributor::new(config.attribution.cgroup_root.clone(), Some(config.attribution.pod_log_dir.clone())),
@@ -82,7 +72,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         reasons,
         unix_offset(),
     );
+    let registry_metrics =
+        (config.etcd.enabled() && !config.registries.is_empty()).then(|| RegistryMetrics::new(metrics.registry()));
+    let health_events = monitor.subscribe();
     let state = AppState::new(metrics, monitor, flows);
+    let registry = registry_metrics.map(|m| start_registry(&config, &state, m, health_events));
 
     let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(
@@ -116,6 +110,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     };
     info!(signal = signal_name, "shutting down");
+    if let Some(task) = registry {
+        // Nothing is half-done: each action is one transaction.
+        task.abort();
+    }
     state.set_ready(false);
     drain_events(&mut events, &state);
     read_maps(&probes, &mut aggregator, &state, started.elapsed().as_secs(), &mut resync);
@@ -130,6 +128,34 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Err(_) => debug!("HTTP server still had open connections; leaving them"),
     }
     Ok(())
+}
+
+fn daemon_metrics(config: &Config, probes: &Probes, reasons: &[(u32, String)], flows: bool) -> Metrics {
+    let limits = SeriesLimits {
+        per_metric: config.metrics.max_endpoint_series.get() as usize,
+        budget: config.metrics.max_series_total.get() as usize,
+        ttl_seconds: config.metrics.series_ttl_seconds.get().into(),
+    };
+    let metrics = Metrics::new(limits, reasons);
+    metrics.programs_attached.set(i64::try_from(probes.attached()).unwrap_or(i64::MAX));
+    metrics.map_capacity.with_label_values(&["endpoints"]).set(i64::from(probes.endpoint_capacity()));
+    metrics.map_capacity.with_label_values(&["sockets"]).set(i64::from(probes.socket_capacity()));
+    if flows {
+        metrics.map_capacity.with_label_values(&["flows"]).set(i64::from(config.ebpf.flow_table_entries.get()));
+    }
+    metrics
+}
+
+/// Starts the task that acts on the service registries in etcd.
+fn start_registry(
+    config: &Config,
+    state: &Arc<AppState>,
+    metrics: RegistryMetrics,
+    health_events: tokio::sync::broadcast::Receiver<crate::health::Transition<String>>,
+) -> tokio::task::JoinHandle<()> {
+    let shared = Arc::new(registry::Shared::default());
+    let _ = state.registry.set(Arc::clone(&shared));
+    tokio::spawn(Controller::new(config, Arc::clone(state), shared, metrics).run(health_events))
 }
 
 /// Where the per-flow programs attach: the cgroup v2 root, so every socket

@@ -251,6 +251,12 @@ impl<K: Clone + Eq + Hash + Ord + fmt::Display> Engine<K> {
         self.endpoints.get(endpoint).map(Endpoint::state)
     }
 
+    /// One endpoint with the counts in its windows at second `now`; `None`
+    /// when it is not tracked.
+    pub fn view(&self, endpoint: &K, now: u64) -> Option<EndpointView<'_, K>> {
+        self.endpoints.get_key_value(endpoint).map(|(key, e)| e.view(key, now, &self.rules))
+    }
+
     /// Every tracked endpoint, sorted, with the counts in its windows at
     /// second `now`.
     pub fn endpoints(&self, now: u64) -> impl Iterator<Item = EndpointView<'_, K>> {

@@ -29,6 +29,8 @@ pub struct AppState {
     pub ready: AtomicBool,
     /// The kernel's per-flow table; `None` when flows are not counted.
     pub flows: Option<FlowTable>,
+    /// The registry's quarantine list; unset when no registry is watched.
+    pub registry: std::sync::OnceLock<Arc<crate::registry::Shared>>,
 }
 
 impl AppState {
@@ -38,6 +40,7 @@ impl AppState {
             monitor: Mutex::new(monitor),
             ready: AtomicBool::new(false),
             flows,
+            registry: std::sync::OnceLock::new(),
         })
     }
 
@@ -63,6 +66,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/processes", get(processes))
         .route("/api/v1/connections", get(connections))
         .route("/api/v1/flows", get(flows))
+        .route("/api/v1/quarantine", get(quarantine))
         .with_state(state)
 }
 
@@ -103,6 +107,22 @@ async fn connections(
         return bad_request(&format!("limit must be between 1 and {MAX_PAGE}"));
     }
     Json(state.monitor.lock().expect("monitor lock poisoned").connections(&filter, now())).into_response()
+}
+
+/// The instances governor holds out of the registries, with the reason and
+/// the earliest time each may be put back.
+async fn quarantine(State(state): State<Arc<AppState>>) -> Response {
+    match state.registry.get() {
+        Some(shared) => {
+            let list = shared.quarantine.lock().expect("quarantine lock poisoned").clone();
+            Json(serde_json::json!({ "quarantined": list })).into_response()
+        }
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({ "error": "no registry is watched: set etcd.endpoints and [[registries]]" })),
+        )
+            .into_response(),
+    }
 }
 
 async fn flows(State(state): State<Arc<AppState>>, query: Result<Query<FlowQuery>, QueryRejection>) -> Response {

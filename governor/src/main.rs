@@ -17,6 +17,7 @@ mod http;
 mod labels;
 mod metrics;
 mod monitor;
+mod registry;
 mod stats;
 mod tracefs;
 

@@ -122,6 +122,11 @@ fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registr
 }
 
 impl Metrics {
+    /// The Prometheus registry, for parts that keep series of their own.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// `reset_reasons` are the kernel's names for `enum sk_rst_reason`
     /// values (from its BTF); values without a name are shown as
     /// `UNKNOWN_<n>`.

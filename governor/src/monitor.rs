@@ -15,6 +15,7 @@ use crate::{
     health::{Engine, Sample, State, Transition},
     labels,
     metrics::Metrics,
+    registry::protocol::Verdict,
     stats::Increments,
 };
 
@@ -76,9 +77,30 @@ impl Monitor {
     }
 
     /// Health state changes, for the parts that act on them.
-    #[expect(dead_code, reason = "consumed by the breaker and the registry (issues 4 and 5)")]
     pub fn subscribe(&self) -> broadcast::Receiver<Transition<String>> {
         self.health_events.subscribe()
+    }
+
+    /// The registry's verdict on an instance with these endpoints (`ip:port`
+    /// as the engine names them): unhealthy when one of them is, with at
+    /// least `min_samples` resets and connect attempts in its windows.
+    pub fn verdict(&self, endpoints: &[String], min_samples: u64, now: Now) -> Verdict {
+        let reset_threshold = self.engine.config().reset_threshold;
+        let mut unsure = false;
+        for endpoint in endpoints {
+            let Some(view) = self.engine.view(endpoint, now.secs) else { continue };
+            let w = view.window;
+            match view.state {
+                State::Healthy => {}
+                State::Unhealthy if w.resets + w.connect_attempts >= min_samples => {
+                    let cause = if w.resets >= reset_threshold { "resets" } else { "connect_failures" };
+                    let detail = view.last_transition.map_or_else(String::new, |t| t.reason.clone());
+                    return Verdict::Unhealthy { endpoint: endpoint.clone(), cause, detail };
+                }
+                _ => unsure = true,
+            }
+        }
+        if unsure { Verdict::Unsure } else { Verdict::Healthy }
     }
 
     pub fn on_conn_event(&mut self, ev: &ConnEvent, metrics: &Metrics) {

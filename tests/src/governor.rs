@@ -69,10 +69,15 @@ fn config_file(overrides: &[(&str, &str)]) -> String {
         keys.retain(|(k, _)| k != key);
         keys.push((key, value));
     }
-    let mut tables: Vec<&str> = keys.iter().map(|(k, _)| k.split_once('.').expect("table.key").0).collect();
+    let mut text = String::new();
+    // Keys without a table (arrays of tables such as `registries`, inline)
+    // come before the first table header.
+    for (key, value) in keys.iter().filter(|(k, _)| !k.contains('.')) {
+        let _ = writeln!(text, "{key} = {value}");
+    }
+    let mut tables: Vec<&str> = keys.iter().filter_map(|(k, _)| k.split_once('.').map(|(t, _)| t)).collect();
     tables.sort_unstable();
     tables.dedup();
-    let mut text = String::new();
     for table in tables {
         let _ = writeln!(text, "[{table}]");
         for (key, value) in keys.iter().filter(|(k, _)| k.split_once('.').is_some_and(|(t, _)| t == table)) {
@@ -260,6 +265,10 @@ mod tests {
         assert_eq!(
             super::config_file(&[("metrics.max_endpoint_series", "1"), ("ebpf.event_drain_interval_ms", "1000")]),
             "[daemon]\npoll_interval_ms = 100\n[ebpf]\nevent_drain_interval_ms = 1000\n[metrics]\nmax_endpoint_series = 1\n"
+        );
+        assert_eq!(
+            super::config_file(&[("registry.dry_run", "true"), ("registries", "[{ name = \"a\" }]")]),
+            "registries = [{ name = \"a\" }]\n[daemon]\npoll_interval_ms = 100\n[ebpf]\nevent_drain_interval_ms = 20\n[registry]\ndry_run = true\n"
         );
     }
 }

@@ -5,11 +5,13 @@
 //!
 //! Traffic goes only to addresses inside namespaces the test created.
 
+pub mod etcd;
 pub mod governor;
 pub mod helper;
 pub mod netns;
 pub mod scrape;
 
+pub use etcd::Etcd;
 pub use governor::Governor;
 pub use helper::Helper;
 pub use netns::Netns;

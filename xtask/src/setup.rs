@@ -1,6 +1,6 @@
 //! Installs what the build and the tests need, when it is missing:
 //! Debian packages (LLVM 22 for bpf-linker, bpftool, nftables, iproute2,
-//! libbpf-tools), rust-src, clippy and rustfmt for the nightly toolchain, bpf-linker 0.13.0 built
+//! libbpf-tools, protoc and etcd for the registry), rust-src, clippy and rustfmt for the nightly toolchain, bpf-linker 0.13.0 built
 //! against LLVM 22, and the tracefs and bpffs mounts.
 
 use std::{path::Path, process::Command};
@@ -19,6 +19,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("nftables", "packet loss in the retransmit test"),
     ("bpftool", "inspecting loaded programs"),
     ("libbpf-tools", "tcpstates, the benchmark's comparison peer"),
+    ("protobuf-compiler", "etcd-client compiles etcd's protocol files with protoc"),
+    ("etcd-server", "the real etcd the registry tests run against"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

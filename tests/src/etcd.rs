@@ -1,0 +1,267 @@
+//! A real etcd server as a child process, with a blocking client for the
+//! tests.
+
+use std::{
+    fs,
+    future::Future,
+    process::{Child, Command},
+    thread,
+    time::{Duration, Instant},
+};
+
+use etcd_client::{Client, ConnectOptions, GetOptions, KeyValue, PutOptions};
+use tokio::runtime::Runtime;
+
+use crate::governor::{TempDir, free_port};
+
+/// The etcd binary (Debian's etcd-server).
+const ETCD_BIN: &str = "/usr/bin/etcd";
+
+/// How long one request may take once the server is up.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long the server may take to answer after a start.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One key as etcd holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Kv {
+    /// The value, as UTF-8.
+    pub value: String,
+    /// The lease the key is attached to, 0 for none.
+    pub lease: i64,
+    /// The revision that created the key.
+    pub create_revision: i64,
+    /// The revision that last changed the key.
+    pub mod_revision: i64,
+}
+
+impl Kv {
+    fn from_etcd(kv: &KeyValue) -> (String, Self) {
+        let key = kv.key_str().expect("etcd key is UTF-8").to_owned();
+        let value = kv.value_str().expect("etcd value is UTF-8").to_owned();
+        (key, Self { value, lease: kv.lease(), create_revision: kv.create_revision(), mod_revision: kv.mod_revision() })
+    }
+}
+
+/// A single-member etcd on 127.0.0.1, in its own temp data dir. Killed on
+/// drop; the data dir goes with it.
+pub struct Etcd {
+    child: Option<Child>,
+    client: Client,
+    runtime: Runtime,
+    client_port: u16,
+    peer_port: u16,
+    dir: TempDir,
+}
+
+impl Etcd {
+    /// Starts etcd on 127.0.0.1 with free client and peer ports and a temp
+    /// data dir; waits (bounded, 30 s) until a request succeeds. Panics with
+    /// etcd's log on failure.
+    pub fn start() -> Self {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+        let dir = TempDir::new("etcd");
+        let client_port = free_port();
+        let peer_port = free_port();
+        let client = connect(&runtime, client_port);
+        let mut etcd = Self { child: None, client, runtime, client_port, peer_port, dir };
+        etcd.spawn();
+        etcd.wait_ready();
+        etcd
+    }
+
+    /// "http://127.0.0.1:PORT", for governor's config.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    /// etcd's log (stdout and stderr of every run).
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.0.join("etcd.log")).unwrap_or_default()
+    }
+
+    /// Puts a key without a lease; returns the revision of the put (header
+    /// revision).
+    pub fn put(&self, key: &str, value: &str) -> i64 {
+        let resp = self.call(&format!("put {key}"), |mut c| async move { c.put(key, value, None).await });
+        resp.header().expect("put response header").revision()
+    }
+
+    /// Grants a lease of `ttl_seconds` and puts the key on it; returns the
+    /// lease id.
+    pub fn put_with_lease(&self, key: &str, value: &str, ttl_seconds: i64) -> i64 {
+        let lease =
+            self.call(&format!("grant a {ttl_seconds} s lease"), |mut c| async move {
+                c.lease_grant(ttl_seconds, None).await
+            })
+            .id();
+        self.put_on_lease(key, value, lease);
+        lease
+    }
+
+    /// Puts a key on an existing lease.
+    pub fn put_on_lease(&self, key: &str, value: &str, lease: i64) {
+        self.call(&format!("put {key} on lease {lease:x}"), |mut c| async move {
+            c.put(key, value, Some(PutOptions::new().with_lease(lease))).await
+        });
+    }
+
+    /// Revokes a lease (its keys go).
+    pub fn revoke(&self, lease: i64) {
+        self.call(&format!("revoke lease {lease:x}"), |mut c| async move { c.lease_revoke(lease).await });
+    }
+
+    /// Remaining TTL of a lease in seconds, or `None` when it no longer
+    /// exists.
+    pub fn lease_ttl(&self, lease: i64) -> Option<i64> {
+        let what = format!("time to live of lease {lease:x}");
+        let resp = self.runtime.block_on(async {
+            let mut c = self.client.clone();
+            tokio::time::timeout(REQUEST_TIMEOUT, async move { c.lease_time_to_live(lease, None).await }).await
+        });
+        match resp {
+            // etcd answers an unknown (or expired) lease with a TTL of -1.
+            Ok(Ok(resp)) => (resp.ttl() >= 0).then(|| resp.ttl()),
+            Ok(Err(e)) if e.to_string().contains("requested lease not found") => None,
+            Ok(Err(e)) => panic!("etcd: {what}: {e}"),
+            Err(elapsed) => panic!("etcd: {what}: no answer within {REQUEST_TIMEOUT:?} ({elapsed})"),
+        }
+    }
+
+    /// The key, or `None` when it does not exist.
+    pub fn get(&self, key: &str) -> Option<Kv> {
+        let resp = self.call(&format!("get {key}"), |mut c| async move { c.get(key, None).await });
+        resp.kvs().first().map(|kv| Kv::from_etcd(kv).1)
+    }
+
+    /// Every key under the prefix, sorted by key.
+    pub fn get_prefix(&self, prefix: &str) -> Vec<(String, Kv)> {
+        let resp = self.call(&format!("get prefix {prefix}"), |mut c| async move {
+            c.get(prefix, Some(GetOptions::new().with_prefix())).await
+        });
+        let mut kvs: Vec<(String, Kv)> = resp.kvs().iter().map(Kv::from_etcd).collect();
+        kvs.sort_by(|a, b| a.0.cmp(&b.0));
+        kvs
+    }
+
+    /// Deletes the key (nothing happens when it does not exist).
+    pub fn delete(&self, key: &str) {
+        self.call(&format!("delete {key}"), |mut c| async move { c.delete(key, None).await });
+    }
+
+    /// Polls `get(key)` every 50 ms until `done` holds or `timeout` passes;
+    /// returns the last value read and whether `done` held.
+    pub fn wait_for(&self, key: &str, timeout: Duration, done: impl Fn(Option<&Kv>) -> bool) -> (Option<Kv>, bool) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let kv = self.get(key);
+            if done(kv.as_ref()) {
+                return (kv, true);
+            }
+            if Instant::now() >= deadline {
+                return (kv, false);
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the server (SIGTERM, then SIGKILL after 5 s); the data dir is
+    /// kept.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid fits"));
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+            thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Starts it again with the same ports and data dir and waits (bounded,
+    /// 30 s) until it answers.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.client = connect(&self.runtime, self.client_port);
+        self.spawn();
+        self.wait_ready();
+    }
+
+    fn spawn(&mut self) {
+        let client = self.url();
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let log =
+            fs::OpenOptions::new().create(true).append(true).open(self.dir.0.join("etcd.log")).expect("etcd log file");
+        let child = Command::new(ETCD_BIN)
+            .args(["--name", "default", "--data-dir"])
+            .arg(self.dir.0.join("data"))
+            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("default={peer}")])
+            .args(["--logger", "zap", "--log-outputs", "stderr"])
+            .stdout(log.try_clone().expect("dup etcd log"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {ETCD_BIN}: {e}"));
+        self.child = Some(child);
+    }
+
+    /// Waits (bounded) until a read succeeds.
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        let mut last = String::from("no attempt");
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().expect("try_wait")) {
+                panic!("etcd exited before it answered ({status}):\n{}", self.log());
+            }
+            let mut c = self.client.clone();
+            let probe = async move { c.get("governor-tests-probe", None).await };
+            match self.runtime.block_on(async { tokio::time::timeout(Duration::from_secs(1), probe).await }) {
+                Ok(Ok(_)) => return,
+                Ok(Err(e)) => last = e.to_string(),
+                Err(_) => last = String::from("no answer within 1 s"),
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        panic!("etcd did not answer within {START_TIMEOUT:?} (last: {last}):\n{}", self.log());
+    }
+
+    /// Runs one request on a clone of the client, bounded by
+    /// `REQUEST_TIMEOUT`; panics with `what` on error or timeout.
+    fn call<T, F>(&self, what: &str, request: impl FnOnce(Client) -> F) -> T
+    where
+        F: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let request = request(self.client.clone());
+        match self.runtime.block_on(async { tokio::time::timeout(REQUEST_TIMEOUT, request).await }) {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(e)) => panic!("etcd: {what}: {e}"),
+            Err(elapsed) => panic!("etcd: {what}: no answer within {REQUEST_TIMEOUT:?} ({elapsed})"),
+        }
+    }
+}
+
+/// A client for the server on `port`. It connects lazily, so the server
+/// need not be up yet.
+fn connect(runtime: &Runtime, port: u16) -> Client {
+    let url = format!("http://127.0.0.1:{port}");
+    let options = ConnectOptions::new().with_connect_timeout(Duration::from_secs(1));
+    runtime
+        .block_on(async { tokio::time::timeout(REQUEST_TIMEOUT, Client::connect([url.as_str()], Some(options))).await })
+        .unwrap_or_else(|_| panic!("etcd client for {url}: no connection within {REQUEST_TIMEOUT:?}"))
+        .unwrap_or_else(|e| panic!("etcd client for {url}: {e}"))
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if thread::panicking() {
+            eprintln!("--- etcd log ---\n{}", self.log());
+        }
+    }
+}

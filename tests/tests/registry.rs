@@ -11,6 +11,11 @@ use serde_json::Value;
 /// Starts governor on the registries given as (name, prefix, format), with
 /// short windows and quarantine so that a whole cycle fits in a test.
 fn governor(etcd: &Etcd, local_cidr: &str, registries: &[(&str, &str, &str)]) -> Governor {
+    governor_with(etcd, local_cidr, registries, &[])
+}
+
+/// As `governor`, with further config keys set or overridden.
+fn governor_with(etcd: &Etcd, local_cidr: &str, registries: &[(&str, &str, &str)], extra: &[(&str, &str)]) -> Governor {
     let list: Vec<String> = registries
         .iter()
         .map(|(name, prefix, format)| format!("{{ name = \"{name}\", prefix = \"{prefix}\", format = \"{format}\" }}"))
@@ -26,7 +31,8 @@ fn governor(etcd: &Etcd, local_cidr: &str, registries: &[(&str, &str, &str)]) ->
         ("health.recovery_windows", "2".to_owned()),
         ("registries", format!("[{}]", list.join(", "))),
     ];
-    let keys: Vec<(&str, &str)> = keys.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut keys: Vec<(&str, &str)> = keys.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    keys.extend_from_slice(extra);
     Governor::start_with(&keys)
 }
 
@@ -153,4 +159,129 @@ fn host_port_and_naming_instances_are_deregistered_and_restored() {
         let labels = [("registry", registry), ("service", service)];
         assert_eq!(counter(&mut gov, "governor_registry_restorations_total", &labels), 1);
     }
+}
+
+/// Reads a counter until it reaches `at_least` (bounded).
+fn wait_counter(gov: &mut Governor, name: &str, labels: &[(&str, &str)], at_least: u64) -> u64 {
+    let s = series(name, labels);
+    for _ in 0..300 {
+        let v = gov.value(&s);
+        if v >= at_least {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{s} stayed below {at_least}:\n{}", gov.log());
+}
+
+#[test]
+fn budget_of_three_instances_at_34_percent_lets_exactly_one_out() {
+    require_root();
+    let ns = Netns::new("reg-budget");
+    ns.add_address("10.223.0.1/32");
+    ns.add_address("10.223.0.2/32");
+    let etcd = Etcd::start();
+    let value = |addr: &str| format!(r#"{{"id":"x","name":"pay","endpoints":["http://{addr}"]}}"#);
+    etcd.put("/microservices/pay/1", &value("10.223.0.1:20094"));
+    etcd.put("/microservices/pay/2", &value("10.223.0.2:20094"));
+    etcd.put("/microservices/pay/3", &value("192.0.2.13:20094"));
+    // A long quarantine: nothing comes back while the test looks.
+    let mut gov = governor_with(
+        &etcd,
+        "10.223.0.0/24",
+        &[("kratos", "/microservices", "kratos")],
+        &[("registry.max_ejection_percent", "34"), ("registry.quarantine_base_seconds", "600")],
+    );
+    wait_listed(&mut gov, "kratos", "pay", 3);
+    assert_eq!(ns.refused_connects("10.223.0.1:20094".parse().expect("addr"), 10), 10);
+    assert_eq!(ns.refused_connects("10.223.0.2:20094".parse().expect("addr"), 10), 10);
+
+    let labels = [("registry", "kratos"), ("service", "pay")];
+    wait_counter(&mut gov, "governor_registry_budget_exhausted_total", &labels, 1);
+    let out: Vec<_> =
+        ["/microservices/pay/1", "/microservices/pay/2"].into_iter().filter(|k| etcd.get(k).is_none()).collect();
+    assert_eq!(out.len(), 1, "exactly one instance out: {out:?}\n{}", gov.log());
+    assert!(etcd.get("/microservices/pay/3").is_some());
+    assert_eq!(
+        gov.value(&series(
+            "governor_registry_deregistrations_total",
+            &[("registry", "kratos"), ("service", "pay"), ("reason", "resets")]
+        )),
+        1
+    );
+    let budget = etcd.get("/governor/v1/budget/kratos/pay").expect("budget record");
+    let budget: Value = serde_json::from_str(&budget.value).expect("JSON");
+    assert_eq!(budget["ejected"].as_object().map(serde_json::Map::len), Some(1), "{budget:#}");
+    assert_eq!(
+        gov.value(&series(
+            "governor_registry_instances",
+            &[("registry", "kratos"), ("service", "pay"), ("state", "quarantined")]
+        )),
+        1
+    );
+}
+
+#[test]
+fn dry_run_counts_what_it_would_do_and_leaves_etcd_alone() {
+    require_root();
+    let ns = Netns::new("reg-dry");
+    ns.add_address("10.224.0.1/32");
+    let etcd = Etcd::start();
+    let key = "/gozero/cart.rpc/1";
+    let revision = etcd.put(key, "10.224.0.1:20095");
+    etcd.put("/gozero/cart.rpc/2", "192.0.2.14:20095");
+    let mut gov =
+        governor_with(&etcd, "10.224.0.0/24", &[("gozero", "/gozero", "host_port")], &[("registry.dry_run", "true")]);
+    wait_listed(&mut gov, "gozero", "cart.rpc", 2);
+    assert_eq!(ns.refused_connects("10.224.0.1:20095".parse().expect("addr"), 10), 10);
+    wait_counter(
+        &mut gov,
+        "governor_registry_dry_run_actions_total",
+        &[("registry", "gozero"), ("service", "cart.rpc"), ("action", "deregister")],
+        1,
+    );
+    let kv = etcd.get(key).expect("still registered");
+    assert_eq!(kv.mod_revision, revision, "the key was not touched");
+    assert!(etcd.get_prefix("/governor/").is_empty(), "no record written");
+    assert!(gov.log().contains("dry run: would deregister"), "{}", gov.log());
+}
+
+#[test]
+fn owner_putting_the_key_back_is_counted_and_not_fought() {
+    require_root();
+    let ns = Netns::new("reg-fight");
+    ns.add_address("10.225.0.1/32");
+    let etcd = Etcd::start();
+    let key = "/gozero/search.rpc/1";
+    let lease = etcd.put_with_lease(key, "10.225.0.1:20096", 600);
+    etcd.put("/gozero/search.rpc/2", "192.0.2.15:20096");
+    let mut gov = governor_with(
+        &etcd,
+        "10.225.0.0/24",
+        &[("gozero", "/gozero", "host_port")],
+        &[("registry.quarantine_base_seconds", "600")],
+    );
+    wait_listed(&mut gov, "gozero", "search.rpc", 2);
+    let addr: SocketAddr = "10.225.0.1:20096".parse().expect("addr");
+    assert_eq!(ns.refused_connects(addr, 10), 10);
+    let (_, done) = etcd.wait_for(key, Duration::from_secs(30), |kv| kv.is_none());
+    assert!(done, "{}", gov.log());
+
+    // The owner registers again while the endpoint is still unhealthy.
+    etcd.put_on_lease(key, "10.225.0.1:20096", lease);
+    let labels = [("registry", "gozero"), ("service", "search.rpc")];
+    wait_counter(&mut gov, "governor_registry_fight_back_total", &labels, 1);
+    // More resets keep it unhealthy; within the quarantine period governor
+    // does not delete the key again.
+    assert_eq!(ns.refused_connects(addr, 10), 10);
+    let windows = etcd.wait_for(key, Duration::from_secs(3), |kv| kv.is_none());
+    assert!(!windows.1, "deleted again within the quarantine period:\n{}", gov.log());
+    assert_eq!(
+        gov.value(&series(
+            "governor_registry_deregistrations_total",
+            &[("registry", "gozero"), ("service", "search.rpc"), ("reason", "resets")]
+        )),
+        1
+    );
+    assert_eq!(gov.value(&series("governor_registry_fight_back_total", &labels)), 1);
 }

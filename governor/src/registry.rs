@@ -164,6 +164,8 @@ pub struct Controller {
     sources: Vec<Source>,
     keys: Keys,
     kill_switch_key: String,
+    /// `keys.quarantine_root()`, matched against every watch event.
+    quarantine_root: String,
     config: Config,
     node: String,
     local_cidrs: Vec<Cidr>,
@@ -198,6 +200,7 @@ impl Controller {
             .collect();
         Self {
             sources,
+            quarantine_root: keys.quarantine_root(),
             keys,
             kill_switch_key,
             node,
@@ -254,7 +257,7 @@ impl Controller {
                 self.upsert(i, e);
             }
         }
-        let (records, rev) = etcd::list(&mut client, &format!("{}/quarantine/", self.config.etcd.prefix())).await?;
+        let (records, rev) = etcd::list(&mut client, &self.quarantine_root.clone()).await?;
         revision = revision.max(rev);
         self.records.clear();
         for e in records {
@@ -272,7 +275,7 @@ impl Controller {
             (key.to_owned(), if prefix { options.with_prefix() } else { options })
         };
         let mut watches = self.sources.iter().map(|s| watch(&s.prefix, true)).collect::<Vec<_>>();
-        watches.push(watch(&format!("{}/quarantine/", self.config.etcd.prefix()), true));
+        watches.push(watch(&self.quarantine_root.clone(), true));
         watches.push(watch(&self.kill_switch_key, false));
         let (first_key, first_options) = watches.remove(0);
         let mut stream = client.watch(first_key, Some(first_options)).await?;
@@ -323,7 +326,7 @@ impl Controller {
             self.set_kill_switch(value.as_deref());
             return;
         }
-        if entry.key.starts_with(&format!("{}/quarantine/", self.config.etcd.prefix())) {
+        if entry.key.starts_with(&self.quarantine_root) {
             match kind {
                 EventType::Put => self.apply_record(&entry),
                 EventType::Delete => {

@@ -36,22 +36,23 @@ fn governor_with(etcd: &Etcd, local_cidr: &str, registries: &[(&str, &str, &str)
     Governor::start_with(&keys)
 }
 
-fn registered(gov: &mut Governor, registry: &str, service: &str) -> u64 {
-    gov.value(&series(
-        "governor_registry_instances",
-        &[("registry", registry), ("service", service), ("state", "registered")],
-    ))
-}
-
 /// Waits until governor has listed `n` instances of the service.
 fn wait_listed(gov: &mut Governor, registry: &str, service: &str, n: u64) {
+    let labels = [("registry", registry), ("service", service), ("state", "registered")];
+    wait_series(gov, "governor_registry_instances", &labels, |v| v == n);
+}
+
+/// Reads a series until `done` holds for its value (bounded: 30 s).
+fn wait_series(gov: &mut Governor, name: &str, labels: &[(&str, &str)], done: impl Fn(u64) -> bool) -> u64 {
+    let s = series(name, labels);
     for _ in 0..300 {
-        if registered(gov, registry, service) == n {
-            return;
+        let v = gov.value(&s);
+        if done(v) {
+            return v;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    panic!("governor did not list {n} instances of {registry}/{service}:\n{}", gov.log());
+    panic!("{s} never reached the expected value:\n{}", gov.log());
 }
 
 /// One cycle for an instance at `key` whose only address is `addr` (in the
@@ -163,15 +164,7 @@ fn host_port_and_naming_instances_are_deregistered_and_restored() {
 
 /// Reads a counter until it reaches `at_least` (bounded).
 fn wait_counter(gov: &mut Governor, name: &str, labels: &[(&str, &str)], at_least: u64) -> u64 {
-    let s = series(name, labels);
-    for _ in 0..300 {
-        let v = gov.value(&s);
-        if v >= at_least {
-            return v;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("{s} stayed below {at_least}:\n{}", gov.log());
+    wait_series(gov, name, labels, |v| v >= at_least)
 }
 
 #[test]

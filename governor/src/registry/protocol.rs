@@ -76,9 +76,14 @@ impl Keys {
         format!("{}/budget/{registry}/{service}", self.prefix)
     }
 
+    /// Every quarantine record starts with this.
+    pub fn quarantine_root(&self) -> String {
+        format!("{}/quarantine/", self.prefix)
+    }
+
     /// Every quarantine record of one registry starts with this.
     pub fn quarantine_prefix(&self, registry: &str) -> String {
-        format!("{}/quarantine/{registry}/", self.prefix)
+        format!("{}{registry}/", self.quarantine_root())
     }
 
     pub fn quarantine(&self, registry: &str, instance_key: &str) -> String {

@@ -20,6 +20,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("bpftool", "inspecting loaded programs"),
     ("libbpf-tools", "tcpstates, the benchmark's comparison peer"),
     ("protobuf-compiler", "etcd-client compiles etcd's protocol files with protoc"),
+    ("libprotobuf-dev", "protoc's well-known types (google/protobuf/descriptor.proto) that etcd's files import"),
     ("etcd-server", "the real etcd the registry tests run against"),
 ];
 

@@ -10,7 +10,6 @@ pub struct Endpoints {
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-#[expect(clippy::struct_field_names, reason = "the JSON document's field names")]
 pub struct Endpoint {
     /// `ip:port` or `[v6]:port`.
     pub endpoint: String,
@@ -98,7 +97,6 @@ pub struct Attribution {
 
 /// `GET /api/v1/connections?state=&pid=&endpoint=&limit=&offset=`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-#[expect(clippy::struct_field_names, reason = "the JSON document's field names")]
 pub struct Connections {
     /// Connections matching the filters (before paging).
     pub total: u64,
@@ -134,7 +132,6 @@ pub struct Status {
 /// `GET /api/v1/flows?sort=rate|bytes&limit=`: the busiest established
 /// connections (top talkers), from the kernel's per-flow table.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-#[expect(clippy::struct_field_names, reason = "the JSON document's field names")]
 pub struct Flows {
     /// Established connections in the table.
     pub total: u64,
@@ -166,4 +163,32 @@ pub struct Flow {
     /// flow goes idle).
     pub sent_bytes_per_second: u64,
     pub received_bytes_per_second: u64,
+}
+
+/// `GET /api/v1/quarantine`: the instances this node holds out of the
+/// registries.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Quarantine {
+    pub quarantined: Vec<crate::registry::QuarantineView>,
+}
+
+/// `POST /api/v1/quarantine/release`: put one quarantined instance back by
+/// hand, through the same transaction as an automatic restore.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReleaseRequest {
+    /// The instance's key in its registry, as `/api/v1/quarantine` lists it.
+    pub key: String,
+}
+
+/// The answer to a release that was carried out.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Released {
+    pub key: String,
+    /// `restored` (put back with its value and lease), `already_back` (the
+    /// owner had registered again: records cleared) or `lease_expired`
+    /// (the owner is gone: records cleared, nothing put back).
+    pub outcome: String,
+    /// Unix seconds until which governor will not take it out again by
+    /// itself.
+    pub hold_until: u64,
 }

@@ -355,7 +355,6 @@ impl Attributor {
     /// Sets how often, at most, unknown cgroup ids walk the cgroup tree and
     /// unknown pod uids read the pod log directory.
     #[must_use]
-    #[cfg_attr(not(test), expect(dead_code, reason = "the daemon keeps the default interval"))]
     pub fn with_rescan_interval(mut self, seconds: u64) -> Self {
         self.cgroups.rescan_interval = seconds;
         self

@@ -54,6 +54,10 @@ impl SeriesLimiter {
         self.admitted.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.admitted.is_empty()
+    }
+
     /// Marks active endpoints and admits the busiest new ones of one
     /// reading while the limit and the budget allow. Zero increments count
     /// as no activity.

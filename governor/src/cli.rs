@@ -1,7 +1,9 @@
-//! The client commands, `governor status` and `governor top`: they read the
-//! running daemon's JSON API (`/api/v1/...`) and print it for people.
+//! The client commands, `governor status`, `governor top` and
+//! `governor registry`: they talk to the running daemon's JSON API
+//! (`/api/v1/...`) and print what it says for people.
 
 pub mod client;
+pub mod registry;
 pub mod status;
 pub mod top;
 

@@ -231,6 +231,10 @@ impl Tracker {
     pub fn len(&self) -> usize {
         self.index.len()
     }
+
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
 }
 
 /// Live sockets of one process.

@@ -153,9 +153,9 @@ fn start_registry(
     metrics: RegistryMetrics,
     health_events: tokio::sync::broadcast::Receiver<crate::health::Transition<String>>,
 ) -> tokio::task::JoinHandle<()> {
-    let shared = Arc::new(registry::Shared::default());
+    let (shared, commands) = registry::Shared::new();
     let _ = state.registry.set(Arc::clone(&shared));
-    tokio::spawn(Controller::new(config, Arc::clone(state), shared, metrics).run(health_events))
+    tokio::spawn(Controller::new(config, Arc::clone(state), shared, metrics).run(health_events, commands))
 }
 
 /// Where the per-flow programs attach: the cgroup v2 root, so every socket

@@ -246,7 +246,6 @@ impl<K: Clone + Eq + Hash + Ord + fmt::Display> Engine<K> {
 
     /// The state as of the last evaluation; `None` for an endpoint not
     /// tracked.
-    #[cfg_attr(not(test), expect(dead_code, reason = "for the breaker and the registry (issues 4 and 5)"))]
     pub fn state(&self, endpoint: &K) -> Option<State> {
         self.endpoints.get(endpoint).map(Endpoint::state)
     }
@@ -267,7 +266,6 @@ impl<K: Clone + Eq + Hash + Ord + fmt::Display> Engine<K> {
         self.endpoints.len()
     }
 
-    #[cfg_attr(not(test), expect(dead_code, reason = "clippy wants it beside len"))]
     pub fn is_empty(&self) -> bool {
         self.endpoints.is_empty()
     }

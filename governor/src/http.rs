@@ -8,10 +8,13 @@ use std::sync::{
 
 use axum::{
     Json, Router,
-    extract::{Query, State, rejection::QueryRejection},
+    extract::{
+        Query, State,
+        rejection::{JsonRejection, QueryRejection},
+    },
     http::StatusCode,
     response::{IntoResponse, Response},
-    routing::get,
+    routing::{get, post},
 };
 
 use crate::{
@@ -67,6 +70,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/connections", get(connections))
         .route("/api/v1/flows", get(flows))
         .route("/api/v1/quarantine", get(quarantine))
+        .route("/api/v1/quarantine/release", post(release))
         .with_state(state)
 }
 
@@ -114,15 +118,46 @@ async fn connections(
 async fn quarantine(State(state): State<Arc<AppState>>) -> Response {
     match state.registry.get() {
         Some(shared) => {
-            let list = shared.quarantine.lock().expect("quarantine lock poisoned").clone();
-            Json(serde_json::json!({ "quarantined": list })).into_response()
+            let quarantined = shared.quarantine.lock().expect("quarantine lock poisoned").clone();
+            Json(api::Quarantine { quarantined }).into_response()
         }
-        None => (
-            StatusCode::NOT_FOUND,
-            Json(serde_json::json!({ "error": "no registry is watched: set etcd.endpoints and [[registries]]" })),
-        )
-            .into_response(),
+        None => no_registry(),
     }
+}
+
+/// Puts one quarantined instance back by hand (`governor registry
+/// release`): the registry task runs the restore transaction and answers.
+async fn release(
+    State(state): State<Arc<AppState>>,
+    request: Result<Json<api::ReleaseRequest>, JsonRejection>,
+) -> Response {
+    use crate::registry::{Command, ReleaseError};
+    let Json(request) = match request {
+        Ok(r) => r,
+        Err(e) => return bad_request(&format!("{e}; send {{\"key\": \"<instance key>\"}}")),
+    };
+    let Some(shared) = state.registry.get() else { return no_registry() };
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let unavailable = |why: &str| error(StatusCode::SERVICE_UNAVAILABLE, why);
+    if shared.commands.send(Command::Release { key: request.key, reply }).await.is_err() {
+        return unavailable("the registry task is not running");
+    }
+    match tokio::time::timeout(std::time::Duration::from_secs(30), answer).await {
+        Ok(Ok(Ok(released))) => Json(released).into_response(),
+        Ok(Ok(Err(e))) => {
+            let status = match e {
+                ReleaseError::NotQuarantined(_) => StatusCode::NOT_FOUND,
+                ReleaseError::DryRun | ReleaseError::Stale(_) => StatusCode::CONFLICT,
+                ReleaseError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            error(status, &e.to_string())
+        }
+        Ok(Err(_)) | Err(_) => unavailable("the registry task did not answer within 30 s"),
+    }
+}
+
+fn no_registry() -> Response {
+    error(StatusCode::NOT_FOUND, "no registry is watched: set etcd.endpoints and [[registries]]")
 }
 
 async fn flows(State(state): State<Arc<AppState>>, query: Result<Query<FlowQuery>, QueryRejection>) -> Response {
@@ -152,5 +187,9 @@ async fn flows(State(state): State<Arc<AppState>>, query: Result<Query<FlowQuery
 }
 
 fn bad_request(message: &str) -> Response {
-    (StatusCode::BAD_REQUEST, Json(serde_json::json!({ "error": message }))).into_response()
+    error(StatusCode::BAD_REQUEST, message)
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, Json(serde_json::json!({ "error": message }))).into_response()
 }

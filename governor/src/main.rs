@@ -1,31 +1,13 @@
 //! governor: an eBPF TCP traffic governor and connection monitor.
 
-mod api;
-mod attribution;
-mod btf;
-mod cardinality;
-mod cli;
-mod config;
-mod connections;
-mod daemon;
-mod doctor;
-mod ebpf;
-mod flows;
-mod health;
-mod host;
-mod http;
-mod labels;
-mod metrics;
-mod monitor;
-mod registry;
-mod stats;
-mod tracefs;
-
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use clap::{Args, Parser, Subcommand};
-
-use crate::config::{Config, LogFormat};
+use governor::{
+    cli,
+    config::{Config, LogFormat},
+    daemon, doctor,
+};
 
 #[derive(Parser)]
 #[command(version, about = "eBPF TCP traffic governor and connection monitor")]
@@ -56,12 +38,37 @@ enum Command {
         #[arg(long, default_value_t = 1.0)]
         interval: f64,
     },
+    /// The instances this node holds out of the service registries in etcd.
+    #[command(subcommand)]
+    Registry(RegistryCommand),
     /// Check the kernel and host for what governor needs.
     Doctor(ConfigArg),
     /// Validate a config file and print the effective configuration.
     CheckConfig {
         /// The file to check.
         file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum RegistryCommand {
+    /// List the quarantined instances: key, endpoint, reason, time out and
+    /// time until restore.
+    List {
+        #[command(flatten)]
+        addr: AddrArg,
+        /// Print the JSON document instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put one quarantined instance back now, through the same etcd
+    /// transaction as an automatic restore (with its lease, if alive).
+    /// governor then leaves it in for one base quarantine period.
+    Release {
+        #[command(flatten)]
+        addr: AddrArg,
+        /// The instance's key, as `governor registry list` shows it.
+        key: String,
     },
 }
 
@@ -152,6 +159,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             cli::top::top(addr.addr, std::time::Duration::from_secs_f64(interval))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Registry(RegistryCommand::List { addr, json }) => cli::registry::list(addr.addr, json),
+        Command::Registry(RegistryCommand::Release { addr, key }) => cli::registry::release(addr.addr, &key),
         Command::Doctor(args) => {
             let config = args.load()?;
             let checks = doctor::checks(&config);

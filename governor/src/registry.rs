@@ -19,8 +19,8 @@ use std::{
 use anyhow::Context as _;
 use etcd_client::{Client, EventType, WatchOptions};
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts};
-use serde::Serialize;
-use tokio::sync::broadcast;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{info, warn};
 
 use self::{
@@ -126,7 +126,7 @@ impl RegistryMetrics {
 }
 
 /// A quarantined instance, for `/api/v1/quarantine`.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct QuarantineView {
     #[serde(flatten)]
     pub record: QuarantineRecord,
@@ -134,10 +134,39 @@ pub struct QuarantineView {
     pub key_present: bool,
 }
 
-/// What the HTTP API sees of the registry.
-#[derive(Default)]
+/// What the HTTP API sees of the registry, and its way in.
 pub struct Shared {
     pub quarantine: Mutex<Vec<QuarantineView>>,
+    pub commands: mpsc::Sender<Command>,
+}
+
+impl Shared {
+    /// The shared view and the receiving end of its commands (for the
+    /// controller).
+    pub fn new() -> (Arc<Self>, mpsc::Receiver<Command>) {
+        let (commands, rx) = mpsc::channel(16);
+        (Arc::new(Self { quarantine: Mutex::new(Vec::new()), commands }), rx)
+    }
+}
+
+/// What an operator asks of the controller through the API.
+#[derive(Debug)]
+pub enum Command {
+    /// Put a quarantined instance back now (`governor registry release`).
+    Release { key: String, reply: oneshot::Sender<Result<crate::api::Released, ReleaseError>> },
+}
+
+/// Why a release by hand was not carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum ReleaseError {
+    #[error("{0} is not quarantined by this node (see `governor registry list`)")]
+    NotQuarantined(String),
+    #[error("dry run: governor does not write to etcd (registry.dry_run)")]
+    DryRun,
+    #[error("the quarantine record of {0} changed meanwhile (another node or a person acted): list again")]
+    Stale(String),
+    #[error("etcd is unavailable: {0}; try again when governor_etcd_up is 1")]
+    Unavailable(String),
 }
 
 /// An instance in a registry.
@@ -175,6 +204,9 @@ pub struct Controller {
     kill_switch: bool,
     /// When each endpoint turned unhealthy, for the action latency.
     unhealthy_since: HashMap<String, Instant>,
+    /// Instances released by hand, with the unix time until which they are
+    /// not taken out again automatically.
+    held: HashMap<String, u64>,
     state: Arc<AppState>,
     shared: Arc<Shared>,
     metrics: RegistryMetrics,
@@ -213,6 +245,7 @@ impl Controller {
             records: BTreeMap::new(),
             kill_switch: false,
             unhealthy_since: HashMap::new(),
+            held: HashMap::new(),
             config: config.clone(),
             state,
             shared,
@@ -222,7 +255,11 @@ impl Controller {
 
     /// Runs until the daemon stops: sessions with etcd, back-off between
     /// them.
-    pub async fn run(mut self, mut health: broadcast::Receiver<Transition<String>>) {
+    pub async fn run(
+        mut self,
+        mut health: broadcast::Receiver<Transition<String>>,
+        mut commands: mpsc::Receiver<Command>,
+    ) {
         info!(node = %self.node, dry_run = self.config.registry.dry_run, "registry: started");
         for s in &self.sources {
             info!(registry = %s.config.name, prefix = %s.prefix, format = s.config.format.as_str(), "registry: watching");
@@ -230,14 +267,27 @@ impl Controller {
         let mut backoff = Duration::from_millis(250);
         loop {
             let started = Instant::now();
-            if let Err(e) = self.session(&mut health).await {
-                self.metrics.etcd_up.set(0);
-                warn!(error = format!("{e:#}"), retry_in_ms = backoff.as_millis(), "registry: etcd session ended");
-            }
+            let error = match self.session(&mut health, &mut commands).await {
+                Ok(()) => String::from("the session ended"),
+                Err(e) => format!("{e:#}"),
+            };
+            self.metrics.etcd_up.set(0);
+            warn!(error, retry_in_ms = backoff.as_millis(), "registry: etcd session ended");
             if started.elapsed() > Duration::from_secs(30) {
                 backoff = Duration::from_millis(250);
             }
-            tokio::time::sleep(backoff).await;
+            // Commands get an answer at once while etcd is away.
+            let pause = tokio::time::sleep(backoff);
+            tokio::pin!(pause);
+            loop {
+                tokio::select! {
+                    () = &mut pause => break,
+                    Some(command) = commands.recv() => {
+                        let Command::Release { reply, .. } = command;
+                        let _ = reply.send(Err(ReleaseError::Unavailable(error.clone())));
+                    }
+                }
+            }
             backoff = (backoff * 2).min(Duration::from_secs(10));
         }
     }
@@ -245,7 +295,11 @@ impl Controller {
     /// Lists everything, then watches from the listed revision and judges
     /// every window. Returns on any etcd error (and after a compaction, so
     /// the caller lists again).
-    async fn session(&mut self, health: &mut broadcast::Receiver<Transition<String>>) -> anyhow::Result<()> {
+    async fn session(
+        &mut self,
+        health: &mut broadcast::Receiver<Transition<String>>,
+        commands: &mut mpsc::Receiver<Command>,
+    ) -> anyhow::Result<()> {
         let mut client = etcd::connect(&self.config.etcd).await?;
         self.local_ips = interface_addresses();
         let mut revision = 0;
@@ -305,6 +359,14 @@ impl Controller {
                     }
                 }
                 _ = window.tick() => self.judge(&mut client).await?,
+                Some(command) = commands.recv() => {
+                    let Command::Release { key, reply } = command;
+                    let (answer, fault) = self.release(&mut client, &key).await;
+                    let _ = reply.send(answer);
+                    if let Some(e) = fault {
+                        return Err(e);
+                    }
+                }
                 t = health.recv() => {
                     if let Ok(t) = t {
                         if t.to == State::Unhealthy {
@@ -413,10 +475,12 @@ impl Controller {
                 let step = self.hysteresis.observe(&instance.entry.key, instance.entry.mod_revision, window, &verdict);
                 if let Step::Remove { endpoint, cause, detail } = step {
                     // An instance whose owner fought back is taken out again
-                    // at most once per quarantine period.
+                    // at most once per quarantine period; one released by
+                    // hand not before its hold ends.
                     let retry_due =
                         self.records.get(&instance.entry.key).is_none_or(|(r, _)| unix_now() >= r.restore_after);
-                    if retry_due {
+                    let held = self.held.get(&instance.entry.key).is_some_and(|until| unix_now() < *until);
+                    if retry_due && !held {
                         removals.push((i, instance.clone(), endpoint, cause, detail));
                     }
                 }
@@ -451,7 +515,7 @@ impl Controller {
             self.remove(client, i, &instance, &endpoint, cause, &detail).await?;
         }
         for (record, revision) in returns {
-            self.put_back(client, &record, revision).await?;
+            self.put_back(client, &record, revision, false).await?;
         }
         self.publish();
         Ok(())
@@ -511,18 +575,63 @@ impl Controller {
         Ok(())
     }
 
-    async fn put_back(&mut self, client: &mut Client, record: &QuarantineRecord, revision: i64) -> anyhow::Result<()> {
+    /// A release by hand: the same transaction as `put_back`, then a hold
+    /// of one base quarantine period before governor may take the instance
+    /// out again by itself. Returns the answer for the operator and, apart,
+    /// an etcd fault that ends the session.
+    async fn release(
+        &mut self,
+        client: &mut Client,
+        key: &str,
+    ) -> (Result<crate::api::Released, ReleaseError>, Option<anyhow::Error>) {
+        let Some((record, revision)) = self.records.get(key).cloned() else {
+            return (Err(ReleaseError::NotQuarantined(key.to_owned())), None);
+        };
+        if self.config.registry.dry_run {
+            return (Err(ReleaseError::DryRun), None);
+        }
+        match etcd::has_leader(client).await {
+            Ok(true) => {}
+            Ok(false) => return (Err(ReleaseError::Unavailable(String::from("etcd has no leader"))), None),
+            Err(e) => return (Err(ReleaseError::Unavailable(format!("{e:#}"))), Some(e)),
+        }
+        let outcome = match self.put_back(client, &record, revision, true).await {
+            Ok(outcome) => outcome,
+            Err(e) => return (Err(ReleaseError::Unavailable(format!("{e:#}"))), Some(e)),
+        };
+        self.publish();
+        let outcome = match outcome {
+            Some(Return::Restored) => "restored",
+            Some(Return::AlreadyBack) => "already_back",
+            Some(Return::LeaseExpired) => "lease_expired",
+            Some(Return::Stale) | None => return (Err(ReleaseError::Stale(key.to_owned())), None),
+        };
+        let hold_until = unix_now() + u64::from(self.config.registry.quarantine_base_seconds.get());
+        self.held.retain(|_, until| unix_now() < *until);
+        self.held.insert(key.to_owned(), hold_until);
+        (Ok(crate::api::Released { key: key.to_owned(), outcome: outcome.to_owned(), hold_until }), None)
+    }
+
+    /// Puts a quarantined instance back (`by_hand`: an operator asked).
+    /// `None` in a dry run, which writes nothing.
+    async fn put_back(
+        &mut self,
+        client: &mut Client,
+        record: &QuarantineRecord,
+        revision: i64,
+        by_hand: bool,
+    ) -> anyhow::Result<Option<Return>> {
         let labels = [record.registry.as_str(), record.service.as_str()];
         self.hysteresis.reset(&record.key);
         if self.config.registry.dry_run {
             self.metrics.dry_run.with_label_values(&[labels[0], labels[1], "restore"]).inc();
-            return Ok(());
+            return Ok(None);
         }
         let outcome = etcd::restore(client, &self.keys, record, revision).await?;
         match outcome {
             Return::Restored => {
                 self.metrics.restorations.with_label_values(&labels).inc();
-                info!(key = %record.key, attempt = record.attempt, "registry: restored");
+                info!(key = %record.key, attempt = record.attempt, by_hand, "registry: restored");
             }
             Return::AlreadyBack => info!(key = %record.key, "registry: the owner registered again; records cleared"),
             Return::LeaseExpired => {
@@ -537,7 +646,7 @@ impl Controller {
         if outcome != Return::Stale {
             self.records.remove(&record.key);
         }
-        Ok(())
+        Ok(Some(outcome))
     }
 
     fn policy(&self) -> Policy {

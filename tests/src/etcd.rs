@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use etcd_client::{Client, ConnectOptions, GetOptions, KeyValue, PutOptions};
+use etcd_client::{Client, ConnectOptions, EventType, GetOptions, KeyValue, PutOptions, WatchStream};
 use tokio::runtime::Runtime;
 
 use crate::governor::{TempDir, free_port};
@@ -148,6 +148,33 @@ impl Etcd {
     /// Deletes the key (nothing happens when it does not exist).
     pub fn delete(&self, key: &str) {
         self.call(&format!("delete {key}"), |mut c| async move { c.delete(key, None).await });
+    }
+
+    /// Starts watching `key` and waits (bounded) until etcd confirms the
+    /// watch, so that no later change can be missed.
+    pub fn watch(&self, key: &str) -> WatchStream {
+        let what = format!("watch {key}");
+        let mut stream = self.call(&what, |mut c| async move { c.watch(key, None).await });
+        let confirmed = self.runtime.block_on(async { tokio::time::timeout(REQUEST_TIMEOUT, stream.message()).await });
+        assert!(matches!(confirmed, Ok(Ok(Some(_)))), "etcd: {what}: not confirmed: {confirmed:?}");
+        stream
+    }
+
+    /// Waits (bounded by `timeout`) for a delete on a watch and returns
+    /// when it arrived, or `None` when none came in time.
+    pub fn wait_delete(&self, stream: &mut WatchStream, timeout: Duration) -> Option<Instant> {
+        let deleted = async {
+            loop {
+                match stream.message().await {
+                    Ok(Some(resp)) if resp.events().iter().any(|e| e.event_type() == EventType::Delete) => {
+                        return Instant::now();
+                    }
+                    Ok(Some(_)) => {}
+                    other => panic!("etcd: the watch ended: {other:?}"),
+                }
+            }
+        };
+        self.runtime.block_on(async { tokio::time::timeout(timeout, deleted).await }).ok()
     }
 
     /// Polls `get(key)` every 50 ms until `done` holds or `timeout` passes;

@@ -11,11 +11,11 @@ pub mod helper;
 pub mod netns;
 pub mod scrape;
 
-pub use etcd::Etcd;
-pub use governor::Governor;
 pub use helper::Helper;
 pub use netns::Netns;
 pub use scrape::{Scraper, series};
+
+pub use self::{etcd::Etcd, governor::Governor};
 
 /// Fails the test early with a clear message when not run as root.
 pub fn require_root() {

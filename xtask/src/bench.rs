@@ -41,6 +41,12 @@ pub struct BenchArgs {
     /// written).
     #[arg(long)]
     scale_only: bool,
+    #[command(flatten)]
+    registry: crate::deregister::RegistryArgs,
+    /// Run only the deregistration latency and replace its section in the
+    /// report (the other sections stay as they are).
+    #[arg(long)]
+    registry_only: bool,
 }
 
 #[derive(clap::Args)]
@@ -151,6 +157,17 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         print!("{}", crate::scale::section(&crate::scale::run(args.scale)?));
         return Ok(());
     }
+    let path = root().join(&args.output);
+    if args.registry_only {
+        let figures = crate::deregister::run(args.registry)?;
+        let command = format!("cargo xtask bench --registry-only --registry-trials {}", args.registry.registry_trials);
+        let section = crate::deregister::section(&figures, &command, &sh("date -u +%Y-%m-%d"));
+        let report = std::fs::read_to_string(&path).unwrap_or_else(|_| String::from("# Benchmarks\n"));
+        std::fs::write(&path, crate::deregister::splice(&report, &section))
+            .with_context(|| format!("writing {}", path.display()))?;
+        print!("{section}");
+        return Ok(());
+    }
     if args.rounds < 5 {
         bail!("--rounds must be at least 5 for a meaningful median");
     }
@@ -175,14 +192,20 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let programs = profile(&ns, args.seconds)?;
     drop(ns);
     let scale = crate::scale::run(args.scale)?;
+    let registry = crate::deregister::run(args.registry)?;
     let daemon = DaemonFigures {
         cpu: median(&mut cpu),
         rss_kib: rss.iter().copied().max().unwrap_or(0),
         shutdown_ms: median(&mut shutdown),
         shutdown_max_ms: shutdown.iter().copied().fold(0.0, f64::max),
     };
-    let report = report(args, &mut gov, &mut peer, &daemon, &programs) + &crate::scale::section(&scale);
-    let path = root().join(&args.output);
+    let command = format!(
+        "cargo xtask bench --rounds {} --seconds {} --registry-trials {}",
+        args.rounds, args.seconds, args.registry.registry_trials
+    );
+    let report = report(args, &mut gov, &mut peer, &daemon, &programs)
+        + &crate::scale::section(&scale)
+        + &crate::deregister::section(&registry, &command, &sh("date -u +%Y-%m-%d"));
     std::fs::write(&path, report).with_context(|| format!("writing {}", path.display()))?;
     step(&format!(
         "median ratios: governor {:.3} (CPU {:.3}), tcpstates {:.3} (CPU {:.3}); written to {}",
@@ -291,6 +314,15 @@ fn median(v: &mut [f64]) -> f64 {
     if n % 2 == 1 { v[n / 2] } else { f64::midpoint(v[n / 2 - 1], v[n / 2]) }
 }
 
+/// What a shell command prints, trimmed (empty when it fails).
+fn sh(cmd: &str) -> String {
+    Command::new("sh")
+        .args(["-c", cmd])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
 fn report(
     args: &BenchArgs,
     gov: &mut Pairs,
@@ -298,13 +330,6 @@ fn report(
     daemon: &DaemonFigures,
     programs: &[(&str, f64, f64)],
 ) -> String {
-    let sh = |cmd: &str| {
-        Command::new("sh")
-            .args(["-c", cmd])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-            .unwrap_or_default()
-    };
     let verdict = |r: f64| if r >= 0.97 { "meets the target (≥ 0.97)" } else { "misses the target (≥ 0.97)" };
     let mut per_program = String::new();
     let mut in_programs = 0.0;

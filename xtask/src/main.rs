@@ -2,6 +2,7 @@
 //! does; set-up is idempotent and fast when everything is present.
 
 mod bench;
+mod deregister;
 mod scale;
 mod setup;
 
@@ -92,7 +93,7 @@ pub fn exec(cmd: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn cargo() -> Command {
+pub fn cargo() -> Command {
     Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
 }
 

@@ -193,16 +193,18 @@ fn run_with(args: ScaleArgs, config_path: &std::path::Path) -> anyhow::Result<Sc
 
 /// One integer series from governor's `/metrics` (0 when absent).
 fn metric(addr: SocketAddr, series: &str) -> anyhow::Result<u64> {
+    #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "integer-valued series")]
+    Ok(metric_value(addr, series)? as u64)
+}
+
+/// One series from governor's `/metrics` (0 when absent).
+pub fn metric_value(addr: SocketAddr, series: &str) -> anyhow::Result<f64> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).context("connecting to governor")?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")?;
     let mut body = String::new();
     s.read_to_string(&mut body)?;
-    #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "integer-valued series")]
-    Ok(body
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse::<f64>().ok())
-        .map_or(0, |v| v as u64))
+    Ok(body.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse::<f64>().ok()).unwrap_or(0.0))
 }
 
 /// Descriptors a process keeps for itself besides the sockets.

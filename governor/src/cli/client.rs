@@ -1,5 +1,5 @@
 //! A minimal blocking HTTP/1.1 client for the daemon's JSON API: one `GET`
-//! per connection (`Connection: close`), the body read to the end of the
+//! or `POST` per connection (`Connection: close`), the body read to the end of the
 //! stream and decoded with serde. The daemon's listener is plain HTTP on a
 //! local or trusted address, so nothing more is needed.
 
@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use serde::de::DeserializeOwned;
+use serde::{Serialize, de::DeserializeOwned};
 
 /// Responses larger than this are refused rather than held in memory.
 const MAX_RESPONSE_BYTES: u64 = 64 << 20;
@@ -30,8 +30,8 @@ pub enum ClientError {
          --addr or GOVERNOR_ADDR"
     )]
     Malformed { addr: SocketAddr, detail: String },
-    #[error("governor at {addr} answered {status} to GET {path}: {body} ({})", status_hint(*.status))]
-    Status { addr: SocketAddr, path: String, status: u16, body: String },
+    #[error("governor at {addr} answered {status} to {method} {path}: {body} ({})", status_hint(*.status))]
+    Status { addr: SocketAddr, method: &'static str, path: String, status: u16, body: String },
     #[error(
         "governor at {addr} sent a {path} document this command cannot read: {error} (are the CLI and the daemon the \
          same version?)"
@@ -42,11 +42,33 @@ pub enum ClientError {
 /// Fetches `path` from the daemon at `addr` and decodes the JSON body.
 /// `timeout` bounds the connect and each read and write.
 pub fn get_json<T: DeserializeOwned>(addr: SocketAddr, path: &str, timeout: Duration) -> Result<T, ClientError> {
-    let raw = exchange(addr, path, timeout)?;
+    request_json(addr, "GET", path, None, timeout)
+}
+
+/// Posts `body` as JSON to `path` and decodes the JSON answer.
+pub fn post_json<T: DeserializeOwned>(
+    addr: SocketAddr,
+    path: &str,
+    body: &impl Serialize,
+    timeout: Duration,
+) -> Result<T, ClientError> {
+    let body = serde_json::to_vec(body).expect("request documents serialize");
+    request_json(addr, "POST", path, Some(&body), timeout)
+}
+
+fn request_json<T: DeserializeOwned>(
+    addr: SocketAddr,
+    method: &'static str,
+    path: &str,
+    body: Option<&[u8]>,
+    timeout: Duration,
+) -> Result<T, ClientError> {
+    let raw = exchange(addr, method, path, body, timeout)?;
     let response = parse_response(&raw).map_err(|detail| ClientError::Malformed { addr, detail })?;
     if response.status != 200 {
         return Err(ClientError::Status {
             addr,
+            method,
             path: path.to_owned(),
             status: response.status,
             body: summarize_body(&response.body),
@@ -56,18 +78,28 @@ pub fn get_json<T: DeserializeOwned>(addr: SocketAddr, path: &str, timeout: Dura
 }
 
 /// Sends the request and returns every byte of the answer.
-fn exchange(addr: SocketAddr, path: &str, timeout: Duration) -> Result<Vec<u8>, ClientError> {
+fn exchange(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+    timeout: Duration,
+) -> Result<Vec<u8>, ClientError> {
     let mut stream =
         TcpStream::connect_timeout(&addr, timeout).map_err(|error| ClientError::Connect { addr, error })?;
     let io_error = |error| ClientError::Io { addr, error };
     stream.set_read_timeout(Some(timeout)).map_err(io_error)?;
     stream.set_write_timeout(Some(timeout)).map_err(io_error)?;
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: governor-cli/{}\r\nAccept: application/json\r\n\
-         Connection: close\r\n\r\n",
+    let content =
+        body.map_or_else(String::new, |b| format!("Content-Type: application/json\r\nContent-Length: {}\r\n", b.len()));
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: governor-cli/{}\r\nAccept: application/json\r\n\
+         {content}Connection: close\r\n\r\n",
         env!("CARGO_PKG_VERSION")
-    );
-    stream.write_all(request.as_bytes()).map_err(io_error)?;
+    )
+    .into_bytes();
+    request.extend_from_slice(body.unwrap_or_default());
+    stream.write_all(&request).map_err(io_error)?;
     let mut raw = Vec::new();
     stream.take(MAX_RESPONSE_BYTES + 1).read_to_end(&mut raw).map_err(io_error)?;
     if raw.len() as u64 > MAX_RESPONSE_BYTES {
@@ -158,6 +190,12 @@ fn summarize_body(body: &[u8]) -> String {
     }
 }
 
+/// The `error` string of a JSON error body, `{"error": "..."}`.
+pub fn error_message(body: &str) -> Option<String> {
+    let document: serde_json::Value = serde_json::from_str(body).ok()?;
+    Some(document.get("error")?.as_str()?.to_owned())
+}
+
 fn describe(error: &io::Error) -> String {
     match error.kind() {
         io::ErrorKind::ConnectionRefused => "connection refused".to_owned(),
@@ -169,7 +207,8 @@ fn describe(error: &io::Error) -> String {
 
 fn status_hint(status: u16) -> &'static str {
     match status {
-        404 => "the daemon may be older than this CLI: upgrade it",
+        404 => "not found there, or the daemon is older than this CLI",
+        409 => "nothing was changed",
         503 => "the daemon is starting or shutting down: retry in a moment",
         500..=599 => "the daemon failed: check its logs",
         _ => "check the daemon's logs",

@@ -112,19 +112,13 @@ fn fetch(addr: SocketAddr) -> Result<Fetched, client::ClientError> {
 /// flows API.
 fn flows_unavailable(error: &client::ClientError) -> String {
     match error {
-        client::ClientError::Status { status, body, .. } => match (status, error_message(body)) {
+        client::ClientError::Status { status, body, .. } => match (status, client::error_message(body)) {
             (404, Some(message)) => message,
             (404, None) => "the daemon has no flows API (it is older than this CLI: upgrade it)".to_owned(),
             (_, message) => format!("the daemon answered {status}: {}", message.as_deref().unwrap_or(body)),
         },
         other => other.to_string(),
     }
-}
-
-/// The `error` string of a JSON error body, `{"error": "..."}`.
-fn error_message(body: &str) -> Option<String> {
-    let document: serde_json::Value = serde_json::from_str(body).ok()?;
-    Some(document.get("error")?.as_str()?.to_owned())
 }
 
 /// Fetches every `interval` on a thread of its own, so keys are answered at
@@ -646,6 +640,7 @@ mod tests {
         let addr = addr();
         let status = |status, body: &str| client::ClientError::Status {
             addr,
+            method: "GET",
             path: FLOWS_PATH.to_owned(),
             status,
             body: body.to_owned(),
@@ -711,6 +706,7 @@ mod tests {
         let mut view = View::new(addr());
         let not_found = client::ClientError::Status {
             addr: addr(),
+            method: "GET",
             path: FLOWS_PATH.to_owned(),
             status: 404,
             body: "(empty body)".to_owned(),

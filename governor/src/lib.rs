@@ -1,0 +1,24 @@
+//! governor as a library: the daemon, its pure decision logic and its
+//! edges, for the `governor` binary and for the integration tests that
+//! drive one edge (the etcd transactions) against a real server.
+
+pub mod api;
+pub mod attribution;
+pub mod btf;
+pub mod cardinality;
+pub mod cli;
+pub mod config;
+pub mod connections;
+pub mod daemon;
+pub mod doctor;
+pub mod ebpf;
+pub mod flows;
+pub mod health;
+pub mod host;
+pub mod http;
+pub mod labels;
+pub mod metrics;
+pub mod monitor;
+pub mod registry;
+pub mod stats;
+pub mod tracefs;

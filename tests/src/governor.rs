@@ -220,6 +220,22 @@ impl Governor {
             thread::sleep(Duration::from_millis(10));
         }
     }
+
+    /// SIGKILL, as a crash or the OOM killer would: no shutdown path runs.
+    /// Reaps the process (bounded) and returns its exit status; the fixture
+    /// stays, so its log can still be read.
+    pub fn kill(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        signal(&child, nix::sys::signal::Signal::SIGKILL);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "governor did not die within 15 s of SIGKILL:\n{}", self.log());
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
 }
 
 fn signal(child: &Child, sig: nix::sys::signal::Signal) {

@@ -9,6 +9,7 @@ pub mod etcd;
 pub mod governor;
 pub mod helper;
 pub mod netns;
+pub mod registry;
 pub mod scrape;
 
 pub use helper::Helper;

@@ -5,55 +5,13 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use governor_tests::{Etcd, Governor, Netns, require_root, series};
-use serde_json::Value;
-
-/// Starts governor on the registries given as (name, prefix, format), with
-/// short windows and quarantine so that a whole cycle fits in a test.
-fn governor(etcd: &Etcd, local_cidr: &str, registries: &[(&str, &str, &str)]) -> Governor {
-    governor_with(etcd, local_cidr, registries, &[])
-}
-
-/// As `governor`, with further config keys set or overridden.
-fn governor_with(etcd: &Etcd, local_cidr: &str, registries: &[(&str, &str, &str)], extra: &[(&str, &str)]) -> Governor {
-    let list: Vec<String> = registries
-        .iter()
-        .map(|(name, prefix, format)| format!("{{ name = \"{name}\", prefix = \"{prefix}\", format = \"{format}\" }}"))
-        .collect();
-    let keys = [
-        ("etcd.endpoints", format!("[\"{}\"]", etcd.url())),
-        ("registry.local_cidrs", format!("[\"{local_cidr}\"]")),
-        ("registry.node", "\"test-node\"".to_owned()),
-        ("registry.window_ms", "200".to_owned()),
-        ("registry.restore_after_windows", "3".to_owned()),
-        ("registry.quarantine_base_seconds", "1".to_owned()),
-        ("health.recovery_window_seconds", "1".to_owned()),
-        ("health.recovery_windows", "2".to_owned()),
-        ("registries", format!("[{}]", list.join(", "))),
-    ];
-    let mut keys: Vec<(&str, &str)> = keys.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    keys.extend_from_slice(extra);
-    Governor::start_with(&keys)
-}
-
-/// Waits until governor has listed `n` instances of the service.
-fn wait_listed(gov: &mut Governor, registry: &str, service: &str, n: u64) {
-    let labels = [("registry", registry), ("service", service), ("state", "registered")];
-    wait_series(gov, "governor_registry_instances", &labels, |v| v == n);
-}
-
-/// Reads a series until `done` holds for its value (bounded: 30 s).
-fn wait_series(gov: &mut Governor, name: &str, labels: &[(&str, &str)], done: impl Fn(u64) -> bool) -> u64 {
-    let s = series(name, labels);
-    for _ in 0..300 {
-        let v = gov.value(&s);
-        if done(v) {
-            return v;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("{s} never reached the expected value:\n{}", gov.log());
-}
+use governor_tests::{
+    Etcd, Governor, Netns,
+    registry::{
+        budget, counter, deregistrations, governor, governor_with, quarantine_record, wait_counter, wait_listed,
+    },
+    require_root, series,
+};
 
 /// One cycle for an instance at `key` whose only address is `addr` (in the
 /// namespace): refused connects take it out, quiet puts it back.
@@ -64,8 +22,7 @@ fn out_and_back(etcd: &Etcd, gov: &mut Governor, ns: &Netns, registry: &str, key
     let (gone, done) = etcd.wait_for(key, Duration::from_secs(30), |kv| kv.is_none());
     assert!(done, "{key} still registered: {gone:?}\n{}", gov.log());
     let record_key = format!("/governor/v1/quarantine/{registry}{key}");
-    let record = etcd.get(&record_key).expect("quarantine record");
-    let record: Value = serde_json::from_str(&record.value).expect("record is JSON");
+    let record = quarantine_record(etcd, registry, key).expect("quarantine record");
     assert_eq!(record["key"], key);
     assert_eq!(record["value"], before.value.as_str());
     assert_eq!(record["lease"], before.lease);
@@ -90,10 +47,6 @@ fn out_and_back(etcd: &Etcd, gov: &mut Governor, ns: &Netns, registry: &str, key
     assert!(etcd.get(&record_key).is_none(), "the quarantine record is cleared");
 }
 
-fn counter(gov: &mut Governor, name: &str, labels: &[(&str, &str)]) -> u64 {
-    gov.value(&series(name, labels))
-}
-
 #[test]
 fn kratos_instance_that_refuses_connections_is_deregistered_and_restored_with_its_lease() {
     require_root();
@@ -111,16 +64,8 @@ fn kratos_instance_that_refuses_connections_is_deregistered_and_restored_with_it
     out_and_back(&etcd, &mut gov, &ns, "kratos", key, "10.220.0.1:20090".parse().expect("addr"));
     let labels = [("registry", "kratos"), ("service", "helloworld")];
     assert_eq!(counter(&mut gov, "governor_registry_restorations_total", &labels), 1);
-    assert_eq!(
-        counter(
-            &mut gov,
-            "governor_registry_deregistrations_total",
-            &[("registry", "kratos"), ("service", "helloworld"), ("reason", "resets")]
-        ),
-        1
-    );
-    let budget = etcd.get("/governor/v1/budget/kratos/helloworld").expect("budget record");
-    let budget: Value = serde_json::from_str(&budget.value).expect("JSON");
+    assert_eq!(deregistrations(&mut gov, "kratos", "helloworld"), 1);
+    let budget = budget(&etcd, "kratos", "helloworld");
     assert_eq!(budget["ejected"], serde_json::json!({}), "{budget:#}");
     assert_eq!(budget["history"][key]["ejections"], 1, "{budget:#}");
     assert_eq!(gov.value("governor_etcd_up"), 1);
@@ -162,11 +107,6 @@ fn host_port_and_naming_instances_are_deregistered_and_restored() {
     }
 }
 
-/// Reads a counter until it reaches `at_least` (bounded).
-fn wait_counter(gov: &mut Governor, name: &str, labels: &[(&str, &str)], at_least: u64) -> u64 {
-    wait_series(gov, name, labels, |v| v >= at_least)
-}
-
 #[test]
 fn budget_of_three_instances_at_34_percent_lets_exactly_one_out() {
     require_root();
@@ -195,15 +135,8 @@ fn budget_of_three_instances_at_34_percent_lets_exactly_one_out() {
         ["/microservices/pay/1", "/microservices/pay/2"].into_iter().filter(|k| etcd.get(k).is_none()).collect();
     assert_eq!(out.len(), 1, "exactly one instance out: {out:?}\n{}", gov.log());
     assert!(etcd.get("/microservices/pay/3").is_some());
-    assert_eq!(
-        gov.value(&series(
-            "governor_registry_deregistrations_total",
-            &[("registry", "kratos"), ("service", "pay"), ("reason", "resets")]
-        )),
-        1
-    );
-    let budget = etcd.get("/governor/v1/budget/kratos/pay").expect("budget record");
-    let budget: Value = serde_json::from_str(&budget.value).expect("JSON");
+    assert_eq!(deregistrations(&mut gov, "kratos", "pay"), 1);
+    let budget = budget(&etcd, "kratos", "pay");
     assert_eq!(budget["ejected"].as_object().map(serde_json::Map::len), Some(1), "{budget:#}");
     assert_eq!(
         gov.value(&series(
@@ -269,12 +202,6 @@ fn owner_putting_the_key_back_is_counted_and_not_fought() {
     assert_eq!(ns.refused_connects(addr, 10), 10);
     let windows = etcd.wait_for(key, Duration::from_secs(3), |kv| kv.is_none());
     assert!(!windows.1, "deleted again within the quarantine period:\n{}", gov.log());
-    assert_eq!(
-        gov.value(&series(
-            "governor_registry_deregistrations_total",
-            &[("registry", "gozero"), ("service", "search.rpc"), ("reason", "resets")]
-        )),
-        1
-    );
+    assert_eq!(deregistrations(&mut gov, "gozero", "search.rpc"), 1);
     assert_eq!(gov.value(&series("governor_registry_fight_back_total", &labels)), 1);
 }

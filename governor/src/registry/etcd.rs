@@ -201,6 +201,17 @@ pub async fn deregister(
     Ok(Removal::Stale)
 }
 
+/// Does the lease still exist? etcd answers an expired or revoked lease
+/// with a TTL of -1, or (some versions and proxies) with "lease not
+/// found": both mean no.
+async fn lease_alive(client: &mut Client, lease: i64) -> anyhow::Result<bool> {
+    match client.lease_time_to_live(lease, None).await {
+        Ok(resp) => Ok(resp.ttl() > 0),
+        Err(e) if e.to_string().contains("lease not found") => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
 #[derive(Debug, PartialEq, Eq)]
 pub enum Return {
     /// Put back with its value (and lease, when it had one).
@@ -236,7 +247,7 @@ pub async fn restore(
             Compare::mod_revision(record_key.as_str(), CompareOp::Equal, record_revision),
             budget_unchanged(&budget_key, budget_revision),
         ];
-        let lease_alive = record.lease == 0 || client.lease_time_to_live(record.lease, None).await?.ttl() > 0;
+        let lease_alive = record.lease == 0 || lease_alive(client, record.lease).await?;
         let present = get(client, &record.key).await?.is_some();
         let (txn, outcome) = if present {
             (Txn::new().when(unchanged).and_then(clear), Return::AlreadyBack)

@@ -113,7 +113,8 @@ pub fn section(f: &RegistryFigures, command: &str, date: &str) -> String {
          - **end to end**: from the tenth refused connect returning to an etcd\n\
          \x20 watcher receiving the delete. This adds the ring buffer's drain\n\
          \x20 interval and the wait for the health engine's next evaluation (at\n\
-         \x20 most one poll interval).\n\n\
+         \x20 most one poll interval); the trials start at points spread over\n\
+         \x20 that interval.\n\n\
          p99 is the nearest rank: with {trials} trials it is the largest value.\n\n\
          | | p50 | p99 | largest | target |\n|---|---|---|---|---|\n",
         trials = f.trials,

@@ -90,7 +90,8 @@ impl RegistryMetrics {
             restorations: counter_vec("governor_registry_restorations_total", "Instances put back", svc),
             budget_exhausted: counter_vec(
                 "governor_registry_budget_exhausted_total",
-                "Deregistrations refused because the service's ejection budget was spent or one instance was left",
+                "Unhealthy instances left in because the service's ejection budget was spent or it was the last one \
+                 (once per unhealthy spell)",
                 svc,
             ),
             fight_back: counter_vec(
@@ -207,6 +208,9 @@ pub struct Controller {
     /// Instances released by hand, with the unix time until which they are
     /// not taken out again automatically.
     held: HashMap<String, u64>,
+    /// Unhealthy instances left in by the budget, until they are healthy
+    /// again or go: counted and logged once per spell, not every window.
+    refused: std::collections::HashSet<String>,
     state: Arc<AppState>,
     shared: Arc<Shared>,
     metrics: RegistryMetrics,
@@ -246,6 +250,7 @@ impl Controller {
             kill_switch: false,
             unhealthy_since: HashMap::new(),
             held: HashMap::new(),
+            refused: std::collections::HashSet::new(),
             config: config.clone(),
             state,
             shared,
@@ -412,6 +417,7 @@ impl Controller {
             }
             EventType::Delete => {
                 self.sources[i].instances.remove(&entry.key);
+                self.refused.remove(&entry.key);
             }
         }
         self.publish();
@@ -472,6 +478,9 @@ impl Controller {
         for (i, source) in self.sources.iter().enumerate() {
             for instance in source.instances.values().filter(|inst| !inst.local.is_empty()) {
                 let verdict = self.verdict(&instance.local);
+                if !matches!(verdict, Verdict::Unhealthy { .. }) {
+                    self.refused.remove(&instance.entry.key);
+                }
                 let step = self.hysteresis.observe(&instance.entry.key, instance.entry.mod_revision, window, &verdict);
                 if let Step::Remove { endpoint, cause, detail } = step {
                     // An instance whose owner fought back is taken out again
@@ -557,8 +566,10 @@ impl Controller {
                 info!(%registry, service, key, endpoint, cause, detail, attempt = record.attempt,
                     restore_after = record.restore_after, "registry: deregistered");
                 self.sources[i].instances.remove(key);
+                self.refused.remove(key);
                 self.records.insert(key.to_owned(), (*record, revision));
             }
+            Removal::Refused(_) if !self.refused.insert(key.to_owned()) => {} // said already
             Removal::Refused(refusal) => {
                 self.metrics.budget_exhausted.with_label_values(&[&registry, service]).inc();
                 let why = match refusal {

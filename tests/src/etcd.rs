@@ -9,10 +9,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use etcd_client::{Client, ConnectOptions, EventType, GetOptions, KeyValue, PutOptions, WatchStream};
+use etcd_client::{
+    Certificate, Client, ConnectOptions, EventType, GetOptions, Identity, KeyValue, PutOptions, TlsOptions, WatchStream,
+};
 use tokio::runtime::Runtime;
 
-use crate::governor::{TempDir, free_port};
+use crate::{
+    governor::{TempDir, free_port},
+    tls::Certs,
+};
 
 /// The etcd binary (Debian's etcd-server).
 const ETCD_BIN: &str = "/usr/bin/etcd";
@@ -52,6 +57,10 @@ pub struct Etcd {
     runtime: Runtime,
     client_port: u16,
     peer_port: u16,
+    /// Set by `start_tls`: clients must present a certificate of this CA.
+    tls: Option<Certs>,
+    /// Set by `enable_auth`: the root user's password.
+    password: Option<String>,
     dir: TempDir,
 }
 
@@ -60,20 +69,55 @@ impl Etcd {
     /// data dir; waits (bounded, 30 s) until a request succeeds. Panics with
     /// etcd's log on failure.
     pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// As `start`, serving clients over TLS only and requiring a client
+    /// certificate (`certs()` has the files).
+    pub fn start_tls() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Self {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
         let dir = TempDir::new("etcd");
+        let tls = tls.then(|| Certs::generate(&dir.0));
         let client_port = free_port();
         let peer_port = free_port();
-        let client = connect(&runtime, client_port);
-        let mut etcd = Self { child: None, client, runtime, client_port, peer_port, dir };
+        let placeholder = connect(&runtime, client_port, None, None);
+        let mut etcd =
+            Self { child: None, client: placeholder, runtime, client_port, peer_port, tls, password: None, dir };
+        etcd.client = etcd.connect();
         etcd.spawn();
         etcd.wait_ready();
         etcd
     }
 
-    /// "http://127.0.0.1:PORT", for governor's config.
+    /// The certificates of a `start_tls` server.
+    pub fn certs(&self) -> &Certs {
+        self.tls.as_ref().expect("started with start_tls")
+    }
+
+    /// Turns on etcd's authentication with a `root` user (the only user
+    /// etcd 3.4 lets enable it) holding `password`; the fixture's own client
+    /// signs in from then on.
+    pub fn enable_auth(&mut self, password: &str) {
+        self.call("add user root", |mut c| async move { c.user_add("root", password, None).await });
+        self.call("grant root", |mut c| async move { c.user_grant_role("root", "root").await });
+        self.call("enable auth", |mut c| async move { c.auth_enable().await });
+        self.password = Some(password.to_owned());
+        self.client = self.connect();
+        self.wait_ready();
+    }
+
+    /// "http://127.0.0.1:PORT" (https with TLS), for governor's config.
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
+    }
+
+    fn connect(&self) -> Client {
+        connect(&self.runtime, self.client_port, self.tls.as_ref(), self.password.as_deref())
     }
 
     /// etcd's log (stdout and stderr of every run).
@@ -211,7 +255,7 @@ impl Etcd {
     /// 30 s) until it answers.
     pub fn restart(&mut self) {
         self.stop();
-        self.client = connect(&self.runtime, self.client_port);
+        self.client = self.connect();
         self.spawn();
         self.wait_ready();
     }
@@ -225,6 +269,17 @@ impl Etcd {
             .args(["--name", "default", "--data-dir"])
             .arg(self.dir.0.join("data"))
             .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+            .args(self.tls.iter().flat_map(|t| {
+                [
+                    "--cert-file".into(),
+                    t.server_cert.clone().into_os_string(),
+                    "--key-file".into(),
+                    t.server_key.clone().into_os_string(),
+                    "--trusted-ca-file".into(),
+                    t.ca.clone().into_os_string(),
+                    "--client-cert-auth".into(),
+                ]
+            }))
             .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
             .args(["--initial-cluster", &format!("default={peer}")])
             .args(["--logger", "zap", "--log-outputs", "stderr"])
@@ -272,9 +327,21 @@ impl Etcd {
 
 /// A client for the server on `port`. It connects lazily, so the server
 /// need not be up yet.
-fn connect(runtime: &Runtime, port: u16) -> Client {
-    let url = format!("http://127.0.0.1:{port}");
-    let options = ConnectOptions::new().with_connect_timeout(Duration::from_secs(1));
+fn connect(runtime: &Runtime, port: u16, tls: Option<&Certs>, password: Option<&str>) -> Client {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://127.0.0.1:{port}");
+    let mut options = ConnectOptions::new().with_connect_timeout(Duration::from_secs(1));
+    if let Some(t) = tls {
+        let read = |p: &std::path::Path| fs::read(p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()));
+        options = options.with_tls(
+            TlsOptions::new()
+                .ca_certificate(Certificate::from_pem(read(&t.ca)))
+                .identity(Identity::from_pem(read(&t.client_cert), read(&t.client_key))),
+        );
+    }
+    if let Some(password) = password {
+        options = options.with_user("root", password);
+    }
     runtime
         .block_on(async { tokio::time::timeout(REQUEST_TIMEOUT, Client::connect([url.as_str()], Some(options))).await })
         .unwrap_or_else(|_| panic!("etcd client for {url}: no connection within {REQUEST_TIMEOUT:?}"))

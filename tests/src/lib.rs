@@ -11,6 +11,7 @@ pub mod helper;
 pub mod netns;
 pub mod registry;
 pub mod scrape;
+pub mod tls;
 
 pub use helper::Helper;
 pub use netns::Netns;

@@ -22,6 +22,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("protobuf-compiler", "etcd-client compiles etcd's protocol files with protoc"),
     ("libprotobuf-dev", "protoc's well-known types (google/protobuf/descriptor.proto) that etcd's files import"),
     ("etcd-server", "the real etcd the registry tests run against"),
+    ("openssl", "certificates for the test of etcd over TLS"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -47,6 +47,13 @@ pub struct BenchArgs {
     /// report (the other sections stay as they are).
     #[arg(long)]
     registry_only: bool,
+    /// Run only the governor pairs of the overhead rounds and print their
+    /// median (no report written): for comparing configurations or builds.
+    #[arg(long)]
+    overhead_only: bool,
+    /// A config file for the governor runs (default: built-in defaults).
+    #[arg(long)]
+    governor_config: Option<std::path::PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -172,13 +179,26 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         bail!("--rounds must be at least 5 for a meaningful median");
     }
     let ns = Netns::new(format!("govbench{}", std::process::id()))?;
+    let config = args.governor_config.as_deref();
+    if args.overhead_only {
+        let mut gov = Pairs::default();
+        for round in 1..=args.rounds {
+            let plain = measure(&ns, Attached::Nothing, args.seconds, config)?;
+            let with = measure(&ns, Attached::Governor, args.seconds, config)?;
+            let (r, c) = gov.add(round, &plain, &with)?;
+            let daemon_cpu = with.daemon.map_or(0.0, |d| d.0 * 100.0);
+            step(&format!("round {round}: governor {r:.3} (CPU {c:.3}), daemon {daemon_cpu:.1}% of a CPU"));
+        }
+        println!("median rate ratio {:.3}, median CPU ratio {:.3}", median(&mut gov.rate), median(&mut gov.cpu));
+        return Ok(());
+    }
     let (mut gov, mut peer) = (Pairs::default(), Pairs::default());
     let (mut cpu, mut rss, mut shutdown) = (Vec::new(), Vec::new(), Vec::new());
     for round in 1..=args.rounds {
-        let plain1 = measure(&ns, Attached::Nothing, args.seconds)?;
-        let with_gov = measure(&ns, Attached::Governor, args.seconds)?;
-        let plain2 = measure(&ns, Attached::Nothing, args.seconds)?;
-        let with_peer = measure(&ns, Attached::Tcpstates, args.seconds)?;
+        let plain1 = measure(&ns, Attached::Nothing, args.seconds, config)?;
+        let with_gov = measure(&ns, Attached::Governor, args.seconds, config)?;
+        let plain2 = measure(&ns, Attached::Nothing, args.seconds, config)?;
+        let with_peer = measure(&ns, Attached::Tcpstates, args.seconds, config)?;
         let (g, p) = (gov.add(round, &plain1, &with_gov)?, peer.add(round, &plain2, &with_peer)?);
         step(&format!("round {round}: governor {:.3} (CPU {:.3}), tcpstates {:.3} (CPU {:.3})", g.0, g.1, p.0, p.1));
         if let Some((c, r, s)) = with_gov.daemon {
@@ -403,10 +423,15 @@ fn report(
     )
 }
 
-fn measure(ns: &Netns, attached: Attached, seconds: u64) -> anyhow::Result<Measurement> {
+fn measure(
+    ns: &Netns,
+    attached: Attached,
+    seconds: u64,
+    config: Option<&std::path::Path>,
+) -> anyhow::Result<Measurement> {
     let mut tool = match attached {
         Attached::Nothing => None,
-        Attached::Governor => Some(start_governor()?),
+        Attached::Governor => Some(start_governor_with(config)?.0),
         Attached::Tcpstates => Some(start_tcpstates()?),
     };
     let pid = tool.as_ref().map(|t| t.0.id());

@@ -104,7 +104,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 read_maps(&probes, &mut aggregator, &state, started.elapsed().as_secs(), &mut resync);
                 state.set_ready(true);
             }
-            _ = drain.tick() => drain_events(&mut events, &state),
+            _ = drain.tick() => {
+                if drain_events(&mut events, &state) {
+                    // An endpoint is crossing the reset threshold: judge it
+                    // now, not at the next poll.
+                    read_maps(&probes, &mut aggregator, &state, started.elapsed().as_secs(), &mut resync);
+                }
+            }
             _ = sigterm.recv() => break "SIGTERM",
             _ = sigint.recv() => break "SIGINT",
         }
@@ -115,7 +121,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         task.abort();
     }
     state.set_ready(false);
-    drain_events(&mut events, &state);
+    let _ = drain_events(&mut events, &state);
     read_maps(&probes, &mut aggregator, &state, started.elapsed().as_secs(), &mut resync);
     drop(events);
     drop(probes);
@@ -258,15 +264,19 @@ fn read_maps(probes: &Probes, aggregator: &mut Aggregator, state: &AppState, now
     }
 }
 
-fn drain_events(events: &mut aya::maps::RingBuf<aya::maps::MapData>, state: &AppState) {
+/// Hands the ring buffer's events to the monitor; true when they make a
+/// reading due at once (`Monitor::reading_due`).
+fn drain_events(events: &mut aya::maps::RingBuf<aya::maps::MapData>, state: &AppState) -> bool {
     let metrics = state.metrics.lock().expect("metrics lock poisoned");
     let mut monitor = state.monitor.lock().expect("monitor lock poisoned");
     while let Some(item) = events.next() {
         match decode_event(&item) {
             Some(Event::Tcp(event)) => {
                 metrics.count_event(event.kind);
-                if event.kind == governor_common::event_kind::RESET_SENT {
-                    monitor.on_reset_sent(&event);
+                match event.kind {
+                    governor_common::event_kind::RESET_SENT => monitor.on_reset_sent(&event),
+                    governor_common::event_kind::RESET_RECEIVED => monitor.on_reset_received(&event),
+                    _ => {}
                 }
                 debug!(
                     kind = event.kind,
@@ -284,4 +294,5 @@ fn drain_events(events: &mut aya::maps::RingBuf<aya::maps::MapData>, state: &App
             None => warn!(bytes = item.len(), "ring buffer record of unknown kind or size"),
         }
     }
+    monitor.reading_due(http::now())
 }

@@ -22,6 +22,49 @@ use crate::{
 /// Reset reasons are kept for at most this many endpoints.
 const MAX_REASON_ENDPOINTS: usize = 10_000;
 
+/// Resets seen in events since the last reading, per endpoint, so that the
+/// daemon can read the maps at once when one endpoint crosses the reset
+/// threshold (unhealthy at once) instead of at the next poll. Counted as
+/// the reading counts them: the larger of sent (by the local endpoint) and
+/// received (from the remote endpoint).
+#[derive(Debug, Default)]
+pub struct ResetWatch {
+    counts: HashMap<String, (u64, u64)>,
+}
+
+impl ResetWatch {
+    pub fn sent(&mut self, endpoint: String) {
+        if let Some(c) = self.entry(endpoint) {
+            c.0 += 1;
+        }
+    }
+
+    pub fn received(&mut self, endpoint: String) {
+        if let Some(c) = self.entry(endpoint) {
+            c.1 += 1;
+        }
+    }
+
+    fn entry(&mut self, endpoint: String) -> Option<&mut (u64, u64)> {
+        if !self.counts.contains_key(&endpoint) && self.counts.len() >= MAX_REASON_ENDPOINTS {
+            return None;
+        }
+        Some(self.counts.entry(endpoint).or_default())
+    }
+
+    /// Does some endpoint have at least the resets `needed` says it still
+    /// needs (`None`: nothing to wait for, it is unhealthy already)?
+    pub fn due(&self, needed: impl Fn(&str) -> Option<u64>) -> bool {
+        self.counts
+            .iter()
+            .any(|(endpoint, (sent, received))| needed(endpoint).is_some_and(|n| *sent.max(received) >= n))
+    }
+
+    pub fn clear(&mut self) {
+        self.counts.clear();
+    }
+}
+
 pub struct Monitor {
     pub tracker: Tracker,
     pub engine: Engine<String>,
@@ -38,6 +81,8 @@ pub struct Monitor {
     unix_offset: i64,
     /// Endpoints that had sockets in `CLOSE_WAIT` at the last tick.
     close_wait_endpoints: HashSet<String>,
+    /// Resets in events since the last tick.
+    resets: ResetWatch,
 }
 
 /// Seconds and nanoseconds on the kernel's clock (`bpf_ktime_get_ns`).
@@ -73,6 +118,7 @@ impl Monitor {
             health_events: broadcast::channel(1024).0,
             unix_offset,
             close_wait_endpoints: HashSet::new(),
+            resets: ResetWatch::default(),
         }
     }
 
@@ -130,15 +176,34 @@ impl Monitor {
 
     pub fn on_reset_sent(&mut self, ev: &TcpEvent) {
         let endpoint = labels::endpoint_of(ev.family, &ev.saddr, ev.sport);
+        self.resets.sent(endpoint.clone());
         if !self.reset_reasons.contains_key(&endpoint) && self.reset_reasons.len() >= MAX_REASON_ENDPOINTS {
             return;
         }
         *self.reset_reasons.entry(endpoint).or_default().entry(ev.reason).or_default() += 1;
     }
 
+    /// A reset the kernel saw arrive: counted against the remote endpoint.
+    pub fn on_reset_received(&mut self, ev: &TcpEvent) {
+        self.resets.received(labels::endpoint_of(ev.family, &ev.daddr, ev.dport));
+    }
+
+    /// Should the daemon read the maps now rather than at the next poll?
+    /// Yes when the resets in events since the last reading take an
+    /// endpoint that is not unhealthy yet to the reset threshold.
+    pub fn reading_due(&self, now: Now) -> bool {
+        let threshold = self.engine.config().reset_threshold;
+        self.resets.due(|endpoint| match self.engine.view(&endpoint.to_owned(), now.secs) {
+            Some(view) if view.state == State::Unhealthy => None,
+            Some(view) => Some(threshold.saturating_sub(view.window.resets).max(1)),
+            None => Some(threshold),
+        })
+    }
+
     /// One reading: feeds the health engine, judges, updates the gauges.
     /// Returns the health state changes (already published and counted).
     pub fn tick(&mut self, inc: &mut Increments, now: Now, metrics: &mut Metrics) -> Vec<Transition<String>> {
+        self.resets.clear();
         inc.connect_failures = self.failures.drain().collect();
         let mut samples = std::mem::take(&mut self.pending);
         for (key, d) in &inc.endpoints {
@@ -341,4 +406,28 @@ fn severity(s: State) -> u8 {
 
 fn state_rank(s: &str) -> u8 {
     State::ALL.iter().find(|x| x.as_str() == s).map_or(4, |x| severity(*x))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ResetWatch;
+
+    #[test]
+    fn reset_watch_counts_the_larger_side_against_what_is_still_needed() {
+        let mut w = ResetWatch::default();
+        for _ in 0..4 {
+            w.sent("10.0.0.1:80".into());
+        }
+        for _ in 0..6 {
+            w.received("10.0.0.1:80".into());
+        }
+        w.sent("10.0.0.2:80".into());
+        // Six resets: enough where six more were needed, not where seven.
+        assert!(w.due(|e| (e == "10.0.0.1:80").then_some(6)));
+        assert!(!w.due(|e| (e == "10.0.0.1:80").then_some(7)));
+        // Unhealthy already: nothing to wait for.
+        assert!(!w.due(|_| None));
+        w.clear();
+        assert!(!w.due(|_| Some(1)));
+    }
 }

@@ -112,9 +112,10 @@ pub fn section(f: &RegistryFigures, command: &str, date: &str) -> String {
          \x20 (the issue's measure; target p99 ≤ 1 s);\n\
          - **end to end**: from the tenth refused connect returning to an etcd\n\
          \x20 watcher receiving the delete. This adds the ring buffer's drain\n\
-         \x20 interval and the wait for the health engine's next evaluation (at\n\
-         \x20 most one poll interval); the trials start at points spread over\n\
-         \x20 that interval.\n\n\
+         \x20 interval (`ebpf.event_drain_interval_ms`, 100 ms): the drain whose\n\
+         \x20 reset events take an endpoint to the threshold triggers a reading of\n\
+         \x20 the maps and a judgement at once, without waiting for the next poll;\n\
+         \x20 the trials start at points spread over the one-second poll interval.\n\n\
          p99 is the nearest rank: with {trials} trials it is the largest value.\n\n\
          | | p50 | p99 | largest | target |\n|---|---|---|---|---|\n",
         trials = f.trials,

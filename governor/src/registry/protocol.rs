@@ -164,9 +164,24 @@ struct Streak {
     revision: i64,
     unhealthy: u32,
     healthy: u32,
-    /// The last window counted: each window counts once.
+    /// The last window counted: each window counts once, as the worst
+    /// verdict seen in it.
     window: Option<u64>,
+    /// That verdict's rank (`rank`) and the counts before the window.
+    rank: u8,
+    before: (u32, u32),
 }
+
+/// Healthy < unsure < unhealthy: a window counts as the worst it saw.
+fn rank(verdict: &Verdict) -> u8 {
+    match verdict {
+        Verdict::Healthy => 1,
+        Verdict::Unsure => 2,
+        Verdict::Unhealthy { .. } => WORST_RANK,
+    }
+}
+
+const WORST_RANK: u8 = 3;
 
 /// Consecutive-window counts per instance key.
 #[derive(Debug)]
@@ -182,16 +197,25 @@ impl Hysteresis {
     }
 
     /// Counts window `window` for the instance at `key`, whose registration
-    /// has `revision` (0 while it is out of the registry). A second call for
-    /// the same window only repeats the answer.
+    /// has `revision` (0 while it is out of the registry). A later call for
+    /// the same window counts it again only if its verdict is worse (an
+    /// endpoint that turns unhealthy mid-window is acted on at once, not a
+    /// window later); otherwise it repeats the answer.
     pub fn observe(&mut self, key: &str, revision: i64, window: u64, verdict: &Verdict) -> Step {
         let s = self.streaks.entry(key.to_owned()).or_default();
-        if s.window != Some(window) {
-            s.window = Some(window);
-            if s.revision != revision {
-                // A new registration is judged afresh.
-                *s = Streak { revision, window: Some(window), ..Streak::default() };
+        let worse = s.window == Some(window) && s.revision == revision && rank(verdict) > s.rank;
+        if s.window != Some(window) || worse {
+            if worse {
+                (s.unhealthy, s.healthy) = s.before;
+            } else {
+                s.window = Some(window);
+                if s.revision != revision {
+                    // A new registration is judged afresh.
+                    *s = Streak { revision, window: Some(window), ..Streak::default() };
+                }
+                s.before = (s.unhealthy, s.healthy);
             }
+            s.rank = rank(verdict);
             match verdict {
                 Verdict::Unhealthy { .. } => {
                     s.unhealthy = s.unhealthy.saturating_add(1);
@@ -219,8 +243,7 @@ impl Hysteresis {
     /// Starts the instance's counts again (after an action on it).
     pub fn reset(&mut self, key: &str) {
         if let Some(s) = self.streaks.get_mut(key) {
-            let window = s.window;
-            *s = Streak { revision: s.revision, window, ..Streak::default() };
+            *s = Streak { revision: s.revision, window: s.window, rank: WORST_RANK, ..Streak::default() };
         }
     }
 
@@ -296,6 +319,33 @@ mod tests {
         h.observe("k", 7, 1, &bad());
         assert_eq!(h.observe("k", 8, 2, &bad()), Step::Nothing);
         assert!(matches!(h.observe("k", 8, 3, &bad()), Step::Remove { .. }));
+    }
+
+    #[test]
+    fn a_window_counts_as_the_worst_verdict_seen_in_it() {
+        let mut h = Hysteresis::new(1, 2);
+        assert_eq!(h.observe("k", 7, 1, &Verdict::Healthy), Step::Nothing);
+        // Unhealthy later in the same window: acted on now.
+        assert!(matches!(h.observe("k", 7, 1, &bad()), Step::Remove { .. }));
+        // A streak of two unhealthy windows survives an unsure start of the
+        // third that turns unhealthy.
+        let mut h = Hysteresis::new(3, 2);
+        h.observe("k", 7, 1, &bad());
+        h.observe("k", 7, 2, &bad());
+        assert_eq!(h.observe("k", 7, 3, &Verdict::Unsure), Step::Nothing);
+        assert!(matches!(h.observe("k", 7, 3, &bad()), Step::Remove { .. }));
+        // Better verdicts later in a window do not count it again.
+        let mut h = Hysteresis::new(5, 2);
+        h.observe("k", 0, 1, &Verdict::Healthy);
+        h.observe("k", 0, 2, &Verdict::Unsure);
+        assert_eq!(h.observe("k", 0, 2, &Verdict::Healthy), Step::Nothing);
+        assert_eq!(h.observe("k", 0, 3, &Verdict::Healthy), Step::Nothing);
+        assert_eq!(h.observe("k", 0, 4, &Verdict::Healthy), Step::Restorable);
+        // After an action the window it happened in does not count again.
+        let mut h = Hysteresis::new(1, 2);
+        assert!(matches!(h.observe("k", 7, 1, &bad()), Step::Remove { .. }));
+        h.reset("k");
+        assert_eq!(h.observe("k", 7, 1, &bad()), Step::Nothing);
     }
 
     #[test]

@@ -236,9 +236,32 @@ pub struct FlowStats {
     pub last_window_ns: u64,
     pub last_sent: u64,
     pub last_received: u64,
+    /// The sequence number after the highest payload byte counted each
+    /// way, so that retransmitted and duplicate segments are not counted
+    /// twice; valid once `seq_seen` has `SEQ_SENT` / `SEQ_RECEIVED` set.
+    pub sent_end: u32,
+    pub received_end: u32,
     /// `direction::ACTIVE` or `direction::PASSIVE`.
     pub direction: u8,
-    pub pad: [u8; 7],
+    pub seq_seen: u8,
+    pub pad: [u8; 6],
+}
+
+impl FlowStats {
+    pub const SEQ_SENT: u8 = 1;
+    pub const SEQ_RECEIVED: u8 = 2;
+}
+
+/// How far a segment `[seq, seq + len)` takes the stream beyond `end`, the
+/// sequence number after the highest byte counted so far (compared modulo
+/// 2^32, as TCP does): 0 for a retransmission of what was counted. A gap
+/// before the segment counts too: its bytes come later, out of order, and
+/// then count nothing, so every byte of the stream counts once.
+#[inline]
+#[must_use]
+pub fn new_bytes(end: u32, seq: u32, len: u32) -> u32 {
+    let ahead = seq.wrapping_add(len).wrapping_sub(end);
+    if ahead.cast_signed() > 0 { ahead } else { 0 }
 }
 
 /// Kinds of ring buffer events. Every event starts with
@@ -416,6 +439,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn each_byte_of_the_stream_counts_once() {
+        // In order, then a retransmission, then a partial overlap.
+        assert_eq!(new_bytes(1000, 1000, 100), 100);
+        assert_eq!(new_bytes(1100, 1000, 100), 0);
+        assert_eq!(new_bytes(1100, 1050, 100), 50);
+        // Out of order: the later segment counts the gap, the late one
+        // nothing; together exactly their bytes.
+        assert_eq!(new_bytes(1000, 1100, 100) + new_bytes(1200, 1000, 100), 200);
+        // Across the wrap of the sequence space.
+        assert_eq!(new_bytes(u32::MAX - 9, u32::MAX - 9, 30), 30);
+        assert_eq!(new_bytes(20, u32::MAX - 9, 30), 0);
+    }
+
+    #[test]
     fn layouts_are_pinned() {
         assert_eq!((size_of::<Span>(), align_of::<Span>()), (4, 2));
         assert_eq!((size_of::<TpLayout>(), align_of::<TpLayout>()), (40, 2));
@@ -428,7 +465,7 @@ mod tests {
         assert_eq!((size_of::<ConnEvent>(), align_of::<ConnEvent>()), (136, 8));
         assert_eq!((size_of::<EndpointKey>(), align_of::<EndpointKey>()), (24, 4));
         assert_eq!((size_of::<EndpointStats>(), align_of::<EndpointStats>()), (40, 8));
-        assert_eq!((size_of::<FlowStats>(), align_of::<FlowStats>()), (152, 8));
+        assert_eq!((size_of::<FlowStats>(), align_of::<FlowStats>()), (160, 8));
         assert_eq!((size_of::<TcpEvent>(), align_of::<TcpEvent>()), (56, 8));
     }
 }

@@ -6,7 +6,10 @@
 //! The flow is found by the addresses of the packet's socket (`__sk_buff`
 //! exposes the socket's family, addresses and ports to `cgroup_skb`
 //! programs), so nothing is parsed for packets of sockets the table does
-//! not know. Only the payload length is read from the headers.
+//! not know. Only the payload length and the sequence number are read from
+//! the headers: payload is counted once, up to the highest sequence number
+//! seen each way, so retransmitted and duplicate segments do not count
+//! twice (what the application wrote and read).
 
 #![expect(clippy::cast_possible_truncation, reason = "ports are 16-bit values in 32-bit context fields")]
 
@@ -16,7 +19,7 @@ use aya_ebpf::{
     helpers::{bpf_ktime_get_ns, generated::bpf_skb_load_bytes},
     programs::SkBuffContext,
 };
-use governor_common::{AF_INET, AF_INET6, FLOW_RATE_WINDOW_NS, FlowAddrs, FlowStats};
+use governor_common::{AF_INET, AF_INET6, FLOW_RATE_WINDOW_NS, FlowAddrs, FlowStats, new_bytes};
 
 use crate::{
     maps::{FLOWS, add, endpoint_entry},
@@ -46,24 +49,49 @@ const IPV6_HEADER: u32 = 40;
 pub fn account(ctx: &SkBuffContext, sent: bool) {
     let Some(key) = flow_key(ctx) else { return };
     let Some(flow) = FLOWS.get_ptr_mut(key) else { return };
-    let Some(payload) = payload(ctx) else { return };
+    let Some((payload, seq)) = payload(ctx) else { return };
     if payload == 0 {
         return;
     }
     let segments = u64::from(ctx_field!(ctx, gso_segs)).max(1);
-    let payload = u64::from(payload);
     // SAFETY: `flow` is a live map value; the counters are only changed
-    // with atomic adds, the window fields by whichever CPU sees the window
-    // end (a race there shifts bytes between two windows, nothing more).
+    // with atomic adds, the window and sequence fields by whichever CPU
+    // handles the packet (packets of one direction of one socket are
+    // handled one at a time; a rare race shifts bytes between two windows).
     unsafe {
         let f = &mut *flow;
-        let (bytes, packets, window) = if sent {
-            (&raw mut f.bytes_sent, &raw mut f.packets_sent, &raw mut f.window_sent)
+        let (bytes, packets, window, end, seen) = if sent {
+            (
+                &raw mut f.bytes_sent,
+                &raw mut f.packets_sent,
+                &raw mut f.window_sent,
+                &raw mut f.sent_end,
+                FlowStats::SEQ_SENT,
+            )
         } else {
-            (&raw mut f.bytes_received, &raw mut f.packets_received, &raw mut f.window_received)
+            (
+                &raw mut f.bytes_received,
+                &raw mut f.packets_received,
+                &raw mut f.window_received,
+                &raw mut f.received_end,
+                FlowStats::SEQ_RECEIVED,
+            )
         };
-        add(bytes, payload);
         add(packets, segments);
+        let payload = if f.seq_seen & seen == 0 {
+            f.seq_seen |= seen;
+            *end = seq.wrapping_add(payload);
+            payload
+        } else {
+            let counted = new_bytes(*end, seq, payload);
+            if counted == 0 {
+                return;
+            }
+            *end = seq.wrapping_add(payload);
+            counted
+        };
+        let payload = u64::from(payload);
+        add(bytes, payload);
         roll_window(f);
         add(window, payload);
         if let Some(endpoint) = endpoint_entry(&f.endpoint) {
@@ -145,11 +173,12 @@ fn v6(words: [u32; 4]) -> [u8; 16] {
     (u128::from(a) | u128::from(b) << 32 | u128::from(c) << 64 | u128::from(d) << 96).to_le_bytes()
 }
 
-/// TCP payload bytes of the packet (which starts at its IP header); `None`
-/// when it is not TCP or the headers cannot be read. The IP version comes
-/// from the packet: an IPv6 socket talks IPv4 to IPv4-mapped peers.
+/// TCP payload bytes of the packet (which starts at its IP header) and its
+/// sequence number; `None` when it is not TCP or the headers cannot be
+/// read. The IP version comes from the packet: an IPv6 socket talks IPv4
+/// to IPv4-mapped peers.
 #[inline(always)]
-fn payload(ctx: &SkBuffContext) -> Option<u32> {
+fn payload(ctx: &SkBuffContext) -> Option<(u32, u32)> {
     let first: [u8; 10] = load(ctx, 0)?;
     let (ip_header, protocol) = match first[0] >> 4 {
         4 => (u32::from(first[0] & 0x0f) * 4, first[9]),
@@ -161,9 +190,11 @@ fn payload(ctx: &SkBuffContext) -> Option<u32> {
     if protocol != IPPROTO_TCP {
         return None;
     }
-    let [data_offset]: [u8; 1] = load(ctx, ip_header + 12)?;
-    let headers = ip_header + u32::from(data_offset >> 4) * 4;
-    Some(ctx_field!(ctx, len).saturating_sub(headers))
+    // Sequence number (bytes 4-7 of the TCP header) to data offset (12).
+    let tcp: [u8; 9] = load(ctx, ip_header + 4)?;
+    let seq = u32::from_be_bytes([tcp[0], tcp[1], tcp[2], tcp[3]]);
+    let headers = ip_header + u32::from(tcp[8] >> 4) * 4;
+    Some((ctx_field!(ctx, len).saturating_sub(headers), seq))
 }
 
 /// `N` bytes of the packet at `offset` (from the IP header), with a length

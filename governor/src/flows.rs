@@ -133,8 +133,11 @@ mod tests {
             last_window_ns: SECOND,
             last_sent,
             last_received: 0,
+            sent_end: 0,
+            received_end: 0,
             direction: direction::ACTIVE,
-            pad: [0; 7],
+            seq_seen: 0,
+            pad: [0; 6],
         }
     }
 

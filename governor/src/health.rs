@@ -252,7 +252,11 @@ impl<K: Clone + Eq + Hash + Ord + fmt::Display> Engine<K> {
 
     /// One endpoint with the counts in its windows at second `now`; `None`
     /// when it is not tracked.
-    pub fn view(&self, endpoint: &K, now: u64) -> Option<EndpointView<'_, K>> {
+    pub fn view<Q>(&self, endpoint: &Q, now: u64) -> Option<EndpointView<'_, K>>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Ord + ?Sized,
+    {
         self.endpoints.get_key_value(endpoint).map(|(key, e)| e.view(key, now, &self.rules))
     }
 

@@ -19,7 +19,8 @@ use crate::{
     stats::Increments,
 };
 
-/// Reset reasons are kept for at most this many endpoints.
+/// Reset reasons, and resets between two readings, are kept for at most
+/// this many endpoints.
 const MAX_REASON_ENDPOINTS: usize = 10_000;
 
 /// Resets seen in events since the last reading, per endpoint, so that the
@@ -193,7 +194,7 @@ impl Monitor {
     /// endpoint that is not unhealthy yet to the reset threshold.
     pub fn reading_due(&self, now: Now) -> bool {
         let threshold = self.engine.config().reset_threshold;
-        self.resets.due(|endpoint| match self.engine.view(&endpoint.to_owned(), now.secs) {
+        self.resets.due(|endpoint| match self.engine.view(endpoint, now.secs) {
             Some(view) if view.state == State::Unhealthy => None,
             Some(view) => Some(threshold.saturating_sub(view.window.resets).max(1)),
             None => Some(threshold),

@@ -7,9 +7,9 @@
 //! it through events. When the ring buffer loses events the mirror can be
 //! rebuilt from the table with [`Tracker::replace`].
 
-use std::collections::{HashMap, HashSet, hash_map::Entry};
+use std::collections::{HashMap, hash_map::Entry};
 
-use governor_common::{ConnEvent, FlowAddrs, Owner, SockInfo, direction, event_kind};
+use governor_common::{ConnEvent, EndpointKey, FlowAddrs, Owner, SockInfo, direction, event_kind};
 use slab::Slab;
 
 use crate::labels;
@@ -98,19 +98,23 @@ impl Conn {
 }
 
 pub fn endpoint_of(direction: u8, a: &FlowAddrs) -> String {
-    if direction == direction::PASSIVE {
-        labels::endpoint_of(a.family, &a.saddr, a.sport)
-    } else {
-        labels::endpoint_of(a.family, &a.daddr, a.dport)
-    }
+    labels::endpoint(&endpoint_key(direction, a))
+}
+
+/// The service side of a connection (the local listener for an accepted
+/// one, the peer for an outgoing one), unformatted: events are counted by
+/// key and turned into `ip:port` strings once per reading.
+pub fn endpoint_key(direction: u8, a: &FlowAddrs) -> EndpointKey {
+    let (addr, port) = if direction == direction::PASSIVE { (a.saddr, a.sport) } else { (a.daddr, a.dport) };
+    EndpointKey { addr, port, family: a.family, pad: 0 }
 }
 
 /// What one event means for the metrics and the health engine.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Outcome {
-    Opened { direction: u8, endpoint: String, handshake_seconds: f64 },
-    ConnectFailed { endpoint: String, reason: FailureReason },
-    Closed { duration_seconds: f64, reset: Option<String> },
+    Opened { direction: u8, endpoint: EndpointKey, handshake_seconds: f64 },
+    ConnectFailed { endpoint: EndpointKey, reason: FailureReason },
+    Closed { duration_seconds: f64, reset: Option<EndpointKey> },
     None,
 }
 
@@ -123,10 +127,12 @@ pub enum Outcome {
 /// every connection.
 #[derive(Debug, Default)]
 pub struct Tracker {
-    index: HashMap<u64, usize>,
+    // Hashed with foldhash: these are touched for every event, and the
+    // keys (kernel addresses) come from the kernel, not from a peer.
+    index: foldhash::HashMap<u64, usize>,
     conns: Slab<Conn>,
-    close_wait: HashSet<u64>,
-    listeners: HashMap<u64, Conn>,
+    close_wait: foldhash::HashSet<u64>,
+    listeners: foldhash::HashMap<u64, Conn>,
 }
 
 /// Nanoseconds to seconds for histograms.
@@ -143,14 +149,14 @@ impl Tracker {
                 self.put(skaddr, Conn::from_info(&info));
                 Outcome::Opened {
                     direction: info.direction,
-                    endpoint: endpoint_of(info.direction, &info.addrs),
+                    endpoint: endpoint_key(info.direction, &info.addrs),
                     handshake_seconds: seconds(info.handshake_ns),
                 }
             }
             event_kind::CONNECT_FAILED => {
                 self.remove(skaddr);
                 Outcome::ConnectFailed {
-                    endpoint: endpoint_of(direction::ACTIVE, &info.addrs),
+                    endpoint: endpoint_key(direction::ACTIVE, &info.addrs),
                     reason: FailureReason::of_connect(error),
                 }
             }
@@ -169,7 +175,7 @@ impl Tracker {
                 let reset = info.direction == direction::ACTIVE && matches!(error, errno::ECONNRESET | errno::EPIPE);
                 Outcome::Closed {
                     duration_seconds: seconds(timestamp_ns.saturating_sub(info.established_ns)),
-                    reset: reset.then(|| endpoint_of(direction::ACTIVE, &info.addrs)),
+                    reset: reset.then(|| endpoint_key(direction::ACTIVE, &info.addrs)),
                 }
             }
             event_kind::LISTEN => {

@@ -96,7 +96,8 @@ impl Sample {
         self == Self::default()
     }
 
-    fn saturating_add(self, other: Self) -> Self {
+    #[must_use]
+    pub fn saturating_add(self, other: Self) -> Self {
         let Self { resets, connect_attempts, connect_failures, retransmits } = other;
         Self {
             resets: self.resets.saturating_add(resets),

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use governor_common::counter;
+use governor_common::{counter, direction::PASSIVE};
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
@@ -74,10 +74,12 @@ pub struct Metrics {
     budget: Budget,
     series_dropped: IntCounter,
     endpoint_series: IntGaugeVec,
-    opened: IntCounterVec,
     connect_failures: IntCounterVec,
     failure_series: SeriesLimiter,
-    handshake: HistogramVec,
+    /// The series of `governor_tcp_connections_opened_total` and
+    /// `governor_tcp_handshake_duration_seconds` for `active` and `passive`,
+    /// looked up once: they are counted for every connection.
+    opened_by_direction: [(IntCounter, Histogram); 2],
     duration: Histogram,
     close_wait: IntGaugeVec,
     close_wait_oldest: IntGaugeVec,
@@ -157,6 +159,26 @@ impl Metrics {
             &["kind"],
         );
         let events = EVENT_KINDS.iter().map(|(_, kind)| events.with_label_values(&[kind])).collect();
+        let opened = counter_vec(
+            "governor_tcp_connections_opened_total",
+            "TCP connections whose handshake completed: active (this host connected) or passive (accepted).",
+            &["direction"],
+        );
+        let handshake = register(
+            &r,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "governor_tcp_handshake_duration_seconds",
+                    "TCP handshake time: SYN to established for active opens, the SYN-ACK round trip for passive ones.",
+                )
+                .buckets(HANDSHAKE_BUCKETS.to_vec()),
+                &["direction"],
+            )
+            .expect("valid metric"),
+        );
+        // Both directions exist from the start (index 1 is passive).
+        let opened_by_direction =
+            ["active", "passive"].map(|d| (opened.with_label_values(&[d]), handshake.with_label_values(&[d])));
 
         Self {
             transitions: counter_vec(
@@ -229,17 +251,6 @@ impl Metrics {
                 "Endpoint series a metric holds (the series budget counts these).",
                 &["metric"],
             ),
-            opened: {
-                let v = counter_vec(
-                    "governor_tcp_connections_opened_total",
-                    "TCP connections whose handshake completed: active (this host connected) or passive (accepted).",
-                    &["direction"],
-                );
-                for d in ["active", "passive"] {
-                    v.with_label_values(&[d]).reset();
-                }
-                v
-            },
             connect_failures: counter_vec(
                 "governor_tcp_connect_failures_total",
                 "Connects from this host that failed, by remote endpoint and reason (refused, timeout, reset after \
@@ -247,19 +258,7 @@ impl Metrics {
                 &["endpoint", "reason"],
             ),
             failure_series: SeriesLimiter::new(limits.per_metric, limits.ttl_seconds),
-            handshake: register(
-                &r,
-                HistogramVec::new(
-                    HistogramOpts::new(
-                        "governor_tcp_handshake_duration_seconds",
-                        "TCP handshake time: SYN to established for active opens, the SYN-ACK round trip for passive \
-                         ones.",
-                    )
-                    .buckets(HANDSHAKE_BUCKETS.to_vec()),
-                    &["direction"],
-                )
-                .expect("valid metric"),
-            ),
+            opened_by_direction,
             duration: register(
                 &r,
                 Histogram::with_opts(
@@ -416,10 +415,11 @@ impl Metrics {
         }
     }
 
-    /// A connection whose handshake completed.
-    pub fn opened(&self, direction: &str, handshake_seconds: f64) {
-        self.opened.with_label_values(&[direction]).inc();
-        self.handshake.with_label_values(&[direction]).observe(handshake_seconds);
+    /// A connection whose handshake completed (`governor_common::direction`).
+    pub fn opened(&self, direction: u8, handshake_seconds: f64) {
+        let (opened, handshake) = &self.opened_by_direction[usize::from(direction == PASSIVE)];
+        opened.inc();
+        handshake.observe(handshake_seconds);
     }
 
     pub fn closed(&self, duration_seconds: f64) {

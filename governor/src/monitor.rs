@@ -5,7 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use governor_common::{ConnEvent, TcpEvent, direction};
+use governor_common::{ConnEvent, EndpointKey, TcpEvent, direction};
 use tokio::sync::broadcast;
 
 use crate::{
@@ -30,23 +30,23 @@ const MAX_REASON_ENDPOINTS: usize = 10_000;
 /// received (from the remote endpoint).
 #[derive(Debug, Default)]
 pub struct ResetWatch {
-    counts: HashMap<String, (u64, u64)>,
+    counts: foldhash::HashMap<EndpointKey, (u64, u64)>,
 }
 
 impl ResetWatch {
-    pub fn sent(&mut self, endpoint: String) {
+    pub fn sent(&mut self, endpoint: EndpointKey) {
         if let Some(c) = self.entry(endpoint) {
             c.0 += 1;
         }
     }
 
-    pub fn received(&mut self, endpoint: String) {
+    pub fn received(&mut self, endpoint: EndpointKey) {
         if let Some(c) = self.entry(endpoint) {
             c.1 += 1;
         }
     }
 
-    fn entry(&mut self, endpoint: String) -> Option<&mut (u64, u64)> {
+    fn entry(&mut self, endpoint: EndpointKey) -> Option<&mut (u64, u64)> {
         if !self.counts.contains_key(&endpoint) && self.counts.len() >= MAX_REASON_ENDPOINTS {
             return None;
         }
@@ -54,11 +54,12 @@ impl ResetWatch {
     }
 
     /// Does some endpoint have at least the resets `needed` says it still
-    /// needs (`None`: nothing to wait for, it is unhealthy already)?
+    /// needs (`None`: nothing to wait for, it is unhealthy already)? The
+    /// endpoints are named as the engine names them (`ip:port`).
     pub fn due(&self, needed: impl Fn(&str) -> Option<u64>) -> bool {
-        self.counts
-            .iter()
-            .any(|(endpoint, (sent, received))| needed(endpoint).is_some_and(|n| *sent.max(received) >= n))
+        self.counts.iter().any(|(endpoint, (sent, received))| {
+            needed(&labels::endpoint(endpoint)).is_some_and(|n| *sent.max(received) >= n)
+        })
     }
 
     pub fn clear(&mut self) {
@@ -71,11 +72,12 @@ pub struct Monitor {
     pub engine: Engine<String>,
     attributor: Attributor,
     leak_after_seconds: u64,
-    /// Connect attempts and failures since the last reading.
-    pending: HashMap<String, Sample>,
-    failures: HashMap<(String, FailureReason), u64>,
+    /// Connect attempts and failures since the last reading. Keyed by the
+    /// endpoint's address, unformatted: these are counted for every event.
+    pending: foldhash::HashMap<EndpointKey, Sample>,
+    failures: foldhash::HashMap<(EndpointKey, FailureReason), u64>,
     /// Sent resets by local endpoint and the kernel's reason.
-    reset_reasons: HashMap<String, HashMap<u32, u64>>,
+    reset_reasons: foldhash::HashMap<EndpointKey, HashMap<u32, u64>>,
     reason_names: Vec<(u32, String)>,
     health_events: broadcast::Sender<Transition<String>>,
     /// Unix seconds minus monotonic seconds, to show times as dates.
@@ -112,9 +114,9 @@ impl Monitor {
             engine,
             attributor,
             leak_after_seconds,
-            pending: HashMap::new(),
-            failures: HashMap::new(),
-            reset_reasons: HashMap::new(),
+            pending: foldhash::HashMap::default(),
+            failures: foldhash::HashMap::default(),
+            reset_reasons: foldhash::HashMap::default(),
             reason_names,
             health_events: broadcast::channel(1024).0,
             unix_offset,
@@ -153,14 +155,13 @@ impl Monitor {
     pub fn on_conn_event(&mut self, ev: &ConnEvent, metrics: &Metrics) {
         match self.tracker.apply(ev) {
             Outcome::Opened { direction: d, endpoint, handshake_seconds } => {
-                let name = labels::direction_name(d);
-                metrics.opened(name, handshake_seconds);
+                metrics.opened(d, handshake_seconds);
                 if d == direction::ACTIVE {
                     self.pending.entry(endpoint).or_default().connect_attempts += 1;
                 }
             }
             Outcome::ConnectFailed { endpoint, reason } => {
-                let s = self.pending.entry(endpoint.clone()).or_default();
+                let s = self.pending.entry(endpoint).or_default();
                 s.connect_attempts += 1;
                 s.connect_failures += 1;
                 *self.failures.entry((endpoint, reason)).or_default() += 1;
@@ -176,8 +177,8 @@ impl Monitor {
     }
 
     pub fn on_reset_sent(&mut self, ev: &TcpEvent) {
-        let endpoint = labels::endpoint_of(ev.family, &ev.saddr, ev.sport);
-        self.resets.sent(endpoint.clone());
+        let endpoint = EndpointKey { addr: ev.saddr, port: ev.sport, family: ev.family, pad: 0 };
+        self.resets.sent(endpoint);
         if !self.reset_reasons.contains_key(&endpoint) && self.reset_reasons.len() >= MAX_REASON_ENDPOINTS {
             return;
         }
@@ -186,7 +187,7 @@ impl Monitor {
 
     /// A reset the kernel saw arrive: counted against the remote endpoint.
     pub fn on_reset_received(&mut self, ev: &TcpEvent) {
-        self.resets.received(labels::endpoint_of(ev.family, &ev.daddr, ev.dport));
+        self.resets.received(EndpointKey { addr: ev.daddr, port: ev.dport, family: ev.family, pad: 0 });
     }
 
     /// Should the daemon read the maps now rather than at the next poll?
@@ -205,8 +206,12 @@ impl Monitor {
     /// Returns the health state changes (already published and counted).
     pub fn tick(&mut self, inc: &mut Increments, now: Now, metrics: &mut Metrics) -> Vec<Transition<String>> {
         self.resets.clear();
-        inc.connect_failures = self.failures.drain().collect();
-        let mut samples = std::mem::take(&mut self.pending);
+        inc.connect_failures = self.failures.drain().map(|((e, r), n)| ((labels::endpoint(&e), r), n)).collect();
+        let mut samples: HashMap<String, Sample> = HashMap::new();
+        for (key, sample) in self.pending.drain() {
+            let s = samples.entry(labels::endpoint(&key)).or_default();
+            *s = s.saturating_add(sample);
+        }
         for (key, d) in &inc.endpoints {
             let s = samples.entry(labels::endpoint(key)).or_default();
             // A reset between two local sockets is seen twice: sent by one
@@ -289,13 +294,19 @@ impl Monitor {
 
     pub fn endpoints(&self, now: Now) -> Vec<api::Endpoint> {
         let by_endpoint = connections::by_endpoint(&self.tracker);
+        let mut reset_reasons: HashMap<String, HashMap<u32, u64>> = HashMap::new();
+        for (key, reasons) in &self.reset_reasons {
+            let merged = reset_reasons.entry(labels::endpoint(key)).or_default();
+            for (reason, n) in reasons {
+                *merged.entry(*reason).or_default() += n;
+            }
+        }
         let window = self.engine.config();
         self.engine
             .endpoints(now.secs)
             .map(|v| {
                 let w = v.window;
-                let mut reasons: Vec<api::ReasonCount> = self
-                    .reset_reasons
+                let mut reasons: Vec<api::ReasonCount> = reset_reasons
                     .get(v.endpoint)
                     .map(|m| {
                         m.iter().map(|(r, n)| api::ReasonCount { reason: self.reason_name(*r), count: *n }).collect()
@@ -411,18 +422,24 @@ fn state_rank(s: &str) -> u8 {
 
 #[cfg(test)]
 mod tests {
+    use governor_common::{AF_INET, EndpointKey};
+
     use super::ResetWatch;
+
+    fn key(last: u8) -> EndpointKey {
+        EndpointKey { addr: [10, 0, 0, last, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], port: 80, family: AF_INET, pad: 0 }
+    }
 
     #[test]
     fn reset_watch_counts_the_larger_side_against_what_is_still_needed() {
         let mut w = ResetWatch::default();
         for _ in 0..4 {
-            w.sent("10.0.0.1:80".into());
+            w.sent(key(1));
         }
         for _ in 0..6 {
-            w.received("10.0.0.1:80".into());
+            w.received(key(1));
         }
-        w.sent("10.0.0.2:80".into());
+        w.sent(key(2));
         // Six resets: enough where six more were needed, not where seven.
         assert!(w.due(|e| (e == "10.0.0.1:80").then_some(6)));
         assert!(!w.due(|e| (e == "10.0.0.1:80").then_some(7)));

@@ -1,4 +1,4 @@
-use governor_common::{AF_INET, ConnEvent, FlowAddrs, Owner, SockInfo, direction, event_kind};
+use governor_common::{AF_INET, ConnEvent, EndpointKey, FlowAddrs, Owner, SockInfo, direction, event_kind};
 
 use super::*;
 
@@ -9,6 +9,12 @@ fn addrs(local: u8, lport: u16, remote: u8, rport: u16) -> FlowAddrs {
     a.saddr[..4].copy_from_slice(&[10, 0, 0, local]);
     a.daddr[..4].copy_from_slice(&[10, 0, 0, remote]);
     a
+}
+
+fn key(addr: [u8; 4], port: u16) -> EndpointKey {
+    let mut key = EndpointKey { port, family: AF_INET, ..Default::default() };
+    key.addr[..4].copy_from_slice(&addr);
+    key
 }
 
 fn owner(tgid: u32) -> Owner {
@@ -40,7 +46,7 @@ fn follows_a_connection_through_close_wait() {
     let info = passive(42, 2);
     assert_eq!(
         t.apply(&event(event_kind::OPENED, 1, S, info, 0)),
-        Outcome::Opened { direction: direction::PASSIVE, endpoint: "10.0.0.1:80".into(), handshake_seconds: 0.001 }
+        Outcome::Opened { direction: direction::PASSIVE, endpoint: key([10, 0, 0, 1], 80), handshake_seconds: 0.001 }
     );
     let cw = SockInfo { close_wait_ns: 3 * S, state: 8, ..info };
     assert_eq!(t.apply(&event(event_kind::CLOSE_WAIT, 1, 3 * S, cw, 0)), Outcome::None);
@@ -71,14 +77,14 @@ fn failures_and_resets_get_their_reasons() {
     ] {
         assert_eq!(
             t.apply(&event(event_kind::CONNECT_FAILED, 9, S, active, error)),
-            Outcome::ConnectFailed { endpoint: "10.0.0.1:81".into(), reason }
+            Outcome::ConnectFailed { endpoint: key([10, 0, 0, 1], 81), reason }
         );
     }
     let est = SockInfo { established_ns: S, ..active };
     t.apply(&event(event_kind::OPENED, 9, S, est, 0));
     assert_eq!(
         t.apply(&event(event_kind::CLOSED, 9, 2 * S, est, errno::ECONNRESET)),
-        Outcome::Closed { duration_seconds: 1.0, reset: Some("10.0.0.1:81".into()) }
+        Outcome::Closed { duration_seconds: 1.0, reset: Some(key([10, 0, 0, 1], 81)) }
     );
     // A passive connection reset by its client is no connect failure.
     let p = passive(1, 3);

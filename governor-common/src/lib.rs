@@ -396,11 +396,74 @@ pub struct TcpEvent {
     pub daddr: [u8; 16],
 }
 
+/// Enforcement rules, written by user space into `POLICY_RULES` (one slot
+/// per policy; kind 0 is an empty slot) and read by the cgroup `connect4`
+/// and `connect6` programs for every `connect()` on the host.
+pub const POLICY_SLOTS: u32 = 64;
+
+/// What a policy does (`PolicyRule::kind`).
+pub mod policy_kind {
+    /// Empty slot.
+    pub const NONE: u8 = 0;
+    /// Every matching connect is denied.
+    pub const BLOCK: u8 = 1;
+    /// New connections per second with a burst (a token bucket).
+    pub const RATE: u8 = 2;
+    /// Connections open at once (counted from `connect()` to the socket's
+    /// release).
+    pub const CONCURRENCY: u8 = 3;
+}
+
+/// One outbound admission rule. A connect matches when its destination is
+/// in the network (`net` and `mask` over the sixteen address bytes, IPv4
+/// in the first four) and its port in `port_low..=port_high`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicyRule {
+    /// The address bytes as two native-endian words, already masked.
+    pub net: [u64; 2],
+    pub mask: [u64; 2],
+    /// `AF_INET` or `AF_INET6`.
+    pub family: u16,
+    pub port_low: u16,
+    pub port_high: u16,
+    /// `policy_kind`.
+    pub kind: u8,
+    /// [`PolicyRule::DRY_RUN`].
+    pub flags: u8,
+    /// Rate: nanoseconds between two tokens (10^9 / rate).
+    pub interval_ns: u64,
+    /// Rate: how far ahead of now the bucket may be booked, `(burst - 1) *
+    /// interval_ns`: a full bucket lets `burst` connects through at once.
+    pub tolerance_ns: u64,
+    /// Concurrency: connections open at once.
+    pub max_connections: u64,
+}
+
+impl PolicyRule {
+    /// Count the decision, never deny.
+    pub const DRY_RUN: u8 = 1;
+}
+
+/// Shared state of one rule, changed with atomic adds by every CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicyState {
+    /// Rate: the theoretical arrival time of the next connect (GCRA), on
+    /// the `bpf_ktime_get_ns` clock.
+    pub tat_ns: u64,
+    /// Concurrency: connections admitted and not released yet.
+    pub open: u64,
+}
+
+/// Decision counters per rule: `slot * 2` allowed, `slot * 2 + 1` denied.
+pub const POLICY_DECISION_SLOTS: u32 = POLICY_SLOTS * 2;
+
 #[cfg(feature = "user")]
 mod pod {
     use super::{
-        ConnEvent, EndpointKey, EndpointStats, FlowAddrs, FlowStats, KernelConfig, ListenerInfo, Owner, SockInfo,
-        SockOffsets, Span, TcpEvent, TpLayout,
+        ConnEvent, EndpointKey, EndpointStats, FlowAddrs, FlowStats, KernelConfig, ListenerInfo, Owner, PolicyRule,
+        PolicyState, SockInfo, SockOffsets, Span, TcpEvent, TpLayout,
     };
 
     // SAFETY: all of these are #[repr(C)], made of integers with explicit
@@ -430,6 +493,10 @@ mod pod {
     unsafe impl aya::Pod for ConnEvent {}
     // SAFETY: as above.
     unsafe impl aya::Pod for FlowStats {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for PolicyRule {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for PolicyState {}
 }
 
 #[cfg(test)]
@@ -467,5 +534,7 @@ mod tests {
         assert_eq!((size_of::<EndpointStats>(), align_of::<EndpointStats>()), (40, 8));
         assert_eq!((size_of::<FlowStats>(), align_of::<FlowStats>()), (160, 8));
         assert_eq!((size_of::<TcpEvent>(), align_of::<TcpEvent>()), (56, 8));
+        assert_eq!((size_of::<PolicyRule>(), align_of::<PolicyRule>()), (64, 8));
+        assert_eq!((size_of::<PolicyState>(), align_of::<PolicyState>()), (16, 8));
     }
 }

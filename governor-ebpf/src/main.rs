@@ -8,16 +8,20 @@
 #![expect(clippy::inline_always, reason = "helpers stay inside each program: one function for the verifier")]
 #![expect(clippy::needless_pass_by_value, reason = "#[tracepoint] hands the context over by value")]
 
+mod admission;
 mod connection;
 mod flow;
 mod maps;
 mod record;
 
+mod connect4;
+mod connect6;
 mod flow_egress;
 mod flow_ingress;
 mod reset_received;
 mod reset_sent;
 mod retransmit;
+mod sock_release;
 mod tcp_state;
 
 #[cfg(not(test))]

@@ -7,11 +7,11 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     macros::map,
-    maps::{LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use governor_common::{
-    EndpointKey, EndpointStats, FlowAddrs, FlowStats, KernelConfig, ListenerInfo, RESET_REASON_SLOTS, SockInfo,
-    TRANSITION_SLOTS, counter,
+    EndpointKey, EndpointStats, FlowAddrs, FlowStats, KernelConfig, ListenerInfo, POLICY_DECISION_SLOTS, POLICY_SLOTS,
+    PolicyRule, PolicyState, RESET_REASON_SLOTS, SockInfo, TRANSITION_SLOTS, counter,
 };
 
 /// Tracepoint field offsets and the ephemeral port range; set by user space.
@@ -50,6 +50,24 @@ pub static LISTENERS: LruHashMap<EndpointKey, ListenerInfo> = LruHashMap::with_m
 /// both ends (local first). Bounded; resized at load time.
 #[map]
 pub static FLOWS: LruHashMap<FlowAddrs, FlowStats> = LruHashMap::with_max_entries(65_536, 0);
+
+/// Outbound admission rules, one per slot from the first (`admission.rs`).
+#[map]
+pub static POLICY_RULES: Array<PolicyRule> = Array::with_max_entries(POLICY_SLOTS, 0);
+
+/// The rules' token buckets and open-connection counts.
+#[map]
+pub static POLICY_STATE: Array<PolicyState> = Array::with_max_entries(POLICY_SLOTS, 0);
+
+/// Admission decisions per rule: `slot * 2` allowed, `slot * 2 + 1` denied.
+#[map]
+pub static POLICY_DECISIONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(POLICY_DECISION_SLOTS, 0);
+
+/// Sockets holding places under concurrency caps, by socket cookie: one
+/// bit per rule slot. When it is full, connects are admitted without
+/// holding a place.
+#[map]
+pub static ADMITTED: HashMap<u64, u64> = HashMap::with_max_entries(65_536, 0);
 
 /// Discrete events for user space. Resized at load time.
 #[map]

@@ -10,9 +10,13 @@ use std::{
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 
+mod policy;
 mod registry;
 
-pub use self::registry::{Cidr, Etcd, Registry, RegistrySource};
+pub use self::{
+    policy::{MAX_POLICIES, Policy, PolicyError, PolicyKind, PortRange},
+    registry::{Cidr, Etcd, Registry, RegistrySource},
+};
 
 /// The whole file. Unknown keys are errors.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -28,6 +32,10 @@ pub struct Config {
     /// The service registries governor watches (none: it only observes).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub registries: Vec<RegistrySource>,
+    /// What governor enforces in the kernel (none: it enforces nothing and
+    /// attaches no admission programs).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<Policy>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
@@ -297,6 +305,13 @@ impl Config {
             };
             ConfigError::Invalid { path: path.to_owned(), message }
         })?;
+        policy::validate(&config.policies).map_err(|e| {
+            let message = match policy_line(text, &e) {
+                Some(line) => format!("line {line}: {e}"),
+                None => e.to_string(),
+            };
+            ConfigError::Invalid { path: path.to_owned(), message }
+        })?;
         Ok(config)
     }
 
@@ -340,6 +355,19 @@ fn line_of(text: &str, dotted: &str) -> Option<usize> {
     None
 }
 
+/// The line of a policy's field: the first line setting `field` after the
+/// line that names the policy (or the name line itself).
+fn policy_line(text: &str, e: &PolicyError) -> Option<usize> {
+    let lines: Vec<&str> = text.lines().collect();
+    let key = |line: &str| line.split('=').next().map_or(String::new(), |k| k.trim().to_owned());
+    let value = |line: &str| line.split_once('=').map(|(_, v)| v.trim().trim_matches('"').to_owned());
+    let named = lines.iter().position(|l| key(l) == "name" && value(l).as_deref() == Some(e.policy.as_str()))?;
+    let start = lines[..named].iter().rposition(|l| l.trim() == "[[policies]]").unwrap_or(named);
+    let end = lines[start + 1..].iter().position(|l| l.trim().starts_with('[')).map_or(lines.len(), |i| start + 1 + i);
+    let at = (start..end).find(|i| key(lines[*i]) == e.field).unwrap_or(named);
+    Some(at + 1)
+}
+
 /// The dotted key whose value (or name) starts at byte `at`: the table
 /// header above it plus the key on its line.
 fn key_at(text: &str, at: usize) -> Option<String> {
@@ -365,6 +393,48 @@ mod tests {
 
     fn err(text: &str) -> String {
         Config::parse("governor.toml", text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn policies_are_read_and_their_errors_name_the_policy_field_and_line() {
+        let text = r#"
+[[policies]]
+name = "payments"
+kind = "rate_limit"
+destination = "10.20.0.0/16"
+ports = "443"
+rate_per_second = 200
+burst = 20
+
+[[policies]]
+name = "legacy"
+kind = "block"
+destination = "fd00::/64"
+ports = 8000
+dry_run = true
+"#;
+        let c = Config::parse("x", text).unwrap();
+        assert_eq!(c.policies.len(), 2);
+        assert_eq!(c.policies[0].kind, PolicyKind::RateLimit);
+        assert_eq!(c.policies[0].ports, Some(PortRange { low: 443, high: 443 }));
+        assert_eq!((c.policies[0].rate_per_second, c.policies[0].burst), (Some(200), Some(20)));
+        assert!(c.policies[1].dry_run);
+        assert_eq!(Config::parse("x", &c.to_toml()).unwrap(), c);
+
+        let bad = text.replace("burst = 20", "burst = 20\nmax_connections = 5");
+        assert_eq!(
+            err(&bad),
+            "config file governor.toml: line 9: policy `payments`, field `max_connections`: does not apply to a \
+             `rate_limit` policy"
+        );
+        let bad = text.replace("kind = \"block\"", "kind = \"max_connections\"");
+        assert_eq!(
+            err(&bad),
+            "config file governor.toml: line 11: policy `legacy`, field `max_connections`: a `max_connections` \
+             policy needs it"
+        );
+        assert!(err(&text.replace("\"443\"", "\"99999\"")).contains("line 6, key `policies.ports`"));
+        assert!(err(&text.replace("block", "throttle")).contains("unknown variant `throttle`"));
     }
 
     #[test]
@@ -458,7 +528,8 @@ format = "host_port"
 "#,
         )
         .unwrap();
-        let Config { daemon, ebpf, metrics, health, attribution, etcd, registry, registries } = c;
+        let Config { daemon, ebpf, metrics, health, attribution, etcd, registry, registries, policies } = c;
+        assert!(policies.is_empty(), "read in policies_are_read_and_their_errors_name_the_policy_field_and_line");
         assert_eq!(
             etcd,
             Etcd {

@@ -15,7 +15,7 @@ use crate::{
     attribution::Attributor,
     btf,
     config::Config,
-    ebpf::{Event, Probes, Sizes, decode_event},
+    ebpf::{Admission, Event, Probes, Sizes, decode_event},
     health::Engine,
     host::{self, BPFFS, MountOutcome, TRACEFS},
     http::{self, AppState},
@@ -44,6 +44,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
 
     let cgroup = flow_cgroup(&config);
+    let policies = crate::policy::compile(&config.policies);
+    let admission_root = admission_cgroup(&policies)?;
 
     let addr = config.daemon.metrics_addr;
     let listener = TcpListener::bind(addr)
@@ -52,19 +54,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let mut probes = Probes::load(
         &kernel_config,
-        Sizes {
-            endpoint_table_entries: config.ebpf.endpoint_table_entries.get(),
-            socket_table_entries: config.ebpf.socket_table_entries.get(),
-            flow_table_entries: config.ebpf.flow_table_entries.get(),
-            ring_buffer_bytes: config.ebpf.ring_buffer_bytes.0,
-        },
+        sizes(&config),
         cgroup.as_deref(),
+        admission_root.as_deref().map(|cgroup| Admission { cgroup, rules: &policies.rules }),
     )?;
     let mut events = probes.take_events()?;
     let flows = if cgroup.is_some() { Some(probes.take_flows()?) } else { None };
     info!(programs = probes.attached(), "eBPF programs attached");
 
-    let metrics = daemon_metrics(&config, &probes, &reasons, flows.is_some());
+    let mut metrics = daemon_metrics(&config, &probes, &reasons, flows.is_some());
+    metrics.set_policies(&policies.slots);
     let monitor = Monitor::new(
         Engine::new(config.health.engine_config()),
         Attributor::new(config.attribution.cgroup_root.clone(), Some(config.attribution.pod_log_dir.clone())),
@@ -136,7 +135,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn sizes(config: &Config) -> Sizes {
+    Sizes {
+        endpoint_table_entries: config.ebpf.endpoint_table_entries.get(),
+        socket_table_entries: config.ebpf.socket_table_entries.get(),
+        flow_table_entries: config.ebpf.flow_table_entries.get(),
+        ring_buffer_bytes: config.ebpf.ring_buffer_bytes.0,
+    }
+}
+
 fn daemon_metrics(config: &Config, probes: &Probes, reasons: &[(u32, String)], flows: bool) -> Metrics {
+    for p in &config.policies {
+        info!(policy = %p.name, kind = p.kind.as_str(), dry_run = p.dry_run, "policy in force");
+    }
     let limits = SeriesLimits {
         per_metric: config.metrics.max_endpoint_series.get() as usize,
         budget: config.metrics.max_series_total.get() as usize,
@@ -162,6 +173,19 @@ fn start_registry(
     let (shared, commands) = registry::Shared::new();
     let _ = state.registry.set(Arc::clone(&shared));
     tokio::spawn(Controller::new(config, Arc::clone(state), shared, metrics).run(health_events, commands))
+}
+
+/// Where the admission programs attach: the cgroup v2 root, so every
+/// connect of the host is checked. `None` without policies (nothing is
+/// attached then).
+fn admission_cgroup(policies: &crate::policy::Compiled) -> anyhow::Result<Option<std::path::PathBuf>> {
+    if policies.is_empty() {
+        return Ok(None);
+    }
+    let mounts = host::read_mounts().unwrap_or_default();
+    let root = host::cgroup2_root(&mounts)
+        .context("policies need cgroup v2 (the admission programs attach at its root), and it is not mounted")?;
+    Ok(Some(root.to_path_buf()))
 }
 
 /// Where the per-flow programs attach: the cgroup v2 root, so every socket
@@ -255,6 +279,10 @@ fn read_maps(probes: &Probes, aggregator: &mut Aggregator, state: &AppState, now
             monitor.tick(&mut increments, http::now(), &mut metrics);
             drop(monitor);
             metrics.apply(&increments, now);
+            match probes.policy_decisions() {
+                Ok(totals) => metrics.policy_decisions(&totals),
+                Err(e) => warn!(error = %e, "reading the policy decisions failed"),
+            }
             metrics
                 .map_entries
                 .with_label_values(&["endpoints"])

@@ -5,12 +5,12 @@ use std::path::{Path, PathBuf};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, TracePoint},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, TracePoint},
 };
 use governor_common::{
-    ConnEvent, EndpointKey, EndpointStats, FlowAddrs, FlowStats, KernelConfig, RESET_REASON_SLOTS, SockInfo,
-    TRANSITION_SLOTS, TcpEvent, counter, event_kind,
+    ConnEvent, EndpointKey, EndpointStats, FlowAddrs, FlowStats, KernelConfig, POLICY_DECISION_SLOTS, PolicyRule,
+    RESET_REASON_SLOTS, SockInfo, TRANSITION_SLOTS, TcpEvent, counter, event_kind,
 };
 
 use crate::{stats::KernelSnapshot, tracefs::TRACEPOINTS};
@@ -29,6 +29,15 @@ pub enum EbpfError {
     Map { map: &'static str, source: aya::maps::MapError },
     #[error("cannot open the cgroup {path} to attach the per-flow programs: {source}")]
     Cgroup { path: PathBuf, source: std::io::Error },
+    #[error("cannot open the cgroup {path} to attach the admission programs: {source}")]
+    PolicyCgroup { path: PathBuf, source: std::io::Error },
+}
+
+/// Outbound admission rules and the cgroup whose processes they govern
+/// (the cgroup v2 root: the whole host).
+pub struct Admission<'a> {
+    pub cgroup: &'a Path,
+    pub rules: &'a [PolicyRule],
 }
 
 /// The per-packet programs, attached at the cgroup v2 root.
@@ -52,6 +61,7 @@ pub struct Probes {
     attached: usize,
     endpoint_capacity: u32,
     socket_capacity: u32,
+    admission: bool,
 }
 
 impl Probes {
@@ -59,7 +69,12 @@ impl Probes {
     /// `cgroup` (the cgroup v2 root) the per-flow programs too, and flows
     /// are counted. On error whatever was attached is detached again (the
     /// `Ebpf` is dropped).
-    pub fn load(config: &KernelConfig, sizes: Sizes, cgroup: Option<&Path>) -> Result<Self, EbpfError> {
+    pub fn load(
+        config: &KernelConfig,
+        sizes: Sizes,
+        cgroup: Option<&Path>,
+        admission: Option<Admission<'_>>,
+    ) -> Result<Self, EbpfError> {
         let flows = cgroup.is_some();
         let mut config = *config;
         if flows {
@@ -107,12 +122,27 @@ impl Probes {
                 attached += 1;
             }
         }
+        let with_admission = admission.is_some();
+        if let Some(admission) = admission {
+            attached += attach_admission(&mut ebpf, &admission)?;
+        }
         Ok(Self {
             ebpf,
             attached,
             endpoint_capacity: sizes.endpoint_table_entries,
             socket_capacity: sizes.socket_table_entries,
+            admission: with_admission,
         })
+    }
+
+    /// Admission decisions per rule slot, `(allowed, denied)`; empty when
+    /// no rules are attached.
+    pub fn policy_decisions(&self) -> Result<Vec<(u64, u64)>, EbpfError> {
+        if !self.admission {
+            return Ok(Vec::new());
+        }
+        let counts = read_per_cpu(self.map("POLICY_DECISIONS")?, "POLICY_DECISIONS", POLICY_DECISION_SLOTS)?;
+        Ok(counts.chunks_exact(2).map(|c| (c[0], c[1])).collect())
     }
 
     pub fn attached(&self) -> usize {
@@ -167,6 +197,38 @@ impl Probes {
             },
         })
     }
+}
+
+/// Writes the rules, then attaches the connect and release programs: a
+/// rule is in place before the first connect is checked against it.
+fn attach_admission(ebpf: &mut Ebpf, admission: &Admission<'_>) -> Result<usize, EbpfError> {
+    {
+        let map = ebpf.map_mut("POLICY_RULES").ok_or(EbpfError::Missing { kind: "map", name: "POLICY_RULES" })?;
+        let mut rules: Array<&mut MapData, PolicyRule> =
+            Array::try_from(map).map_err(|source| EbpfError::Map { map: "POLICY_RULES", source })?;
+        for (slot, rule) in (0u32..).zip(admission.rules) {
+            rules.set(slot, rule, 0).map_err(|source| EbpfError::Map { map: "POLICY_RULES", source })?;
+        }
+    }
+    let root = std::fs::File::open(admission.cgroup)
+        .map_err(|source| EbpfError::PolicyCgroup { path: admission.cgroup.to_path_buf(), source })?;
+    let on = |hook: &str| format!("{hook} on {}", admission.cgroup.display());
+    // The release program first: a socket admitted under a cap must always
+    // give its place back.
+    let name = "gov_sock_release";
+    let fail = |source| EbpfError::Program { program: name, hook: on("cgroup/sock_release"), source };
+    let program: &mut CgroupSock =
+        ebpf.program_mut(name).ok_or(EbpfError::Missing { kind: "program", name })?.try_into().map_err(fail)?;
+    program.load().map_err(fail)?;
+    program.attach(&root, CgroupAttachMode::Single).map_err(fail)?;
+    for (name, hook) in [("gov_connect4", "cgroup/connect4"), ("gov_connect6", "cgroup/connect6")] {
+        let fail = |source| EbpfError::Program { program: name, hook: on(hook), source };
+        let program: &mut CgroupSockAddr =
+            ebpf.program_mut(name).ok_or(EbpfError::Missing { kind: "program", name })?.try_into().map_err(fail)?;
+        program.load().map_err(fail)?;
+        program.attach(&root, CgroupAttachMode::Single).map_err(fail)?;
+    }
+    Ok(3)
 }
 
 /// The kernel's per-flow table (established connections with their byte

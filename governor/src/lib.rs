@@ -19,6 +19,7 @@ pub mod http;
 pub mod labels;
 pub mod metrics;
 pub mod monitor;
+pub mod policy;
 pub mod registry;
 pub mod stats;
 pub mod tracefs;

@@ -10,6 +10,7 @@ use prometheus::{
 
 use crate::{
     cardinality::{Budget, SeriesLimiter},
+    config::PolicyKind,
     connections::FailureReason,
     health::State,
     labels,
@@ -94,6 +95,12 @@ pub struct Metrics {
     socket_update_failures: IntCounter,
     ttl_seconds: u64,
     tracked: IntGaugeVec,
+    policy_decisions: IntCounterVec,
+    policy_info: IntGaugeVec,
+    /// Per kernel rule slot: the policy's name and its `reason` label, and
+    /// the decision totals read last.
+    policy_slots: Vec<(String, &'static str)>,
+    policy_seen: Vec<(u64, u64)>,
 }
 
 /// Adds per-endpoint increments to a counter with a `direction` label
@@ -312,7 +319,45 @@ impl Metrics {
                 "Entries in the daemon's own tables: live connections, endpoints the health engine tracks.",
                 &["table"],
             ),
+            policy_decisions: counter_vec(
+                "governor_policy_decisions_total",
+                "Outbound connects checked against a policy in the kernel, by policy, verdict (allow, deny; a \
+                 dry-run policy counts what it would deny) and the kind of limit (rate, concurrency, block).",
+                &["policy", "action", "reason"],
+            ),
+            policy_info: gauge_vec(
+                "governor_policy_info",
+                "Always 1 for each policy in force, with its kind.",
+                &["policy", "kind"],
+            ),
+            policy_slots: Vec::new(),
+            policy_seen: Vec::new(),
             registry: r,
+        }
+    }
+
+    /// The policies in force, in kernel slot order; their decision series
+    /// start at zero.
+    pub fn set_policies(&mut self, slots: &[(String, PolicyKind)]) {
+        self.policy_info.reset();
+        self.policy_slots = slots.iter().map(|(name, kind)| (name.clone(), crate::policy::reason(*kind))).collect();
+        self.policy_seen = vec![(0, 0); slots.len()];
+        for (name, kind) in slots {
+            self.policy_info.with_label_values(&[name.as_str(), kind.as_str()]).set(1);
+            for action in ["allow", "deny"] {
+                self.policy_decisions.with_label_values(&[name.as_str(), action, crate::policy::reason(*kind)]).reset();
+            }
+        }
+    }
+
+    /// Adds what the kernel decided since the last reading (`totals` per
+    /// slot, `(allowed, denied)`).
+    pub fn policy_decisions(&mut self, totals: &[(u64, u64)]) {
+        for ((slot, seen), total) in self.policy_slots.iter().zip(&mut self.policy_seen).zip(totals) {
+            let (name, reason) = (slot.0.as_str(), slot.1);
+            self.policy_decisions.with_label_values(&[name, "allow", reason]).inc_by(total.0.saturating_sub(seen.0));
+            self.policy_decisions.with_label_values(&[name, "deny", reason]).inc_by(total.1.saturating_sub(seen.1));
+            *seen = *total;
         }
     }
 

@@ -144,6 +144,15 @@ pub struct Cidr {
 }
 
 impl Cidr {
+    pub fn addr(&self) -> IpAddr {
+        self.addr
+    }
+
+    /// The prefix length.
+    pub fn bits(&self) -> u8 {
+        self.bits
+    }
+
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.addr, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {

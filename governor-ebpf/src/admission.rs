@@ -1,0 +1,203 @@
+//! Outbound admission, shared by the cgroup `connect4` and `connect6`
+//! programs (`connect4.rs`, `connect6.rs`): every TCP `connect()` on the
+//! host is checked against the rules user space wrote into `POLICY_RULES`,
+//! in slot order (user space puts blocks first, then rate limits, then
+//! concurrency caps). The first rule that denies ends the check and the
+//! application's `connect()` fails at once with `EPERM`; a rule in dry-run
+//! mode only counts what it would have done.
+//!
+//! Concurrency: a connect admitted under a cap takes one of its places;
+//! `sock_release.rs` gives the places back when the socket is closed. The
+//! places a socket holds are kept by socket cookie in `ADMITTED`.
+
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    EbpfContext as _,
+    helpers::{
+        bpf_ktime_get_ns,
+        generated::{bpf_get_socket_cookie, bpf_loop},
+    },
+    programs::SockAddrContext,
+};
+use governor_common::{POLICY_SLOTS, PolicyRule, policy_kind};
+
+use crate::maps::{ADMITTED, POLICY_DECISIONS, POLICY_RULES, POLICY_STATE, add};
+
+/// `cgroup_sock_addr` verdicts.
+pub const ALLOW: i32 = 1;
+pub const DENY: i32 = 0;
+
+/// Where a connect goes: the address bytes as two native-endian words
+/// (IPv4 in the first four bytes), the family and the port (host order).
+pub struct Destination {
+    pub addr: [u64; 2],
+    pub family: u16,
+    pub port: u16,
+}
+
+/// Two address words (network order in memory, as the context holds
+/// them) as one native-endian word of the address bytes.
+#[inline(always)]
+pub fn words(first: u32, second: u32) -> u64 {
+    let (a, b) = (first.to_ne_bytes(), second.to_ne_bytes());
+    u64::from_ne_bytes([a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3]])
+}
+
+/// What the rule loop works on: the connect, and what the rules decided
+/// so far.
+struct Check {
+    to: Destination,
+    /// Caps the socket holds places under already (a repeated connect).
+    held: u64,
+    /// Caps this connect took a place under.
+    taken: u64,
+    verdict: i32,
+}
+
+/// The verdict on one connect.
+#[inline(always)]
+pub fn admit(ctx: &SockAddrContext, to: Destination) -> i32 {
+    // SAFETY: the helper takes the program's own context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // A second connect() on the same socket (after EINPROGRESS, say) keeps
+    // the places it holds and takes no new ones.
+    let held = ADMITTED.get_ptr(cookie).map_or(0, |m| {
+        // SAFETY: a live map value.
+        unsafe { *m }
+    });
+    let mut check = Check { to, held, taken: 0, verdict: ALLOW };
+    // bpf_loop: the verifier checks the body once instead of once per slot
+    // and path, which for 64 slots is past its instruction limit.
+    // SAFETY: the callback has the signature bpf_loop calls, and `check`
+    // outlives the call.
+    unsafe {
+        bpf_loop(POLICY_SLOTS, check_slot as *mut c_void, (&raw mut check).cast::<c_void>(), 0);
+    }
+    if check.verdict == DENY {
+        release(check.taken);
+    } else if check.taken != 0 && ADMITTED.insert(cookie, check.held | check.taken, 0).is_err() {
+        // No room to remember the socket: do not hold places nobody can
+        // give back.
+        release(check.taken);
+    }
+    check.verdict
+}
+
+/// One rule slot; returns 1 to stop the loop (no more rules, or denied).
+extern "C" fn check_slot(slot: u64, check: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop hands back the pointer `admit` gave it.
+    let check = unsafe { &mut *check.cast::<Check>() };
+    #[expect(clippy::cast_possible_truncation, reason = "slots are below POLICY_SLOTS")]
+    let slot = slot as u32;
+    let Some(rule) = POLICY_RULES.get(slot) else { return 1 };
+    if rule.kind == policy_kind::NONE {
+        // Rules fill the slots from the first one.
+        return 1;
+    }
+    if !matches(rule, &check.to) {
+        return 0;
+    }
+    let bit = 1u64 << (slot & 63);
+    let allowed = match rule.kind {
+        policy_kind::BLOCK => false,
+        policy_kind::RATE => take_token(slot, rule),
+        policy_kind::CONCURRENCY if check.held & bit != 0 => true,
+        policy_kind::CONCURRENCY => {
+            let ok = take_place(slot, rule);
+            if ok {
+                check.taken |= bit;
+            }
+            ok
+        }
+        _ => true,
+    };
+    count(slot, allowed);
+    if !allowed && rule.flags & PolicyRule::DRY_RUN == 0 {
+        check.verdict = DENY;
+        return 1;
+    }
+    0
+}
+
+#[inline(always)]
+fn matches(rule: &PolicyRule, to: &Destination) -> bool {
+    rule.family == to.family
+        && to.port >= rule.port_low
+        && to.port <= rule.port_high
+        && to.addr[0] & rule.mask[0] == rule.net[0]
+        && to.addr[1] & rule.mask[1] == rule.net[1]
+}
+
+/// GCRA, the token bucket as one number: `tat_ns` is when the bucket will
+/// next be empty. A connect is admitted when its booking starts at most the
+/// tolerance ahead of now; it books one interval.
+///
+/// The BPF instruction set this is built for (`--cpu generic`) has an
+/// atomic add but no fetch-and-add, so a booking is added and the sum read
+/// back: a CPU that books at the same instant makes the sum look later
+/// than it is, so a race can only refuse a connect, never let one more
+/// through. A refused booking is taken back.
+#[inline(always)]
+fn take_token(slot: u32, rule: &PolicyRule) -> bool {
+    let Some(state) = POLICY_STATE.get_ptr_mut(slot) else { return true };
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: a live map value; `tat_ns` is 8-byte aligned.
+    unsafe {
+        let tat = &raw mut (*state).tat_ns;
+        if core::ptr::read_volatile(tat) < now {
+            // Idle long enough to be full again. Two CPUs may both store
+            // here; each books after `now` all the same.
+            core::ptr::write_volatile(tat, now);
+        }
+        add(tat, rule.interval_ns);
+        let booked = core::ptr::read_volatile(tat).wrapping_sub(rule.interval_ns);
+        if booked.saturating_sub(now) > rule.tolerance_ns {
+            add(tat, rule.interval_ns.wrapping_neg());
+            return false;
+        }
+    }
+    true
+}
+
+/// Takes one place under a concurrency cap, if one is free. As above, the
+/// count is added to and read back: a race can only refuse.
+#[inline(always)]
+fn take_place(slot: u32, rule: &PolicyRule) -> bool {
+    let Some(state) = POLICY_STATE.get_ptr_mut(slot) else { return true };
+    // SAFETY: a live map value; `open` is 8-byte aligned.
+    unsafe {
+        let open = &raw mut (*state).open;
+        add(open, 1);
+        if core::ptr::read_volatile(open) > rule.max_connections {
+            add(open, u64::MAX);
+            return false;
+        }
+    }
+    true
+}
+
+/// Gives back the places of the slots in `mask`.
+#[inline(always)]
+pub fn release(mask: u64) {
+    if mask == 0 {
+        return;
+    }
+    for slot in 0..POLICY_SLOTS {
+        if mask & (1u64 << slot) != 0
+            && let Some(state) = POLICY_STATE.get_ptr_mut(slot)
+        {
+            // SAFETY: a live map value; `open` is 8-byte aligned.
+            unsafe { add(&raw mut (*state).open, u64::MAX) };
+        }
+    }
+}
+
+#[inline(always)]
+fn count(slot: u32, allowed: bool) {
+    if let Some(n) = POLICY_DECISIONS.get_ptr_mut(slot * 2 + u32::from(!allowed)) {
+        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+        unsafe { *n += 1 };
+    }
+}

@@ -1,0 +1,259 @@
+//! `[[policies]]`: what governor enforces in the kernel. Parsed and checked
+//! here (pure); `crate::policy` turns valid policies into kernel rules.
+//!
+//! ```toml
+//! [[policies]]
+//! name = "payments-connect-rate"
+//! kind = "rate_limit"
+//! destination = "10.20.0.0/16"
+//! ports = "443"
+//! rate_per_second = 200
+//! burst = 20
+//! ```
+
+use std::{fmt, str::FromStr};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
+
+use super::Cidr;
+
+/// The most policies the kernel tables hold.
+pub const MAX_POLICIES: usize = governor_common::POLICY_SLOTS as usize;
+
+/// One policy as written in the file.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// Shown in metrics (`policy` label): letters, digits, `-`, `_`, `.`.
+    pub name: String,
+    pub kind: PolicyKind,
+    /// Connects to this network are governed (IPv4 or IPv6; a bare address
+    /// is a network of one). IPv4-mapped IPv6 destinations count as IPv4.
+    pub destination: Cidr,
+    /// Destination ports, `443` or `8000-8100`; all ports when missing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ports: Option<PortRange>,
+    /// `rate_limit`: new connections per second, host-wide.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_per_second: Option<u32>,
+    /// `rate_limit`: connects let through at once after a quiet spell.
+    /// Default: one second's worth (`rate_per_second`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+    /// `max_connections`: connections open at once, host-wide, counted
+    /// from `connect()` until the socket is closed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    /// Count what the policy would deny, deny nothing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicyKind {
+    /// Every connect is refused.
+    Block,
+    /// New connections per second with a burst.
+    RateLimit,
+    /// Connections open at once.
+    MaxConnections,
+}
+
+impl PolicyKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Block => "block",
+            Self::RateLimit => "rate_limit",
+            Self::MaxConnections => "max_connections",
+        }
+    }
+}
+
+/// `low..=high`, both at least 1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortRange {
+    pub low: u16,
+    pub high: u16,
+}
+
+impl PortRange {
+    pub const ALL: Self = Self { low: 0, high: u16::MAX };
+}
+
+impl FromStr for PortRange {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let port = |p: &str| {
+            p.trim()
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| format!("`{s}` is not a port (1 to 65535) or a range such as 8000-8100"))
+        };
+        let (low, high) = match s.split_once('-') {
+            Some((l, h)) => (port(l)?, port(h)?),
+            None => (port(s)?, port(s)?),
+        };
+        if low > high {
+            return Err(format!("`{s}`: the range ends below its start"));
+        }
+        Ok(Self { low, high })
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.low == self.high { write!(f, "{}", self.low) } else { write!(f, "{}-{}", self.low, self.high) }
+    }
+}
+
+impl<'de> Deserialize<'de> for PortRange {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // `ports = 443` and `ports = "443"` both work.
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(i64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Number(n) => n.to_string().parse().map_err(de::Error::custom),
+            Raw::Text(s) => s.parse().map_err(de::Error::custom),
+        }
+    }
+}
+
+impl Serialize for PortRange {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.to_string().serialize(s)
+    }
+}
+
+/// What is wrong with a policy: the policy's name (or position), the field
+/// and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyError {
+    pub policy: String,
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "policy `{}`, field `{}`: {}", self.policy, self.field, self.message)
+    }
+}
+
+/// Checks what the parser cannot: names, the fields each kind needs and
+/// allows, the number of policies.
+pub fn validate(policies: &[Policy]) -> Result<(), PolicyError> {
+    let err = |policy: &str, field, message: String| Err(PolicyError { policy: policy.to_owned(), field, message });
+    if policies.len() > MAX_POLICIES {
+        return err(
+            &policies[MAX_POLICIES].name,
+            "name",
+            format!("at most {MAX_POLICIES} policies fit the kernel tables; this is number {}", MAX_POLICIES + 1),
+        );
+    }
+    for (i, p) in policies.iter().enumerate() {
+        let name = p.name.as_str();
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            return err(
+                &format!("#{}", i + 1),
+                "name",
+                format!("`{name}` must be non-empty and made of letters, digits, `-`, `_` and `.`"),
+            );
+        }
+        if policies[..i].iter().any(|q| q.name == p.name) {
+            return err(name, "name", "another policy has this name".to_owned());
+        }
+        let needs = |field: &'static str, value: Option<u32>| match value {
+            Some(0) => err(name, field, "must be at least 1".to_owned()),
+            Some(_) => Ok(()),
+            None => err(name, field, format!("a `{}` policy needs it", p.kind.as_str())),
+        };
+        let forbids = |field: &'static str, value: Option<u32>| match value {
+            Some(_) => err(name, field, format!("does not apply to a `{}` policy", p.kind.as_str())),
+            None => Ok(()),
+        };
+        match p.kind {
+            PolicyKind::Block => {
+                forbids("rate_per_second", p.rate_per_second)?;
+                forbids("burst", p.burst)?;
+                forbids("max_connections", p.max_connections)?;
+            }
+            PolicyKind::RateLimit => {
+                needs("rate_per_second", p.rate_per_second)?;
+                if p.rate_per_second > Some(1_000_000_000) {
+                    return err(name, "rate_per_second", "must be at most 1000000000".to_owned());
+                }
+                if p.burst.is_some() {
+                    needs("burst", p.burst)?;
+                }
+                forbids("max_connections", p.max_connections)?;
+            }
+            PolicyKind::MaxConnections => {
+                needs("max_connections", p.max_connections)?;
+                forbids("rate_per_second", p.rate_per_second)?;
+                forbids("burst", p.burst)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(name: &str, kind: PolicyKind) -> Policy {
+        Policy {
+            name: name.to_owned(),
+            kind,
+            destination: "10.0.0.0/8".parse().unwrap(),
+            ports: None,
+            rate_per_second: None,
+            burst: None,
+            max_connections: None,
+            dry_run: false,
+        }
+    }
+
+    #[test]
+    fn port_ranges() {
+        assert_eq!("443".parse::<PortRange>(), Ok(PortRange { low: 443, high: 443 }));
+        assert_eq!("8000-8100".parse::<PortRange>(), Ok(PortRange { low: 8000, high: 8100 }));
+        assert!("0".parse::<PortRange>().is_err());
+        assert!("9-8".parse::<PortRange>().unwrap_err().contains("ends below"));
+        assert!("http".parse::<PortRange>().is_err());
+        assert!("70000".parse::<PortRange>().is_err());
+    }
+
+    #[test]
+    fn each_kind_needs_its_fields_and_refuses_the_others() {
+        let rate = Policy { rate_per_second: Some(100), ..policy("r", PolicyKind::RateLimit) };
+        assert_eq!(validate(std::slice::from_ref(&rate)), Ok(()));
+        let e = validate(&[policy("r", PolicyKind::RateLimit)]).unwrap_err();
+        assert_eq!((e.policy.as_str(), e.field), ("r", "rate_per_second"));
+        let e = validate(&[Policy { burst: Some(0), ..rate.clone() }]).unwrap_err();
+        assert_eq!((e.field, e.message.as_str()), ("burst", "must be at least 1"));
+        let e = validate(&[Policy { max_connections: Some(3), ..rate.clone() }]).unwrap_err();
+        assert_eq!(e.field, "max_connections");
+        let e = validate(&[policy("c", PolicyKind::MaxConnections)]).unwrap_err();
+        assert_eq!(e.field, "max_connections");
+        let e = validate(&[Policy { rate_per_second: Some(1), ..policy("b", PolicyKind::Block) }]).unwrap_err();
+        assert_eq!(e.to_string(), "policy `b`, field `rate_per_second`: does not apply to a `block` policy");
+    }
+
+    #[test]
+    fn names_are_unique_and_plain() {
+        let e = validate(&[policy("a", PolicyKind::Block), policy("a", PolicyKind::Block)]).unwrap_err();
+        assert_eq!((e.policy.as_str(), e.field), ("a", "name"));
+        let e = validate(&[policy("a b", PolicyKind::Block)]).unwrap_err();
+        assert_eq!((e.policy.as_str(), e.field), ("#1", "name"));
+        let many: Vec<Policy> = (0..=MAX_POLICIES).map(|i| policy(&format!("p{i}"), PolicyKind::Block)).collect();
+        assert!(validate(&many).unwrap_err().message.contains("at most 64"));
+    }
+}

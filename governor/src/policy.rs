@@ -1,0 +1,183 @@
+//! Policies from the config turned into the kernel's admission rules
+//! (`governor_common::PolicyRule`), one per slot. Pure: no maps here.
+
+use std::net::IpAddr;
+
+use governor_common::{AF_INET, AF_INET6, PolicyRule, policy_kind};
+
+use crate::config::{Policy, PolicyKind, PortRange};
+
+/// The rules in slot order, and for each slot the policy's name and kind.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Compiled {
+    pub rules: Vec<PolicyRule>,
+    pub slots: Vec<(String, PolicyKind)>,
+}
+
+impl Compiled {
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+}
+
+/// The `reason` label of a policy's decisions.
+pub fn reason(kind: PolicyKind) -> &'static str {
+    match kind {
+        PolicyKind::Block => "block",
+        PolicyKind::RateLimit => "rate",
+        PolicyKind::MaxConnections => "concurrency",
+    }
+}
+
+/// Orders the policies as the kernel checks them: blocks first, then rate
+/// limits, then concurrency caps (a connect refused by an earlier rule
+/// takes no token and no place), each kind in file order.
+pub fn compile(policies: &[Policy]) -> Compiled {
+    let mut ordered: Vec<&Policy> = policies.iter().collect();
+    ordered.sort_by_key(|p| p.kind);
+    Compiled {
+        rules: ordered.iter().map(|p| rule(p)).collect(),
+        slots: ordered.iter().map(|p| (p.name.clone(), p.kind)).collect(),
+    }
+}
+
+/// One policy as a kernel rule. The policy must have passed validation.
+pub fn rule(p: &Policy) -> PolicyRule {
+    let (family, bytes, width) = match p.destination.addr() {
+        IpAddr::V4(a) => {
+            let mut b = [0; 16];
+            b[..4].copy_from_slice(&a.octets());
+            (AF_INET, b, 32)
+        }
+        IpAddr::V6(a) => (AF_INET6, a.octets(), 128),
+    };
+    let mask = mask_bytes(p.destination.bits().min(width));
+    let net: [u8; 16] = std::array::from_fn(|i| bytes[i] & mask[i]);
+    let ports = p.ports.unwrap_or(PortRange::ALL);
+    let mut rule = PolicyRule {
+        net: words(net),
+        mask: words(mask),
+        family,
+        port_low: ports.low,
+        port_high: ports.high,
+        flags: if p.dry_run { PolicyRule::DRY_RUN } else { 0 },
+        ..PolicyRule::default()
+    };
+    match p.kind {
+        PolicyKind::Block => rule.kind = policy_kind::BLOCK,
+        PolicyKind::RateLimit => {
+            let rate = u64::from(p.rate_per_second.unwrap_or(1).max(1));
+            let burst = u64::from(p.burst.unwrap_or(u32::try_from(rate).unwrap_or(u32::MAX)).max(1));
+            rule.kind = policy_kind::RATE;
+            rule.interval_ns = 1_000_000_000 / rate;
+            rule.tolerance_ns = (burst - 1) * rule.interval_ns;
+        }
+        PolicyKind::MaxConnections => {
+            rule.kind = policy_kind::CONCURRENCY;
+            rule.max_connections = u64::from(p.max_connections.unwrap_or(1));
+        }
+    }
+    rule
+}
+
+/// The first `bits` bits set, in network order.
+fn mask_bytes(bits: u8) -> [u8; 16] {
+    let mask = u128::MAX.checked_shl(128 - u32::from(bits)).unwrap_or(0);
+    mask.to_be_bytes()
+}
+
+/// Sixteen address bytes as the kernel compares them: two native-endian
+/// words of the bytes as they are in memory.
+fn words(b: [u8; 16]) -> [u64; 2] {
+    let (first, second) = b.split_at(8);
+    [
+        u64::from_ne_bytes(first.try_into().expect("eight bytes")),
+        u64::from_ne_bytes(second.try_into().expect("eight bytes")),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(name: &str, kind: PolicyKind, destination: &str) -> Policy {
+        Policy {
+            name: name.to_owned(),
+            kind,
+            destination: destination.parse().unwrap(),
+            ports: None,
+            rate_per_second: Some(100),
+            burst: Some(10),
+            max_connections: Some(20),
+            dry_run: false,
+        }
+    }
+
+    /// What the kernel does with a destination, byte for byte.
+    fn matches(r: &PolicyRule, family: u16, addr: [u8; 16], port: u16) -> bool {
+        let a = words(addr);
+        r.family == family
+            && (r.port_low..=r.port_high).contains(&port)
+            && a[0] & r.mask[0] == r.net[0]
+            && a[1] & r.mask[1] == r.net[1]
+    }
+
+    fn v4(a: [u8; 4]) -> [u8; 16] {
+        let mut b = [0; 16];
+        b[..4].copy_from_slice(&a);
+        b
+    }
+
+    #[test]
+    fn networks_and_ports_match_as_written() {
+        let mut p = policy("p", PolicyKind::Block, "10.20.0.0/16");
+        p.ports = Some("8000-8100".parse().unwrap());
+        let r = rule(&p);
+        assert!(matches(&r, AF_INET, v4([10, 20, 3, 4]), 8000));
+        assert!(matches(&r, AF_INET, v4([10, 20, 255, 255]), 8100));
+        assert!(!matches(&r, AF_INET, v4([10, 21, 0, 1]), 8000));
+        assert!(!matches(&r, AF_INET, v4([10, 20, 0, 1]), 8101));
+        assert!(!matches(&r, AF_INET6, v4([10, 20, 0, 1]), 8000));
+        // Host bits in the written network are ignored.
+        assert_eq!(
+            rule(&policy("p", PolicyKind::Block, "10.20.9.9/16")).net,
+            rule(&policy("p", PolicyKind::Block, "10.20.0.0/16")).net
+        );
+
+        let r = rule(&policy("p", PolicyKind::Block, "fd00:1::/33"));
+        let inside: std::net::Ipv6Addr = "fd00:1:7fff::5".parse().unwrap();
+        let outside: std::net::Ipv6Addr = "fd00:1:8000::5".parse().unwrap();
+        assert!(matches(&r, AF_INET6, inside.octets(), 1));
+        assert!(!matches(&r, AF_INET6, outside.octets(), 1));
+        let all = rule(&policy("p", PolicyKind::Block, "0.0.0.0/0"));
+        assert!(matches(&all, AF_INET, v4([192, 0, 2, 1]), 65535));
+        let one = rule(&policy("p", PolicyKind::Block, "192.0.2.1"));
+        assert!(matches(&one, AF_INET, v4([192, 0, 2, 1]), 1));
+        assert!(!matches(&one, AF_INET, v4([192, 0, 2, 2]), 1));
+    }
+
+    #[test]
+    fn rates_become_intervals_and_a_tolerance_of_burst_minus_one() {
+        let r = rule(&policy("p", PolicyKind::RateLimit, "10.0.0.0/8"));
+        assert_eq!((r.kind, r.interval_ns, r.tolerance_ns), (policy_kind::RATE, 10_000_000, 90_000_000));
+        let mut p = policy("p", PolicyKind::RateLimit, "10.0.0.0/8");
+        p.burst = None;
+        assert_eq!(rule(&p).tolerance_ns, 99 * 10_000_000, "the burst defaults to one second's worth");
+        let c = rule(&policy("p", PolicyKind::MaxConnections, "10.0.0.0/8"));
+        assert_eq!((c.kind, c.max_connections), (policy_kind::CONCURRENCY, 20));
+    }
+
+    #[test]
+    fn blocks_come_first_then_rates_then_caps() {
+        let compiled = compile(&[
+            policy("cap", PolicyKind::MaxConnections, "10.0.0.0/8"),
+            policy("rate", PolicyKind::RateLimit, "10.0.0.0/8"),
+            policy("block", PolicyKind::Block, "10.0.0.0/8"),
+            policy("rate2", PolicyKind::RateLimit, "10.0.0.0/8"),
+        ]);
+        let names: Vec<&str> = compiled.slots.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["block", "rate", "rate2", "cap"]);
+        let kinds: Vec<u8> = compiled.rules.iter().map(|r| r.kind).collect();
+        assert_eq!(kinds, [policy_kind::BLOCK, policy_kind::RATE, policy_kind::RATE, policy_kind::CONCURRENCY]);
+    }
+}

@@ -22,7 +22,7 @@ use aya_ebpf::{
 };
 use governor_common::{POLICY_SLOTS, PolicyRule, policy_kind};
 
-use crate::maps::{ADMITTED, POLICY_DECISIONS, POLICY_RULES, POLICY_STATE, add};
+use crate::maps::{ADMITTED, POLICY_DECISIONS, POLICY_RULES, POLICY_STATE, add, fetch_add};
 
 /// `cgroup_sock_addr` verdicts.
 pub const ALLOW: i32 = 1;
@@ -131,13 +131,9 @@ fn matches(rule: &PolicyRule, to: &Destination) -> bool {
 
 /// GCRA, the token bucket as one number: `tat_ns` is when the bucket will
 /// next be empty. A connect is admitted when its booking starts at most the
-/// tolerance ahead of now; it books one interval.
-///
-/// The BPF instruction set this is built for (`--cpu generic`) has an
-/// atomic add but no fetch-and-add, so a booking is added and the sum read
-/// back: a CPU that books at the same instant makes the sum look later
-/// than it is, so a race can only refuse a connect, never let one more
-/// through. A refused booking is taken back.
+/// tolerance ahead of now; it books one interval with a fetch-and-add, so
+/// CPUs booking at the same instant each get their own interval. A refused
+/// booking is taken back.
 #[inline(always)]
 fn take_token(slot: u32, rule: &PolicyRule) -> bool {
     let Some(state) = POLICY_STATE.get_ptr_mut(slot) else { return true };
@@ -148,11 +144,11 @@ fn take_token(slot: u32, rule: &PolicyRule) -> bool {
         let tat = &raw mut (*state).tat_ns;
         if core::ptr::read_volatile(tat) < now {
             // Idle long enough to be full again. Two CPUs may both store
-            // here; each books after `now` all the same.
+            // here: a booking made in between is lost, so at that instant
+            // one connect more than the burst can get through.
             core::ptr::write_volatile(tat, now);
         }
-        add(tat, rule.interval_ns);
-        let booked = core::ptr::read_volatile(tat).wrapping_sub(rule.interval_ns);
+        let booked = fetch_add(tat, rule.interval_ns);
         if booked.saturating_sub(now) > rule.tolerance_ns {
             add(tat, rule.interval_ns.wrapping_neg());
             return false;
@@ -161,16 +157,16 @@ fn take_token(slot: u32, rule: &PolicyRule) -> bool {
     true
 }
 
-/// Takes one place under a concurrency cap, if one is free. As above, the
-/// count is added to and read back: a race can only refuse.
+/// Takes one place under a concurrency cap, if one is free. The count is
+/// taken with a fetch-and-add: of many CPUs racing for the last place,
+/// exactly one gets it.
 #[inline(always)]
 fn take_place(slot: u32, rule: &PolicyRule) -> bool {
     let Some(state) = POLICY_STATE.get_ptr_mut(slot) else { return true };
     // SAFETY: a live map value; `open` is 8-byte aligned.
     unsafe {
         let open = &raw mut (*state).open;
-        add(open, 1);
-        if core::ptr::read_volatile(open) > rule.max_connections {
+        if fetch_add(open, 1) >= rule.max_connections {
             add(open, u64::MAX);
             return false;
         }

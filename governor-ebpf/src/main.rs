@@ -4,6 +4,8 @@
 #![no_main]
 // The atomic add on shared map values (see maps.rs).
 #![feature(core_intrinsics)]
+// One instruction written out: the fetch-and-add (see maps.rs).
+#![feature(asm_experimental_arch)]
 #![expect(internal_features, reason = "atomic_xadd is the only atomic add the BPF target offers")]
 #![expect(clippy::inline_always, reason = "helpers stay inside each program: one function for the verifier")]
 #![expect(clippy::needless_pass_by_value, reason = "#[tracepoint] hands the context over by value")]

@@ -157,3 +157,25 @@ pub fn add(field: *mut u64, n: u64) {
     // other CPUs only touch it atomically.
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(field, n) };
 }
+
+/// Adds `n` to a value shared by all CPUs and returns the value before.
+///
+/// The instruction (`BPF_ADD | BPF_FETCH`, kernel 5.12+) belongs to BPF
+/// CPU version 3, and the programs are built for the generic CPU (aya-build
+/// passes no `-C target-cpu`): LLVM then refuses a used result of an atomic
+/// add, so the one instruction is written out here.
+#[inline(always)]
+pub fn fetch_add(field: *mut u64, n: u64) -> u64 {
+    let mut v = n;
+    // SAFETY: callers pass an 8-byte aligned field of a live map value;
+    // other CPUs only touch it atomically. The instruction reads and
+    // writes only that field and the register.
+    unsafe {
+        core::arch::asm!(
+            "{v} = atomic_fetch_add((u64 *)({p} + 0), {v})",
+            p = in(reg) field,
+            v = inout(reg) v,
+        );
+    }
+    v
+}

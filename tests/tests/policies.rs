@@ -1,0 +1,251 @@
+//! Outbound admission policies, enforced in the kernel: rate limits, caps
+//! and blocks on real connects inside test namespaces, the decision
+//! counters, fail-open and bad policies.
+
+use std::{
+    io::ErrorKind,
+    net::{SocketAddr, TcpListener, TcpStream},
+    process::Command,
+    sync::{Arc, Barrier, Mutex},
+    thread,
+    time::{Duration, Instant},
+};
+
+use governor_tests::{
+    Governor, Netns,
+    governor::{TempDir, bin, run_to_exit},
+    require_root, series,
+};
+
+const EPERM: i32 = nix::errno::Errno::EPERM as i32;
+
+fn decisions(policy: &str, action: &str, reason: &str) -> String {
+    series("governor_policy_decisions_total", &[("policy", policy), ("action", action), ("reason", reason)])
+}
+
+/// `[[policies]]` written inline, for `Governor::start_with`.
+fn policies(list: &[&str]) -> String {
+    format!("[{}]", list.join(", "))
+}
+
+/// A listener in the namespace that accepts and closes everything until
+/// the returned handle's flag is set; returns how many it accepted.
+fn serve(ns: &Netns, addr: SocketAddr) -> (Arc<Mutex<bool>>, thread::JoinHandle<u64>) {
+    let stop = Arc::new(Mutex::new(false));
+    let flag = Arc::clone(&stop);
+    let listener = ns.run(move || TcpListener::bind(addr).expect("bind"));
+    listener.set_nonblocking(true).expect("nonblocking");
+    let handle = thread::spawn(move || {
+        let mut accepted = 0;
+        let deadline = Instant::now() + Duration::from_mins(1);
+        while !*flag.lock().expect("flag") && Instant::now() < deadline {
+            match listener.accept() {
+                Ok(_) => accepted += 1,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => thread::sleep(Duration::from_millis(1)),
+                Err(e) => panic!("accept: {e}"),
+            }
+        }
+        accepted
+    });
+    (stop, handle)
+}
+
+/// Connects to `addr` from inside the namespace as fast as it can for
+/// `seconds` (and at most a bounded number of times): `(connected, denied
+/// with EPERM)`. Any other error fails the test.
+fn hammer(ns: &Netns, addr: SocketAddr, seconds: u64) -> (u64, u64) {
+    ns.run(move || {
+        let (mut connected, mut denied) = (0, 0);
+        let start = Instant::now();
+        for _ in 0..20_000_000u64 {
+            if start.elapsed() >= Duration::from_secs(seconds) {
+                break;
+            }
+            match TcpStream::connect(addr) {
+                Ok(_) => connected += 1,
+                Err(e) if e.raw_os_error() == Some(EPERM) => denied += 1,
+                Err(e) => panic!("connect {addr}: {e} (only EPERM is expected)"),
+            }
+        }
+        (connected, denied)
+    })
+}
+
+fn rate_limit_holds(ns: &Netns, gov: &mut Governor, policy: &str, addr: SocketAddr, seconds: u64, expected: u64) {
+    let (stop, server) = serve(ns, addr);
+    let (connected, denied) = hammer(ns, addr, seconds);
+    *stop.lock().expect("flag") = true;
+    server.join().expect("server");
+    // The bucket starts full: the burst, then the rate for the whole run.
+    let (low, high) = (expected * 95 / 100, expected * 105 / 100);
+    assert!((low..=high).contains(&connected), "{connected} connections admitted, expected {expected} ±5%");
+    assert!(denied > 0, "the client tried faster than the rate");
+    assert_eq!(gov.settle(&decisions(policy, "allow", "rate"), connected), connected);
+    assert_eq!(gov.settle(&decisions(policy, "deny", "rate"), denied), denied);
+}
+
+#[test]
+fn a_rate_limit_admits_the_burst_plus_the_rate_and_denies_the_rest_with_eperm() {
+    require_root();
+    let ns = Netns::new("ratelimit");
+    ns.add_address("10.235.0.1/32");
+    let list = policies(&[
+        r#"{ name = "rate100", kind = "rate_limit", destination = "10.235.0.1/32", ports = "20100", rate_per_second = 100, burst = 10 }"#,
+    ]);
+    let mut gov = Governor::start_with(&[("policies", &list)]);
+    rate_limit_holds(&ns, &mut gov, "rate100", "10.235.0.1:20100".parse().expect("addr"), 5, 510);
+    // Another port of the same host is not governed.
+    let (stop, server) = serve(&ns, "10.235.0.1:20101".parse().expect("addr"));
+    let (connected, denied) = hammer(&ns, "10.235.0.1:20101".parse().expect("addr"), 1);
+    *stop.lock().expect("flag") = true;
+    server.join().expect("server");
+    assert_eq!(denied, 0);
+    assert!(connected > 0);
+    assert_eq!(gov.value(&series("governor_policy_info", &[("policy", "rate100"), ("kind", "rate_limit")])), 1);
+}
+
+#[test]
+fn ipv6_rate_limits_and_blocks_hold_and_ipv4_mapped_destinations_count_as_ipv4() {
+    require_root();
+    let ns = Netns::new("policy6");
+    ns.add_address("fd00:235::1/128");
+    ns.add_address("10.235.1.1/32");
+    let list = policies(&[
+        r#"{ name = "rate6", kind = "rate_limit", destination = "fd00:235::/64", ports = "20102", rate_per_second = 50, burst = 5 }"#,
+        r#"{ name = "block6", kind = "block", destination = "fd00:235::1", ports = "20103" }"#,
+        r#"{ name = "block4", kind = "block", destination = "10.235.1.1", ports = "20104" }"#,
+    ]);
+    let mut gov = Governor::start_with(&[("policies", &list)]);
+    rate_limit_holds(&ns, &mut gov, "rate6", "[fd00:235::1]:20102".parse().expect("addr"), 2, 105);
+
+    let blocked: SocketAddr = "[fd00:235::1]:20103".parse().expect("addr");
+    let (stop, server) = serve(&ns, blocked);
+    let errors = ns.run(move || {
+        (0..3).map(|_| TcpStream::connect(blocked).err().and_then(|e| e.raw_os_error())).collect::<Vec<_>>()
+    });
+    assert_eq!(errors, [Some(EPERM); 3]);
+    *stop.lock().expect("flag") = true;
+    assert_eq!(server.join().expect("server"), 0, "no SYN reached the listener");
+    assert_eq!(gov.settle(&decisions("block6", "deny", "block"), 3), 3);
+
+    // An IPv6 socket connecting to ::ffff:10.235.1.1 sends IPv4 packets: the
+    // IPv4 rule applies.
+    let mapped: SocketAddr = "[::ffff:10.235.1.1]:20104".parse().expect("addr");
+    let error = ns.run(move || TcpStream::connect(mapped).err().and_then(|e| e.raw_os_error()));
+    assert_eq!(error, Some(EPERM));
+    assert_eq!(gov.settle(&decisions("block4", "deny", "block"), 1), 1);
+}
+
+#[test]
+fn a_cap_of_twenty_admits_twenty_of_thirty_racing_connects_and_five_more_when_five_close() {
+    require_root();
+    let ns = Netns::new("cap");
+    ns.add_address("10.235.2.1/32");
+    let list = policies(&[
+        r#"{ name = "cap20", kind = "max_connections", destination = "10.235.2.0/24", ports = "20105", max_connections = 20 }"#,
+    ]);
+    let mut gov = Governor::start_with(&[("policies", &list)]);
+    let addr: SocketAddr = "10.235.2.1:20105".parse().expect("addr");
+    let listener = ns.run(move || TcpListener::bind(addr).expect("bind"));
+
+    // Thirty threads connect at the same instant.
+    let (open, errors) = ns.run(move || {
+        let start = Arc::new(Barrier::new(30));
+        let clients: Vec<_> = (0..30)
+            .map(|_| {
+                let start = Arc::clone(&start);
+                thread::spawn(move || {
+                    start.wait();
+                    TcpStream::connect_timeout(&addr, Duration::from_secs(10))
+                })
+            })
+            .collect();
+        let mut open = Vec::new();
+        let mut errors = Vec::new();
+        for c in clients {
+            match c.join().expect("client thread") {
+                Ok(s) => open.push(s),
+                Err(e) => errors.push(e.raw_os_error()),
+            }
+        }
+        (open, errors)
+    });
+    assert_eq!(open.len(), 20);
+    assert_eq!(errors, [Some(EPERM); 10]);
+
+    // Five close: five places free up, and no more.
+    let mut open = open;
+    open.truncate(15);
+    let (more, denied) = ns.run(move || {
+        let more: Vec<TcpStream> = (0..5).map(|_| TcpStream::connect(addr).expect("a freed place")).collect();
+        (more, TcpStream::connect(addr).err().and_then(|e| e.raw_os_error()))
+    });
+    assert_eq!(more.len(), 5);
+    assert_eq!(denied, Some(EPERM));
+    assert_eq!(gov.settle(&decisions("cap20", "allow", "concurrency"), 25), 25);
+    assert_eq!(gov.settle(&decisions("cap20", "deny", "concurrency"), 11), 11);
+    drop((open, more, listener));
+}
+
+#[test]
+fn a_dry_run_block_counts_without_blocking() {
+    require_root();
+    let ns = Netns::new("dryrun");
+    ns.add_address("10.235.3.1/32");
+    let list = policies(&[r#"{ name = "would-block", kind = "block", destination = "10.235.3.1", dry_run = true }"#]);
+    let mut gov = Governor::start_with(&[("policies", &list)]);
+    let addr: SocketAddr = "10.235.3.1:20106".parse().expect("addr");
+    let connected = ns.run(move || {
+        let listener = TcpListener::bind(addr).expect("bind");
+        let streams: Vec<TcpStream> =
+            (0..4).map(|_| TcpStream::connect(addr).expect("dry run lets it through")).collect();
+        drop(listener);
+        streams.len()
+    });
+    assert_eq!(connected, 4);
+    assert_eq!(gov.settle(&decisions("would-block", "deny", "block"), 4), 4);
+}
+
+#[test]
+fn a_daemon_killed_with_sigkill_leaves_nothing_blocked() {
+    require_root();
+    let ns = Netns::new("failopen");
+    ns.add_address("10.235.4.1/32");
+    let list = policies(&[r#"{ name = "blocked", kind = "block", destination = "10.235.4.1", ports = "20107" }"#]);
+    let mut gov = Governor::start_with(&[("policies", &list)]);
+    let addr: SocketAddr = "10.235.4.1:20107".parse().expect("addr");
+    let listener = ns.run(move || TcpListener::bind(addr).expect("bind"));
+    let connect = move || TcpStream::connect(addr).map(drop).map_err(|e| e.raw_os_error());
+    assert_eq!(ns.run(connect), Err(Some(EPERM)));
+    gov.kill();
+    // The links go with the process's last file descriptor; give the
+    // kernel a bounded moment to drop them.
+    let mut result = ns.run(connect);
+    for _ in 0..50 {
+        if result.is_ok() {
+            break;
+        }
+        thread::sleep(Duration::from_millis(100));
+        result = ns.run(connect);
+    }
+    assert_eq!(result, Ok(()), "connects succeed again once the daemon is gone");
+    drop(listener);
+}
+
+#[test]
+fn a_bad_policy_is_refused_naming_the_policy_and_the_field() {
+    let dir = TempDir::new("badpolicy");
+    let path = dir.0.join("governor.toml");
+    std::fs::write(
+        &path,
+        "[[policies]]\nname = \"payments\"\nkind = \"rate_limit\"\ndestination = \"10.0.0.0/8\"\nburst = 5\n",
+    )
+    .expect("write config");
+    let out = run_to_exit(Command::new(bin()).args(["check-config"]).arg(&path));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr.contains("line 2: policy `payments`, field `rate_per_second`: a `rate_limit` policy needs it"),
+        "{stderr}"
+    );
+}

@@ -396,14 +396,19 @@ pub struct TcpEvent {
     pub daddr: [u8; 16],
 }
 
-/// Enforcement rules, written by user space into `POLICY_RULES` (one slot
-/// per policy; kind 0 is an empty slot) and read by the cgroup `connect4`
-/// and `connect6` programs for every `connect()` on the host.
+/// Enforcement rules. User space keeps two sets of `POLICY_SLOTS` rules in
+/// `POLICY_RULES` and switches `POLICY_ACTIVE` between them, so a reload
+/// swaps every rule at once. In a set, rules fill the slots from the first
+/// (kind 0 ends the set); the cgroup `connect4` and `connect6` programs
+/// check every `connect()` of the host against the active set.
 pub const POLICY_SLOTS: u32 = 64;
+
+/// Entries of `POLICY_RULES`: two sets.
+pub const POLICY_RULE_ENTRIES: u32 = POLICY_SLOTS * 2;
 
 /// What a policy does (`PolicyRule::kind`).
 pub mod policy_kind {
-    /// Empty slot.
+    /// Empty slot: the end of the set.
     pub const NONE: u8 = 0;
     /// Every matching connect is denied.
     pub const BLOCK: u8 = 1;
@@ -431,6 +436,12 @@ pub struct PolicyRule {
     pub kind: u8,
     /// [`PolicyRule::DRY_RUN`].
     pub flags: u8,
+    /// The policy's entry in `POLICY_STATE` and `POLICY_DECISIONS` (below
+    /// `POLICY_SLOTS`). It stays the same across reloads while the policy
+    /// keeps its name and kind, so buckets, open counts and counters carry
+    /// over.
+    pub state: u32,
+    pub pad: u32,
     /// Rate: nanoseconds between two tokens (10^9 / rate).
     pub interval_ns: u64,
     /// Rate: how far ahead of now the bucket may be booked, `(burst - 1) *
@@ -445,7 +456,7 @@ impl PolicyRule {
     pub const DRY_RUN: u8 = 1;
 }
 
-/// Shared state of one rule, changed with atomic adds by every CPU.
+/// Shared state of one policy, changed with atomic adds by every CPU.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PolicyState {
@@ -456,7 +467,8 @@ pub struct PolicyState {
     pub open: u64,
 }
 
-/// Decision counters per rule: `slot * 2` allowed, `slot * 2 + 1` denied.
+/// Decision counters per policy state entry: `state * 2` allowed,
+/// `state * 2 + 1` denied.
 pub const POLICY_DECISION_SLOTS: u32 = POLICY_SLOTS * 2;
 
 #[cfg(feature = "user")]
@@ -534,7 +546,7 @@ mod tests {
         assert_eq!((size_of::<EndpointStats>(), align_of::<EndpointStats>()), (40, 8));
         assert_eq!((size_of::<FlowStats>(), align_of::<FlowStats>()), (160, 8));
         assert_eq!((size_of::<TcpEvent>(), align_of::<TcpEvent>()), (56, 8));
-        assert_eq!((size_of::<PolicyRule>(), align_of::<PolicyRule>()), (64, 8));
+        assert_eq!((size_of::<PolicyRule>(), align_of::<PolicyRule>()), (72, 8));
         assert_eq!((size_of::<PolicyState>(), align_of::<PolicyState>()), (16, 8));
     }
 }

@@ -8,7 +8,8 @@
 //!
 //! Concurrency: a connect admitted under a cap takes one of its places;
 //! `sock_release.rs` gives the places back when the socket is closed. The
-//! places a socket holds are kept by socket cookie in `ADMITTED`.
+//! places a socket holds are kept by socket cookie in `ADMITTED`, one bit
+//! per policy state entry (`PolicyRule::state`), which a reload keeps.
 
 use core::ffi::c_void;
 
@@ -22,7 +23,7 @@ use aya_ebpf::{
 };
 use governor_common::{POLICY_SLOTS, PolicyRule, policy_kind};
 
-use crate::maps::{ADMITTED, POLICY_DECISIONS, POLICY_RULES, POLICY_STATE, add, fetch_add};
+use crate::maps::{ADMITTED, POLICY_ACTIVE, POLICY_DECISIONS, POLICY_RULES, POLICY_STATE, add, fetch_add};
 
 /// `cgroup_sock_addr` verdicts.
 pub const ALLOW: i32 = 1;
@@ -48,6 +49,8 @@ pub fn words(first: u32, second: u32) -> u64 {
 /// so far.
 struct Check {
     to: Destination,
+    /// The first entry of the active rule set in `POLICY_RULES`.
+    base: u32,
     /// Caps the socket holds places under already (a repeated connect).
     held: u64,
     /// Caps this connect took a place under.
@@ -66,7 +69,9 @@ pub fn admit(ctx: &SockAddrContext, to: Destination) -> i32 {
         // SAFETY: a live map value.
         unsafe { *m }
     });
-    let mut check = Check { to, held, taken: 0, verdict: ALLOW };
+    // Read once: a reload switching sets mid-check cannot mix two sets.
+    let set = POLICY_ACTIVE.get(0).copied().unwrap_or(0) & 1;
+    let mut check = Check { to, base: set * POLICY_SLOTS, held, taken: 0, verdict: ALLOW };
     // bpf_loop: the verifier checks the body once instead of once per slot
     // and path, which for 64 slots is past its instruction limit.
     // SAFETY: the callback has the signature bpf_loop calls, and `check`
@@ -76,12 +81,16 @@ pub fn admit(ctx: &SockAddrContext, to: Destination) -> i32 {
     }
     if check.verdict == DENY {
         release(check.taken);
-    } else if check.taken != 0 && ADMITTED.insert(cookie, check.held | check.taken, 0).is_err() {
+        // A constant: the verifier wants to see that a cgroup program
+        // returns 0 or 1, and the callback's writes are unknown to it.
+        return DENY;
+    }
+    if check.taken != 0 && ADMITTED.insert(cookie, check.held | check.taken, 0).is_err() {
         // No room to remember the socket: do not hold places nobody can
         // give back.
         release(check.taken);
     }
-    check.verdict
+    ALLOW
 }
 
 /// One rule slot; returns 1 to stop the loop (no more rules, or denied).
@@ -89,22 +98,22 @@ extern "C" fn check_slot(slot: u64, check: *mut c_void) -> i64 {
     // SAFETY: bpf_loop hands back the pointer `admit` gave it.
     let check = unsafe { &mut *check.cast::<Check>() };
     #[expect(clippy::cast_possible_truncation, reason = "slots are below POLICY_SLOTS")]
-    let slot = slot as u32;
-    let Some(rule) = POLICY_RULES.get(slot) else { return 1 };
+    let Some(rule) = POLICY_RULES.get(check.base + slot as u32) else { return 1 };
     if rule.kind == policy_kind::NONE {
-        // Rules fill the slots from the first one.
+        // Rules fill the set from its first slot.
         return 1;
     }
     if !matches(rule, &check.to) {
         return 0;
     }
-    let bit = 1u64 << (slot & 63);
+    let state = rule.state;
+    let bit = 1u64 << (state & 63);
     let allowed = match rule.kind {
         policy_kind::BLOCK => false,
-        policy_kind::RATE => take_token(slot, rule),
+        policy_kind::RATE => take_token(state, rule),
         policy_kind::CONCURRENCY if check.held & bit != 0 => true,
         policy_kind::CONCURRENCY => {
-            let ok = take_place(slot, rule);
+            let ok = take_place(state, rule);
             if ok {
                 check.taken |= bit;
             }
@@ -112,7 +121,7 @@ extern "C" fn check_slot(slot: u64, check: *mut c_void) -> i64 {
         }
         _ => true,
     };
-    count(slot, allowed);
+    count(state, allowed);
     if !allowed && rule.flags & PolicyRule::DRY_RUN == 0 {
         check.verdict = DENY;
         return 1;
@@ -135,8 +144,8 @@ fn matches(rule: &PolicyRule, to: &Destination) -> bool {
 /// CPUs booking at the same instant each get their own interval. A refused
 /// booking is taken back.
 #[inline(always)]
-fn take_token(slot: u32, rule: &PolicyRule) -> bool {
-    let Some(state) = POLICY_STATE.get_ptr_mut(slot) else { return true };
+fn take_token(entry: u32, rule: &PolicyRule) -> bool {
+    let Some(state) = POLICY_STATE.get_ptr_mut(entry) else { return true };
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: a live map value; `tat_ns` is 8-byte aligned.
@@ -161,8 +170,8 @@ fn take_token(slot: u32, rule: &PolicyRule) -> bool {
 /// taken with a fetch-and-add: of many CPUs racing for the last place,
 /// exactly one gets it.
 #[inline(always)]
-fn take_place(slot: u32, rule: &PolicyRule) -> bool {
-    let Some(state) = POLICY_STATE.get_ptr_mut(slot) else { return true };
+fn take_place(entry: u32, rule: &PolicyRule) -> bool {
+    let Some(state) = POLICY_STATE.get_ptr_mut(entry) else { return true };
     // SAFETY: a live map value; `open` is 8-byte aligned.
     unsafe {
         let open = &raw mut (*state).open;
@@ -174,15 +183,15 @@ fn take_place(slot: u32, rule: &PolicyRule) -> bool {
     true
 }
 
-/// Gives back the places of the slots in `mask`.
+/// Gives back the places of the policy state entries in `mask`.
 #[inline(always)]
 pub fn release(mask: u64) {
     if mask == 0 {
         return;
     }
-    for slot in 0..POLICY_SLOTS {
-        if mask & (1u64 << slot) != 0
-            && let Some(state) = POLICY_STATE.get_ptr_mut(slot)
+    for entry in 0..POLICY_SLOTS {
+        if mask & (1u64 << entry) != 0
+            && let Some(state) = POLICY_STATE.get_ptr_mut(entry)
         {
             // SAFETY: a live map value; `open` is 8-byte aligned.
             unsafe { add(&raw mut (*state).open, u64::MAX) };
@@ -191,8 +200,8 @@ pub fn release(mask: u64) {
 }
 
 #[inline(always)]
-fn count(slot: u32, allowed: bool) {
-    if let Some(n) = POLICY_DECISIONS.get_ptr_mut(slot * 2 + u32::from(!allowed)) {
+fn count(entry: u32, allowed: bool) {
+    if let Some(n) = POLICY_DECISIONS.get_ptr_mut(entry * 2 + u32::from(!allowed)) {
         // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
         unsafe { *n += 1 };
     }

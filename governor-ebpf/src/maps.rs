@@ -10,8 +10,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use governor_common::{
-    EndpointKey, EndpointStats, FlowAddrs, FlowStats, KernelConfig, ListenerInfo, POLICY_DECISION_SLOTS, POLICY_SLOTS,
-    PolicyRule, PolicyState, RESET_REASON_SLOTS, SockInfo, TRANSITION_SLOTS, counter,
+    EndpointKey, EndpointStats, FlowAddrs, FlowStats, KernelConfig, ListenerInfo, POLICY_DECISION_SLOTS,
+    POLICY_RULE_ENTRIES, POLICY_SLOTS, PolicyRule, PolicyState, RESET_REASON_SLOTS, SockInfo, TRANSITION_SLOTS,
+    counter,
 };
 
 /// Tracepoint field offsets and the ephemeral port range; set by user space.
@@ -51,15 +52,21 @@ pub static LISTENERS: LruHashMap<EndpointKey, ListenerInfo> = LruHashMap::with_m
 #[map]
 pub static FLOWS: LruHashMap<FlowAddrs, FlowStats> = LruHashMap::with_max_entries(65_536, 0);
 
-/// Outbound admission rules, one per slot from the first (`admission.rs`).
+/// Outbound admission rules: two sets of `POLICY_SLOTS` (`admission.rs`).
 #[map]
-pub static POLICY_RULES: Array<PolicyRule> = Array::with_max_entries(POLICY_SLOTS, 0);
+pub static POLICY_RULES: Array<PolicyRule> = Array::with_max_entries(POLICY_RULE_ENTRIES, 0);
 
-/// The rules' token buckets and open-connection counts.
+/// Entry 0: which set of `POLICY_RULES` is in force (0 or 1).
+#[map]
+pub static POLICY_ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
+
+/// The policies' token buckets and open-connection counts, by
+/// `PolicyRule::state`.
 #[map]
 pub static POLICY_STATE: Array<PolicyState> = Array::with_max_entries(POLICY_SLOTS, 0);
 
-/// Admission decisions per rule: `slot * 2` allowed, `slot * 2 + 1` denied.
+/// Admission decisions by `PolicyRule::state`: `state * 2` allowed,
+/// `state * 2 + 1` denied.
 #[map]
 pub static POLICY_DECISIONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(POLICY_DECISION_SLOTS, 0);
 

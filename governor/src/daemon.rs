@@ -1,7 +1,11 @@
 //! `governor run`: set up the host, load and attach, then read the kernel
 //! maps and drain the ring buffer until SIGTERM or SIGINT.
 
-use std::{path::Path, sync::Arc, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use tokio::{
@@ -14,8 +18,8 @@ use tracing::{debug, info, warn};
 use crate::{
     attribution::Attributor,
     btf,
-    config::Config,
-    ebpf::{Admission, Event, Probes, Sizes, decode_event},
+    config::{Config, Policy},
+    ebpf::{Event, Probes, Sizes, decode_event},
     health::Engine,
     host::{self, BPFFS, MountOutcome, TRACEFS},
     http::{self, AppState},
@@ -27,7 +31,7 @@ use crate::{
     tracefs,
 };
 
-pub async fn run(config: Config) -> anyhow::Result<()> {
+pub async fn run(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     host::check_root()?;
     host::check_btf()?;
     for (fs, path) in [(TRACEFS, &config.ebpf.tracefs), (BPFFS, &config.ebpf.bpffs)] {
@@ -44,26 +48,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
 
     let cgroup = flow_cgroup(&config);
-    let policies = crate::policy::compile(&config.policies);
-    let admission_root = admission_cgroup(&policies)?;
 
     let addr = config.daemon.metrics_addr;
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}: choose another address with --metrics-addr"))?;
 
-    let mut probes = Probes::load(
-        &kernel_config,
-        sizes(&config),
-        cgroup.as_deref(),
-        admission_root.as_deref().map(|cgroup| Admission { cgroup, rules: &policies.rules }),
-    )?;
+    let mut probes = Probes::load(&kernel_config, sizes(&config), cgroup.as_deref())?;
     let mut events = probes.take_events()?;
     let flows = if cgroup.is_some() { Some(probes.take_flows()?) } else { None };
     info!(programs = probes.attached(), "eBPF programs attached");
 
-    let mut metrics = daemon_metrics(&config, &probes, &reasons, flows.is_some());
-    metrics.set_policies(&policies.slots);
+    let metrics = daemon_metrics(&config, &probes, &reasons, flows.is_some());
     let monitor = Monitor::new(
         Engine::new(config.health.engine_config()),
         Attributor::new(config.attribution.cgroup_root.clone(), Some(config.attribution.pod_log_dir.clone())),
@@ -75,6 +71,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         (config.etcd.enabled() && !config.registries.is_empty()).then(|| RegistryMetrics::new(metrics.registry()));
     let health_events = monitor.subscribe();
     let state = AppState::new(metrics, monitor, flows);
+    let mut enforcement = Enforcement::default();
+    enforcement.apply(&mut probes, &config.policies, &state)?;
+    let mut reloader = Reloader::new(path);
     let registry = registry_metrics.map(|m| start_registry(&config, &state, m, health_events));
 
     let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -93,6 +92,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     drain.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut aggregator = Aggregator::default();
     let started = std::time::Instant::now();
     let mut resync = Resync::default();
@@ -110,6 +110,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     read_maps(&probes, &mut aggregator, &state, started.elapsed().as_secs(), &mut resync);
                 }
             }
+            _ = sighup.recv() => reloader.reload(&mut probes, &mut enforcement, &state, "SIGHUP"),
+            _ = reloader.watch.tick() => if reloader.changed() {
+                reloader.reload(&mut probes, &mut enforcement, &state, "file changed");
+            },
             _ = sigterm.recv() => break "SIGTERM",
             _ = sigint.recv() => break "SIGINT",
         }
@@ -145,9 +149,6 @@ fn sizes(config: &Config) -> Sizes {
 }
 
 fn daemon_metrics(config: &Config, probes: &Probes, reasons: &[(u32, String)], flows: bool) -> Metrics {
-    for p in &config.policies {
-        info!(policy = %p.name, kind = p.kind.as_str(), dry_run = p.dry_run, "policy in force");
-    }
     let limits = SeriesLimits {
         per_metric: config.metrics.max_endpoint_series.get() as usize,
         budget: config.metrics.max_series_total.get() as usize,
@@ -175,17 +176,90 @@ fn start_registry(
     tokio::spawn(Controller::new(config, Arc::clone(state), shared, metrics).run(health_events, commands))
 }
 
-/// Where the admission programs attach: the cgroup v2 root, so every
-/// connect of the host is checked. `None` without policies (nothing is
-/// attached then).
-fn admission_cgroup(policies: &crate::policy::Compiled) -> anyhow::Result<Option<std::path::PathBuf>> {
-    if policies.is_empty() {
-        return Ok(None);
+/// The policies in force and where the admission programs attach.
+#[derive(Default)]
+struct Enforcement {
+    in_force: Vec<crate::policy::InForce>,
+    cgroup: Option<PathBuf>,
+}
+
+impl Enforcement {
+    /// Validated `policies` into the kernel at once (`Probes::apply_policies`).
+    /// On error the policies in force stay.
+    fn apply(&mut self, probes: &mut Probes, policies: &[Policy], state: &AppState) -> anyhow::Result<()> {
+        if policies.is_empty() && self.in_force.is_empty() {
+            return Ok(());
+        }
+        // Decisions made so far go to the policies that made them.
+        let mut metrics = state.metrics.lock().expect("metrics lock poisoned");
+        if let Ok(totals) = probes.policy_decisions() {
+            metrics.policy_decisions(&totals);
+        }
+        let open = probes.policy_open().context("reading the policies' open connections")?;
+        let compiled =
+            crate::policy::compile(policies, &self.in_force, |e| open.get(e as usize).is_some_and(|n| *n > 0))
+                .map_err(anyhow::Error::msg)?;
+        let cgroup = if let Some(cgroup) = &self.cgroup {
+            cgroup.clone()
+        } else {
+            let mounts = host::read_mounts().unwrap_or_default();
+            host::cgroup2_root(&mounts)
+                .context("policies need cgroup v2 (the admission programs attach at its root), and it is not mounted")?
+                .to_path_buf()
+        };
+        probes.apply_policies(&compiled, &cgroup)?;
+        self.cgroup = Some(cgroup);
+        metrics.set_policies(&compiled.policies);
+        for p in &compiled.policies {
+            info!(policy = %p.name, kind = p.kind.as_str(), "policy in force");
+        }
+        self.in_force = compiled.policies;
+        Ok(())
     }
-    let mounts = host::read_mounts().unwrap_or_default();
-    let root = host::cgroup2_root(&mounts)
-        .context("policies need cgroup v2 (the admission programs attach at its root), and it is not mounted")?;
-    Ok(Some(root.to_path_buf()))
+}
+
+/// Reloads the config file on SIGHUP or when its content changes (checked
+/// every two seconds: a Kubernetes `ConfigMap` update replaces the file
+/// through a symbolic link, which a content check sees).
+struct Reloader {
+    path: Option<PathBuf>,
+    text: Option<String>,
+    watch: tokio::time::Interval,
+}
+
+impl Reloader {
+    fn new(path: Option<PathBuf>) -> Self {
+        let text = path.as_ref().and_then(|p| std::fs::read_to_string(p).ok());
+        let mut watch = interval(Duration::from_secs(2));
+        watch.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        Self { path, text, watch }
+    }
+
+    fn changed(&self) -> bool {
+        self.path.as_ref().is_some_and(|p| std::fs::read_to_string(p).ok() != self.text)
+    }
+
+    /// Validates the whole file, then puts its policies in force; anything
+    /// invalid keeps the running config, is logged and counted.
+    fn reload(&mut self, probes: &mut Probes, enforcement: &mut Enforcement, state: &AppState, why: &str) {
+        let Some(path) = self.path.clone() else {
+            warn!(trigger = why, "no config file to reload (started without --config)");
+            return;
+        };
+        let result = std::fs::read_to_string(&path)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))
+            .inspect(|text| self.text = Some(text.clone()))
+            .and_then(|text| Config::parse(&path.display().to_string(), &text).map_err(anyhow::Error::from))
+            .and_then(|config| enforcement.apply(probes, &config.policies, state));
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        state.metrics.lock().expect("metrics lock poisoned").config_reloads.with_label_values(&[outcome]).inc();
+        match result {
+            Ok(()) => info!(trigger = why, "config reloaded: policies in force; other settings apply at restart"),
+            Err(e) => {
+                warn!(trigger = why, error = %format!("{e:#}"), "config reload refused: the running config stays");
+            }
+        }
+    }
 }
 
 /// Where the per-flow programs attach: the cgroup v2 root, so every socket

@@ -9,11 +9,11 @@ use aya::{
     programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, TracePoint},
 };
 use governor_common::{
-    ConnEvent, EndpointKey, EndpointStats, FlowAddrs, FlowStats, KernelConfig, POLICY_DECISION_SLOTS, PolicyRule,
-    RESET_REASON_SLOTS, SockInfo, TRANSITION_SLOTS, TcpEvent, counter, event_kind,
+    ConnEvent, EndpointKey, EndpointStats, FlowAddrs, FlowStats, KernelConfig, POLICY_DECISION_SLOTS, POLICY_SLOTS,
+    PolicyRule, PolicyState, RESET_REASON_SLOTS, SockInfo, TRANSITION_SLOTS, TcpEvent, counter, event_kind,
 };
 
-use crate::{stats::KernelSnapshot, tracefs::TRACEPOINTS};
+use crate::{policy::Compiled, stats::KernelSnapshot, tracefs::TRACEPOINTS};
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/governor"));
 
@@ -31,13 +31,6 @@ pub enum EbpfError {
     Cgroup { path: PathBuf, source: std::io::Error },
     #[error("cannot open the cgroup {path} to attach the admission programs: {source}")]
     PolicyCgroup { path: PathBuf, source: std::io::Error },
-}
-
-/// Outbound admission rules and the cgroup whose processes they govern
-/// (the cgroup v2 root: the whole host).
-pub struct Admission<'a> {
-    pub cgroup: &'a Path,
-    pub rules: &'a [PolicyRule],
 }
 
 /// The per-packet programs, attached at the cgroup v2 root.
@@ -69,12 +62,7 @@ impl Probes {
     /// `cgroup` (the cgroup v2 root) the per-flow programs too, and flows
     /// are counted. On error whatever was attached is detached again (the
     /// `Ebpf` is dropped).
-    pub fn load(
-        config: &KernelConfig,
-        sizes: Sizes,
-        cgroup: Option<&Path>,
-        admission: Option<Admission<'_>>,
-    ) -> Result<Self, EbpfError> {
+    pub fn load(config: &KernelConfig, sizes: Sizes, cgroup: Option<&Path>) -> Result<Self, EbpfError> {
         let flows = cgroup.is_some();
         let mut config = *config;
         if flows {
@@ -122,27 +110,76 @@ impl Probes {
                 attached += 1;
             }
         }
-        let with_admission = admission.is_some();
-        if let Some(admission) = admission {
-            attached += attach_admission(&mut ebpf, &admission)?;
-        }
         Ok(Self {
             ebpf,
             attached,
             endpoint_capacity: sizes.endpoint_table_entries,
             socket_capacity: sizes.socket_table_entries,
-            admission: with_admission,
+            admission: false,
         })
     }
 
-    /// Admission decisions per rule slot, `(allowed, denied)`; empty when
-    /// no rules are attached.
+    /// Puts `compiled` in force at once: writes it into the rule set not in
+    /// force, clears the state entries it uses for the first time, then
+    /// switches sets. The admission programs are attached at `cgroup` the
+    /// first time there are rules; an empty set leaves them attached and
+    /// checking nothing.
+    pub fn apply_policies(&mut self, compiled: &Compiled, cgroup: &Path) -> Result<(), EbpfError> {
+        let active = {
+            let map: Array<&MapData, u32> = Array::try_from(self.map("POLICY_ACTIVE")?)
+                .map_err(|source| EbpfError::Map { map: "POLICY_ACTIVE", source })?;
+            map.get(&0, 0).map_err(|source| EbpfError::Map { map: "POLICY_ACTIVE", source })? & 1
+        };
+        let next = 1 - active;
+        {
+            let mut rules: Array<&mut MapData, PolicyRule> = Array::try_from(self.map_mut("POLICY_RULES")?)
+                .map_err(|source| EbpfError::Map { map: "POLICY_RULES", source })?;
+            let empty = PolicyRule::default();
+            for slot in 0..POLICY_SLOTS {
+                let rule = compiled.rules.get(slot as usize).unwrap_or(&empty);
+                rules
+                    .set(next * POLICY_SLOTS + slot, rule, 0)
+                    .map_err(|source| EbpfError::Map { map: "POLICY_RULES", source })?;
+            }
+        }
+        {
+            let mut state: Array<&mut MapData, PolicyState> = Array::try_from(self.map_mut("POLICY_STATE")?)
+                .map_err(|source| EbpfError::Map { map: "POLICY_STATE", source })?;
+            for entry in &compiled.fresh {
+                state
+                    .set(*entry, PolicyState::default(), 0)
+                    .map_err(|source| EbpfError::Map { map: "POLICY_STATE", source })?;
+            }
+        }
+        {
+            let mut map: Array<&mut MapData, u32> = Array::try_from(self.map_mut("POLICY_ACTIVE")?)
+                .map_err(|source| EbpfError::Map { map: "POLICY_ACTIVE", source })?;
+            map.set(0, next, 0).map_err(|source| EbpfError::Map { map: "POLICY_ACTIVE", source })?;
+        }
+        if !self.admission && !compiled.is_empty() {
+            self.attached += attach_admission(&mut self.ebpf, cgroup)?;
+            self.admission = true;
+        }
+        Ok(())
+    }
+
+    /// Admission decisions per policy state entry, `(allowed, denied)`;
+    /// empty while the admission programs are not attached.
     pub fn policy_decisions(&self) -> Result<Vec<(u64, u64)>, EbpfError> {
         if !self.admission {
             return Ok(Vec::new());
         }
         let counts = read_per_cpu(self.map("POLICY_DECISIONS")?, "POLICY_DECISIONS", POLICY_DECISION_SLOTS)?;
         Ok(counts.chunks_exact(2).map(|c| (c[0], c[1])).collect())
+    }
+
+    /// Connections holding a place, per policy state entry.
+    pub fn policy_open(&self) -> Result<Vec<u64>, EbpfError> {
+        let map: Array<&MapData, PolicyState> = Array::try_from(self.map("POLICY_STATE")?)
+            .map_err(|source| EbpfError::Map { map: "POLICY_STATE", source })?;
+        (0..POLICY_SLOTS)
+            .map(|e| map.get(&e, 0).map(|s| s.open).map_err(|source| EbpfError::Map { map: "POLICY_STATE", source }))
+            .collect()
     }
 
     pub fn attached(&self) -> usize {
@@ -182,6 +219,10 @@ impl Probes {
         self.ebpf.map(name).ok_or(EbpfError::Missing { kind: "map", name })
     }
 
+    fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, EbpfError> {
+        self.ebpf.map_mut(name).ok_or(EbpfError::Missing { kind: "map", name })
+    }
+
     /// Reads every counter map once.
     pub fn read(&self) -> Result<KernelSnapshot, EbpfError> {
         Ok(KernelSnapshot {
@@ -199,20 +240,11 @@ impl Probes {
     }
 }
 
-/// Writes the rules, then attaches the connect and release programs: a
-/// rule is in place before the first connect is checked against it.
-fn attach_admission(ebpf: &mut Ebpf, admission: &Admission<'_>) -> Result<usize, EbpfError> {
-    {
-        let map = ebpf.map_mut("POLICY_RULES").ok_or(EbpfError::Missing { kind: "map", name: "POLICY_RULES" })?;
-        let mut rules: Array<&mut MapData, PolicyRule> =
-            Array::try_from(map).map_err(|source| EbpfError::Map { map: "POLICY_RULES", source })?;
-        for (slot, rule) in (0u32..).zip(admission.rules) {
-            rules.set(slot, rule, 0).map_err(|source| EbpfError::Map { map: "POLICY_RULES", source })?;
-        }
-    }
-    let root = std::fs::File::open(admission.cgroup)
-        .map_err(|source| EbpfError::PolicyCgroup { path: admission.cgroup.to_path_buf(), source })?;
-    let on = |hook: &str| format!("{hook} on {}", admission.cgroup.display());
+/// Attaches the release program, then the connect programs, at `cgroup`.
+fn attach_admission(ebpf: &mut Ebpf, cgroup: &Path) -> Result<usize, EbpfError> {
+    let root =
+        std::fs::File::open(cgroup).map_err(|source| EbpfError::PolicyCgroup { path: cgroup.to_path_buf(), source })?;
+    let on = |hook: &str| format!("{hook} on {}", cgroup.display());
     // The release program first: a socket admitted under a cap must always
     // give its place back.
     let name = "gov_sock_release";

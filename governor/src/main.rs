@@ -148,7 +148,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             init_logging(config.daemon.log_format, &args.log)?;
             let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-            runtime.block_on(daemon::run(config))?;
+            runtime.block_on(daemon::run(config, args.config.config.clone()))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { addr, json } => cli::status::status(addr.addr, json),

@@ -10,7 +10,6 @@ use prometheus::{
 
 use crate::{
     cardinality::{Budget, SeriesLimiter},
-    config::PolicyKind,
     connections::FailureReason,
     health::State,
     labels,
@@ -97,10 +96,11 @@ pub struct Metrics {
     tracked: IntGaugeVec,
     policy_decisions: IntCounterVec,
     policy_info: IntGaugeVec,
-    /// Per kernel rule slot: the policy's name and its `reason` label, and
-    /// the decision totals read last.
-    policy_slots: Vec<(String, &'static str)>,
+    /// Per kernel policy state entry: the policy holding it (name and
+    /// `reason` label), and the decision totals read last.
+    policy_owners: Vec<Option<(String, &'static str)>>,
     policy_seen: Vec<(u64, u64)>,
+    pub config_reloads: IntCounterVec,
 }
 
 /// Adds per-endpoint increments to a counter with a `direction` label
@@ -330,33 +330,55 @@ impl Metrics {
                 "Always 1 for each policy in force, with its kind.",
                 &["policy", "kind"],
             ),
-            policy_slots: Vec::new(),
+            policy_owners: Vec::new(),
             policy_seen: Vec::new(),
+            config_reloads: {
+                let v = counter_vec(
+                    "governor_config_reload_total",
+                    "Reloads of the config file (SIGHUP or a change of the file): ok, or error (invalid; the \
+                     running config stays in force).",
+                    &["result"],
+                );
+                for result in ["ok", "error"] {
+                    v.with_label_values(&[result]).reset();
+                }
+                v
+            },
             registry: r,
         }
     }
 
-    /// The policies in force, in kernel slot order; their decision series
-    /// start at zero.
-    pub fn set_policies(&mut self, slots: &[(String, PolicyKind)]) {
+    /// The policies in force and their kernel state entries. Counters of a
+    /// policy that stays carry on; a policy that is gone keeps its series
+    /// (counters never go back) but loses its `governor_policy_info`.
+    pub fn set_policies(&mut self, policies: &[crate::policy::InForce]) {
         self.policy_info.reset();
-        self.policy_slots = slots.iter().map(|(name, kind)| (name.clone(), crate::policy::reason(*kind))).collect();
-        self.policy_seen = vec![(0, 0); slots.len()];
-        for (name, kind) in slots {
-            self.policy_info.with_label_values(&[name.as_str(), kind.as_str()]).set(1);
+        self.policy_owners = vec![None; governor_common::POLICY_SLOTS as usize];
+        for p in policies {
+            let reason = crate::policy::reason(p.kind);
+            self.policy_info.with_label_values(&[p.name.as_str(), p.kind.as_str()]).set(1);
             for action in ["allow", "deny"] {
-                self.policy_decisions.with_label_values(&[name.as_str(), action, crate::policy::reason(*kind)]).reset();
+                let _ = self.policy_decisions.with_label_values(&[p.name.as_str(), action, reason]);
+            }
+            if let Some(owner) = self.policy_owners.get_mut(p.entry as usize) {
+                *owner = Some((p.name.clone(), reason));
             }
         }
     }
 
     /// Adds what the kernel decided since the last reading (`totals` per
-    /// slot, `(allowed, denied)`).
+    /// state entry, `(allowed, denied)`) to the policies holding the
+    /// entries.
     pub fn policy_decisions(&mut self, totals: &[(u64, u64)]) {
-        for ((slot, seen), total) in self.policy_slots.iter().zip(&mut self.policy_seen).zip(totals) {
-            let (name, reason) = (slot.0.as_str(), slot.1);
-            self.policy_decisions.with_label_values(&[name, "allow", reason]).inc_by(total.0.saturating_sub(seen.0));
-            self.policy_decisions.with_label_values(&[name, "deny", reason]).inc_by(total.1.saturating_sub(seen.1));
+        self.policy_seen.resize(totals.len(), (0, 0));
+        for ((owner, seen), total) in self.policy_owners.iter().zip(&mut self.policy_seen).zip(totals) {
+            if let Some((name, reason)) = owner {
+                let (name, reason) = (name.as_str(), *reason);
+                self.policy_decisions
+                    .with_label_values(&[name, "allow", reason])
+                    .inc_by(total.0.saturating_sub(seen.0));
+                self.policy_decisions.with_label_values(&[name, "deny", reason]).inc_by(total.1.saturating_sub(seen.1));
+            }
             *seen = *total;
         }
     }

@@ -7,11 +7,23 @@ use governor_common::{AF_INET, AF_INET6, PolicyRule, policy_kind};
 
 use crate::config::{Policy, PolicyKind, PortRange};
 
-/// The rules in slot order, and for each slot the policy's name and kind.
+/// One policy in force: its name, kind and kernel state entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InForce {
+    pub name: String,
+    pub kind: PolicyKind,
+    /// `PolicyRule::state`.
+    pub entry: u32,
+}
+
+/// The rules in slot order, and for each the policy it comes from.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Compiled {
     pub rules: Vec<PolicyRule>,
-    pub slots: Vec<(String, PolicyKind)>,
+    pub policies: Vec<InForce>,
+    /// Entries this set uses for the first time: their buckets and counts
+    /// start from zero.
+    pub fresh: Vec<u32>,
 }
 
 impl Compiled {
@@ -32,13 +44,40 @@ pub fn reason(kind: PolicyKind) -> &'static str {
 /// Orders the policies as the kernel checks them: blocks first, then rate
 /// limits, then concurrency caps (a connect refused by an earlier rule
 /// takes no token and no place), each kind in file order.
-pub fn compile(policies: &[Policy]) -> Compiled {
+///
+/// Each policy gets a kernel state entry (bucket, open count, decision
+/// counters). A policy that keeps its name and kind keeps its entry from
+/// `previous`, so a reload loses no state. A new one takes an entry that
+/// `previous` did not use and that no socket still holds a place under
+/// (`busy`): sockets admitted under a removed cap give their places back
+/// to its old entry when they close.
+pub fn compile(policies: &[Policy], previous: &[InForce], busy: impl Fn(u32) -> bool) -> Result<Compiled, String> {
     let mut ordered: Vec<&Policy> = policies.iter().collect();
     ordered.sort_by_key(|p| p.kind);
-    Compiled {
-        rules: ordered.iter().map(|p| rule(p)).collect(),
-        slots: ordered.iter().map(|p| (p.name.clone(), p.kind)).collect(),
+    let kept = |p: &Policy| previous.iter().find(|q| q.name == p.name && q.kind == p.kind).map(|q| q.entry);
+    let mut used: Vec<u32> = ordered.iter().filter_map(|p| kept(p)).collect();
+    let mut compiled = Compiled::default();
+    for p in ordered {
+        let entry = if let Some(entry) = kept(p) {
+            entry
+        } else {
+            let free = (0..governor_common::POLICY_SLOTS)
+                .find(|e| !used.contains(e) && !previous.iter().any(|q| q.entry == *e) && !busy(*e))
+                .ok_or_else(|| {
+                    format!(
+                        "no kernel entry is free for policy `{}`: entries of removed policies are reused once their \
+                         sockets are closed",
+                        p.name
+                    )
+                })?;
+            used.push(free);
+            compiled.fresh.push(free);
+            free
+        };
+        compiled.rules.push(PolicyRule { state: entry, ..rule(p) });
+        compiled.policies.push(InForce { name: p.name.clone(), kind: p.kind, entry });
     }
+    Ok(compiled)
 }
 
 /// One policy as a kernel rule. The policy must have passed validation.
@@ -169,15 +208,50 @@ mod tests {
 
     #[test]
     fn blocks_come_first_then_rates_then_caps() {
-        let compiled = compile(&[
-            policy("cap", PolicyKind::MaxConnections, "10.0.0.0/8"),
-            policy("rate", PolicyKind::RateLimit, "10.0.0.0/8"),
-            policy("block", PolicyKind::Block, "10.0.0.0/8"),
-            policy("rate2", PolicyKind::RateLimit, "10.0.0.0/8"),
-        ]);
-        let names: Vec<&str> = compiled.slots.iter().map(|(n, _)| n.as_str()).collect();
+        let compiled = compile(
+            &[
+                policy("cap", PolicyKind::MaxConnections, "10.0.0.0/8"),
+                policy("rate", PolicyKind::RateLimit, "10.0.0.0/8"),
+                policy("block", PolicyKind::Block, "10.0.0.0/8"),
+                policy("rate2", PolicyKind::RateLimit, "10.0.0.0/8"),
+            ],
+            &[],
+            |_| false,
+        )
+        .unwrap();
+        let names: Vec<&str> = compiled.policies.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["block", "rate", "rate2", "cap"]);
         let kinds: Vec<u8> = compiled.rules.iter().map(|r| r.kind).collect();
         assert_eq!(kinds, [policy_kind::BLOCK, policy_kind::RATE, policy_kind::RATE, policy_kind::CONCURRENCY]);
+        let entries: Vec<u32> = compiled.rules.iter().map(|r| r.state).collect();
+        assert_eq!(entries, [0, 1, 2, 3]);
+        assert_eq!(compiled.fresh, [0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn a_reload_keeps_entries_by_name_and_kind_and_never_reuses_a_busy_or_just_freed_one() {
+        let first = compile(
+            &[policy("a", PolicyKind::RateLimit, "10.0.0.0/8"), policy("b", PolicyKind::MaxConnections, "10.0.0.0/8")],
+            &[],
+            |_| false,
+        )
+        .unwrap();
+        // b is removed while sockets still hold places under entry 1; c
+        // is new; a changes its rate but keeps its entry.
+        let mut a = policy("a", PolicyKind::RateLimit, "10.0.0.0/8");
+        a.rate_per_second = Some(5);
+        let second =
+            compile(&[policy("c", PolicyKind::MaxConnections, "10.0.0.0/8"), a], &first.policies, |e| e == 1).unwrap();
+        let entry = |c: &Compiled, name: &str| c.policies.iter().find(|p| p.name == name).unwrap().entry;
+        assert_eq!(entry(&second, "a"), 0);
+        assert_eq!(entry(&second, "c"), 2, "entry 1 was b's: used by the previous set and still busy");
+        assert_eq!(second.fresh, [2]);
+        assert_eq!(second.rules[0].interval_ns, 200_000_000);
+        // The same name with another kind is another policy.
+        let third = compile(&[policy("a", PolicyKind::Block, "10.0.0.0/8")], &second.policies, |_| false).unwrap();
+        assert_eq!(third.policies[0].entry, 1, "entry 1 is free now: not in the previous set, not busy");
+        // Full: every entry busy.
+        let err = compile(&[policy("d", PolicyKind::Block, "10.0.0.0/8")], &[], |_| true).unwrap_err();
+        assert!(err.contains("policy `d`"), "{err}");
     }
 }

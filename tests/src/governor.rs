@@ -140,6 +140,22 @@ impl Governor {
         panic!("governor was not ready within 30 s:\n{}", self.log());
     }
 
+    /// The config file the daemon was started with.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.0.join("governor.toml")
+    }
+
+    /// Rewrites the config file with `overrides` over the test defaults, as
+    /// `start_with` writes it.
+    pub fn rewrite_config(&self, overrides: &[(&str, &str)]) {
+        fs::write(self.config_path(), config_file(overrides)).expect("rewrite config");
+    }
+
+    /// Sends SIGHUP (reload the config).
+    pub fn hangup(&self) {
+        signal(self.child.as_ref().expect("running"), nix::sys::signal::Signal::SIGHUP);
+    }
+
     pub fn log(&self) -> String {
         fs::read_to_string(self.dir.0.join("governor.log")).unwrap_or_default()
     }

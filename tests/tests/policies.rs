@@ -249,3 +249,45 @@ fn a_bad_policy_is_refused_naming_the_policy_and_the_field() {
         "{stderr}"
     );
 }
+
+#[test]
+fn reloads_swap_policies_without_a_restart_and_an_invalid_file_keeps_the_old_ones() {
+    require_root();
+    let ns = Netns::new("reload");
+    ns.add_address("10.235.5.1/32");
+    let addr = |port: u16| SocketAddr::from(([10, 235, 5, 1], port));
+    let keep = r#"{ name = "keep", kind = "block", destination = "10.235.5.1", ports = "20110" }"#;
+    let first = r#"{ name = "first", kind = "block", destination = "10.235.5.1", ports = "20111" }"#;
+    let second = r#"{ name = "second", kind = "block", destination = "10.235.5.1", ports = "20112" }"#;
+    let mut gov = Governor::start_with(&[("policies", &policies(&[keep, first]))]);
+    let listeners: Vec<TcpListener> =
+        ns.run(move || (20110..=20112).map(|p| TcpListener::bind(addr(p)).expect("bind")).collect());
+    let errno = |ns: &Netns, port: u16| {
+        let to = addr(port);
+        ns.run(move || TcpStream::connect(to).err().and_then(|e| e.raw_os_error()))
+    };
+    assert_eq!([errno(&ns, 20110), errno(&ns, 20111), errno(&ns, 20112)], [Some(EPERM), Some(EPERM), None]);
+    assert_eq!(gov.settle(&decisions("keep", "deny", "block"), 1), 1);
+
+    // SIGHUP with a valid change: `first` goes, `second` comes, `keep`
+    // stays and keeps counting from where it was.
+    gov.rewrite_config(&[("policies", &policies(&[keep, second]))]);
+    gov.hangup();
+    let ok = series("governor_config_reload_total", &[("result", "ok")]);
+    assert_eq!(gov.settle(&ok, 1), 1, "{}", gov.log());
+    assert_eq!([errno(&ns, 20110), errno(&ns, 20111), errno(&ns, 20112)], [Some(EPERM), None, Some(EPERM)]);
+    assert_eq!(gov.settle(&decisions("keep", "deny", "block"), 2), 2);
+    assert_eq!(gov.value(&decisions("first", "deny", "block")), 1, "a removed policy's counter stays");
+    assert_eq!(gov.value(&series("governor_policy_info", &[("policy", "first"), ("kind", "block")])), 0);
+
+    // An invalid file (seen by the file watch, no signal): refused, and the
+    // policies in force stay.
+    let bad = r#"{ name = "broken", kind = "rate_limit", destination = "10.235.5.1" }"#;
+    gov.rewrite_config(&[("policies", &policies(&[bad]))]);
+    let error = series("governor_config_reload_total", &[("result", "error")]);
+    assert_eq!(gov.settle(&error, 1), 1, "{}", gov.log());
+    assert!(gov.log().contains("policy `broken`, field `rate_per_second`"), "{}", gov.log());
+    assert_eq!([errno(&ns, 20110), errno(&ns, 20111), errno(&ns, 20112)], [Some(EPERM), None, Some(EPERM)]);
+    assert_eq!(gov.value(&ok), 1);
+    drop(listeners);
+}

@@ -417,6 +417,30 @@ pub mod policy_kind {
     /// Connections open at once (counted from `connect()` to the socket's
     /// release).
     pub const CONCURRENCY: u8 = 3;
+    /// A circuit breaker per upstream endpoint: user space opens and
+    /// closes it in `BREAKERS`; the rule only selects the endpoints.
+    pub const BREAKER: u8 = 4;
+}
+
+/// One upstream endpoint's breaker in `BREAKERS` (keyed by
+/// [`EndpointKey`], the exact port). No entry: closed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BreakerEntry {
+    /// [`BreakerEntry::OPEN`] or [`BreakerEntry::HALF_OPEN`].
+    pub state: u32,
+    pub pad: u32,
+    /// Half-open: connects let through as probes.
+    pub probes: u64,
+    /// Half-open: probes spent so far (a fetch-and-add per connect).
+    pub used: u64,
+}
+
+impl BreakerEntry {
+    /// Every connect is denied.
+    pub const OPEN: u32 = 1;
+    /// `probes` connects go through, the rest are denied.
+    pub const HALF_OPEN: u32 = 2;
 }
 
 /// One outbound admission rule. A connect matches when its destination is
@@ -474,8 +498,8 @@ pub const POLICY_DECISION_SLOTS: u32 = POLICY_SLOTS * 2;
 #[cfg(feature = "user")]
 mod pod {
     use super::{
-        ConnEvent, EndpointKey, EndpointStats, FlowAddrs, FlowStats, KernelConfig, ListenerInfo, Owner, PolicyRule,
-        PolicyState, SockInfo, SockOffsets, Span, TcpEvent, TpLayout,
+        BreakerEntry, ConnEvent, EndpointKey, EndpointStats, FlowAddrs, FlowStats, KernelConfig, ListenerInfo, Owner,
+        PolicyRule, PolicyState, SockInfo, SockOffsets, Span, TcpEvent, TpLayout,
     };
 
     // SAFETY: all of these are #[repr(C)], made of integers with explicit
@@ -509,6 +533,8 @@ mod pod {
     unsafe impl aya::Pod for PolicyRule {}
     // SAFETY: as above.
     unsafe impl aya::Pod for PolicyState {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for BreakerEntry {}
 }
 
 #[cfg(test)]
@@ -548,5 +574,6 @@ mod tests {
         assert_eq!((size_of::<TcpEvent>(), align_of::<TcpEvent>()), (56, 8));
         assert_eq!((size_of::<PolicyRule>(), align_of::<PolicyRule>()), (72, 8));
         assert_eq!((size_of::<PolicyState>(), align_of::<PolicyState>()), (16, 8));
+        assert_eq!((size_of::<BreakerEntry>(), align_of::<BreakerEntry>()), (24, 8));
     }
 }

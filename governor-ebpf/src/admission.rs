@@ -1,8 +1,8 @@
 //! Outbound admission, shared by the cgroup `connect4` and `connect6`
 //! programs (`connect4.rs`, `connect6.rs`): every TCP `connect()` on the
 //! host is checked against the rules user space wrote into `POLICY_RULES`,
-//! in slot order (user space puts blocks first, then rate limits, then
-//! concurrency caps). The first rule that denies ends the check and the
+//! in slot order (user space puts blocks first, then circuit breakers, then
+//! rate limits, then concurrency caps). The first rule that denies ends the check and the
 //! application's `connect()` fails at once with `EPERM`; a rule in dry-run
 //! mode only counts what it would have done.
 //!
@@ -21,9 +21,9 @@ use aya_ebpf::{
     },
     programs::SockAddrContext,
 };
-use governor_common::{POLICY_SLOTS, PolicyRule, policy_kind};
+use governor_common::{BreakerEntry, EndpointKey, POLICY_SLOTS, PolicyRule, policy_kind};
 
-use crate::maps::{ADMITTED, POLICY_ACTIVE, POLICY_DECISIONS, POLICY_RULES, POLICY_STATE, add, fetch_add};
+use crate::maps::{ADMITTED, BREAKERS, POLICY_ACTIVE, POLICY_DECISIONS, POLICY_RULES, POLICY_STATE, add, fetch_add};
 
 /// `cgroup_sock_addr` verdicts.
 pub const ALLOW: i32 = 1;
@@ -110,6 +110,7 @@ extern "C" fn check_slot(slot: u64, check: *mut c_void) -> i64 {
     let bit = 1u64 << (state & 63);
     let allowed = match rule.kind {
         policy_kind::BLOCK => false,
+        policy_kind::BREAKER => breaker_allows(&check.to),
         policy_kind::RATE => take_token(state, rule),
         policy_kind::CONCURRENCY if check.held & bit != 0 => true,
         policy_kind::CONCURRENCY => {
@@ -127,6 +128,28 @@ extern "C" fn check_slot(slot: u64, check: *mut c_void) -> i64 {
         return 1;
     }
     0
+}
+
+/// Closed (no entry) lets the connect through; open refuses it; half-open
+/// lets it through while probes are left.
+#[inline(always)]
+fn breaker_allows(to: &Destination) -> bool {
+    let (a, b) = (to.addr[0].to_ne_bytes(), to.addr[1].to_ne_bytes());
+    let key = EndpointKey {
+        addr: [a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]],
+        port: to.port,
+        family: to.family,
+        pad: 0,
+    };
+    let Some(entry) = BREAKERS.get_ptr_mut(key) else { return true };
+    // SAFETY: a live map value; `used` is 8-byte aligned and only changed
+    // atomically here (user space replaces the whole entry).
+    unsafe {
+        if (*entry).state != BreakerEntry::HALF_OPEN {
+            return false;
+        }
+        fetch_add(&raw mut (*entry).used, 1) < (*entry).probes
+    }
 }
 
 #[inline(always)]

@@ -10,7 +10,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use governor_common::{
-    EndpointKey, EndpointStats, FlowAddrs, FlowStats, KernelConfig, ListenerInfo, POLICY_DECISION_SLOTS,
+    BreakerEntry, EndpointKey, EndpointStats, FlowAddrs, FlowStats, KernelConfig, ListenerInfo, POLICY_DECISION_SLOTS,
     POLICY_RULE_ENTRIES, POLICY_SLOTS, PolicyRule, PolicyState, RESET_REASON_SLOTS, SockInfo, TRANSITION_SLOTS,
     counter,
 };
@@ -69,6 +69,11 @@ pub static POLICY_STATE: Array<PolicyState> = Array::with_max_entries(POLICY_SLO
 /// `state * 2 + 1` denied.
 #[map]
 pub static POLICY_DECISIONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(POLICY_DECISION_SLOTS, 0);
+
+/// Open and half-open circuit breakers by upstream endpoint (exact port);
+/// written by user space, probes spent by `admission.rs`.
+#[map]
+pub static BREAKERS: HashMap<EndpointKey, BreakerEntry> = HashMap::with_max_entries(4096, 0);
 
 /// Sockets holding places under concurrency caps, by socket cookie: one
 /// bit per rule slot. When it is full, connects are admitted without

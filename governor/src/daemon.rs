@@ -18,8 +18,9 @@ use tracing::{debug, info, warn};
 use crate::{
     attribution::Attributor,
     btf,
-    config::{Config, Policy},
+    config::Config,
     ebpf::{Event, Probes, Sizes, decode_event},
+    enforce::Enforcement,
     health::Engine,
     host::{self, BPFFS, MountOutcome, TRACEFS},
     http::{self, AppState},
@@ -71,7 +72,7 @@ pub async fn run(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
         (config.etcd.enabled() && !config.registries.is_empty()).then(|| RegistryMetrics::new(metrics.registry()));
     let health_events = monitor.subscribe();
     let state = AppState::new(metrics, monitor, flows);
-    let mut enforcement = Enforcement::default();
+    let mut enforcement = Enforcement::new(probes.take_breakers()?);
     enforcement.apply(&mut probes, &config.policies, &state)?;
     let mut reloader = Reloader::new(path);
     let registry = registry_metrics.map(|m| start_registry(&config, &state, m, health_events));
@@ -101,6 +102,7 @@ pub async fn run(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
         tokio::select! {
             _ = poll.tick() => {
                 read_maps(&probes, &mut aggregator, &state, started.elapsed().as_secs(), &mut resync);
+                enforcement.step_breakers(&state);
                 state.set_ready(true);
             }
             _ = drain.tick() => {
@@ -108,6 +110,7 @@ pub async fn run(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
                     // An endpoint is crossing the reset threshold: judge it
                     // now, not at the next poll.
                     read_maps(&probes, &mut aggregator, &state, started.elapsed().as_secs(), &mut resync);
+                    enforcement.step_breakers(&state);
                 }
             }
             _ = sighup.recv() => reloader.reload(&mut probes, &mut enforcement, &state, "SIGHUP"),
@@ -174,48 +177,6 @@ fn start_registry(
     let (shared, commands) = registry::Shared::new();
     let _ = state.registry.set(Arc::clone(&shared));
     tokio::spawn(Controller::new(config, Arc::clone(state), shared, metrics).run(health_events, commands))
-}
-
-/// The policies in force and where the admission programs attach.
-#[derive(Default)]
-struct Enforcement {
-    in_force: Vec<crate::policy::InForce>,
-    cgroup: Option<PathBuf>,
-}
-
-impl Enforcement {
-    /// Validated `policies` into the kernel at once (`Probes::apply_policies`).
-    /// On error the policies in force stay.
-    fn apply(&mut self, probes: &mut Probes, policies: &[Policy], state: &AppState) -> anyhow::Result<()> {
-        if policies.is_empty() && self.in_force.is_empty() {
-            return Ok(());
-        }
-        // Decisions made so far go to the policies that made them.
-        let mut metrics = state.metrics.lock().expect("metrics lock poisoned");
-        if let Ok(totals) = probes.policy_decisions() {
-            metrics.policy_decisions(&totals);
-        }
-        let open = probes.policy_open().context("reading the policies' open connections")?;
-        let compiled =
-            crate::policy::compile(policies, &self.in_force, |e| open.get(e as usize).is_some_and(|n| *n > 0))
-                .map_err(anyhow::Error::msg)?;
-        let cgroup = if let Some(cgroup) = &self.cgroup {
-            cgroup.clone()
-        } else {
-            let mounts = host::read_mounts().unwrap_or_default();
-            host::cgroup2_root(&mounts)
-                .context("policies need cgroup v2 (the admission programs attach at its root), and it is not mounted")?
-                .to_path_buf()
-        };
-        probes.apply_policies(&compiled, &cgroup)?;
-        self.cgroup = Some(cgroup);
-        metrics.set_policies(&compiled.policies);
-        for p in &compiled.policies {
-            info!(policy = %p.name, kind = p.kind.as_str(), "policy in force");
-        }
-        self.in_force = compiled.policies;
-        Ok(())
-    }
 }
 
 /// Reloads the config file on SIGHUP or when its content changes (checked

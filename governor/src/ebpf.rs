@@ -9,8 +9,9 @@ use aya::{
     programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, TracePoint},
 };
 use governor_common::{
-    ConnEvent, EndpointKey, EndpointStats, FlowAddrs, FlowStats, KernelConfig, POLICY_DECISION_SLOTS, POLICY_SLOTS,
-    PolicyRule, PolicyState, RESET_REASON_SLOTS, SockInfo, TRANSITION_SLOTS, TcpEvent, counter, event_kind,
+    BreakerEntry, ConnEvent, EndpointKey, EndpointStats, FlowAddrs, FlowStats, KernelConfig, POLICY_DECISION_SLOTS,
+    POLICY_SLOTS, PolicyRule, PolicyState, RESET_REASON_SLOTS, SockInfo, TRANSITION_SLOTS, TcpEvent, counter,
+    event_kind,
 };
 
 use crate::{policy::Compiled, stats::KernelSnapshot, tracefs::TRACEPOINTS};
@@ -209,6 +210,13 @@ impl Probes {
         HashMap::try_from(map).map(FlowTable).map_err(|source| EbpfError::Map { map: "FLOWS", source })
     }
 
+    /// Takes the circuit breaker table out, for the breaker driver; call
+    /// once.
+    pub fn take_breakers(&mut self) -> Result<BreakerTable, EbpfError> {
+        let map = self.ebpf.take_map("BREAKERS").ok_or(EbpfError::Missing { kind: "map", name: "BREAKERS" })?;
+        HashMap::try_from(map).map(BreakerTable).map_err(|source| EbpfError::Map { map: "BREAKERS", source })
+    }
+
     /// Takes the event ring buffer out; call once.
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, EbpfError> {
         let map = self.ebpf.take_map("EVENTS").ok_or(EbpfError::Missing { kind: "map", name: "EVENTS" })?;
@@ -261,6 +269,23 @@ fn attach_admission(ebpf: &mut Ebpf, cgroup: &Path) -> Result<usize, EbpfError> 
         program.attach(&root, CgroupAttachMode::Single).map_err(fail)?;
     }
     Ok(3)
+}
+
+/// The kernel's open and half-open circuit breakers by endpoint.
+pub struct BreakerTable(HashMap<MapData, EndpointKey, BreakerEntry>);
+
+impl BreakerTable {
+    pub fn set(&mut self, key: EndpointKey, entry: BreakerEntry) -> Result<(), aya::maps::MapError> {
+        self.0.insert(key, entry, 0)
+    }
+
+    /// Removes the entry; a missing one is fine.
+    pub fn remove(&mut self, key: EndpointKey) -> Result<(), aya::maps::MapError> {
+        match self.0.remove(&key) {
+            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            other => other,
+        }
+    }
 }
 
 /// The kernel's per-flow table (established connections with their byte

@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod attribution;
+pub mod breaker;
 pub mod btf;
 pub mod cardinality;
 pub mod cli;
@@ -12,6 +13,7 @@ pub mod connections;
 pub mod daemon;
 pub mod doctor;
 pub mod ebpf;
+pub mod enforce;
 pub mod flows;
 pub mod health;
 pub mod host;

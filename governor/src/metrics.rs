@@ -101,6 +101,8 @@ pub struct Metrics {
     policy_owners: Vec<Option<(String, &'static str)>>,
     policy_seen: Vec<(u64, u64)>,
     pub config_reloads: IntCounterVec,
+    breaker_state: IntGaugeVec,
+    breaker_cooldown: IntGaugeVec,
 }
 
 /// Adds per-endpoint increments to a counter with a `direction` label
@@ -330,6 +332,18 @@ impl Metrics {
                 "Always 1 for each policy in force, with its kind.",
                 &["policy", "kind"],
             ),
+            breaker_state: gauge_vec(
+                "governor_breaker_state",
+                "Circuit breakers per upstream endpoint: 1 for the current state (closed, open, half_open), 0 for \
+                 the others. Endpoints appear when their breaker first opens and go when it has stayed closed for \
+                 the maximum cool-down.",
+                &["endpoint", "state"],
+            ),
+            breaker_cooldown: gauge_vec(
+                "governor_breaker_cooldown_seconds",
+                "The cool-down of the breaker's last opening; doubles when it opens again soon after.",
+                &["endpoint"],
+            ),
             policy_owners: Vec::new(),
             policy_seen: Vec::new(),
             config_reloads: {
@@ -363,6 +377,25 @@ impl Metrics {
             if let Some(owner) = self.policy_owners.get_mut(p.entry as usize) {
                 *owner = Some((p.name.clone(), reason));
             }
+        }
+    }
+
+    /// One breaker's state and cool-down (milliseconds); `None` removes its
+    /// series.
+    pub fn set_breaker(&mut self, endpoint: &str, state: Option<(&str, u64)>) {
+        const STATES: [&str; 3] = ["closed", "open", "half_open"];
+        if let Some((current, cooldown_ms)) = state {
+            for s in STATES {
+                self.breaker_state.with_label_values(&[endpoint, s]).set(i64::from(s == current));
+            }
+            self.breaker_cooldown
+                .with_label_values(&[endpoint])
+                .set(i64::try_from(cooldown_ms / 1000).unwrap_or(i64::MAX));
+        } else {
+            for s in STATES {
+                let _ = self.breaker_state.remove_label_values(&[endpoint, s]);
+            }
+            let _ = self.breaker_cooldown.remove_label_values(&[endpoint]);
         }
     }
 

@@ -86,6 +86,9 @@ pub struct Monitor {
     close_wait_endpoints: HashSet<String>,
     /// Resets in events since the last tick.
     resets: ResetWatch,
+    /// What the last reading saw per endpoint (the circuit breakers step
+    /// on it).
+    pub last_samples: HashMap<String, Sample>,
 }
 
 /// Seconds and nanoseconds on the kernel's clock (`bpf_ktime_get_ns`).
@@ -122,6 +125,7 @@ impl Monitor {
             unix_offset,
             close_wait_endpoints: HashSet::new(),
             resets: ResetWatch::default(),
+            last_samples: HashMap::new(),
         }
     }
 
@@ -226,6 +230,7 @@ impl Monitor {
                 self.engine.record(endpoint, now.secs, *sample);
             }
         }
+        self.last_samples = samples;
         // Only sockets in CLOSE_WAIT are walked; endpoints that had some at
         // the last tick and have none now are set back to zero.
         let close_wait = connections::close_wait_by_endpoint(&self.tracker);

@@ -36,13 +36,14 @@ impl Compiled {
 pub fn reason(kind: PolicyKind) -> &'static str {
     match kind {
         PolicyKind::Block => "block",
+        PolicyKind::Breaker => "breaker",
         PolicyKind::RateLimit => "rate",
         PolicyKind::MaxConnections => "concurrency",
     }
 }
 
-/// Orders the policies as the kernel checks them: blocks first, then rate
-/// limits, then concurrency caps (a connect refused by an earlier rule
+/// Orders the policies as the kernel checks them: blocks first, then
+/// breakers, then rate limits, then concurrency caps (a connect refused by an earlier rule
 /// takes no token and no place), each kind in file order.
 ///
 /// Each policy gets a kernel state entry (bucket, open count, decision
@@ -104,6 +105,7 @@ pub fn rule(p: &Policy) -> PolicyRule {
     };
     match p.kind {
         PolicyKind::Block => rule.kind = policy_kind::BLOCK,
+        PolicyKind::Breaker => rule.kind = policy_kind::BREAKER,
         PolicyKind::RateLimit => {
             let rate = u64::from(p.rate_per_second.unwrap_or(1).max(1));
             let burst = u64::from(p.burst.unwrap_or(u32::try_from(rate).unwrap_or(u32::MAX)).max(1));
@@ -148,6 +150,9 @@ mod tests {
             rate_per_second: Some(100),
             burst: Some(10),
             max_connections: Some(20),
+            cooldown_seconds: None,
+            cooldown_max_seconds: None,
+            probes: None,
             dry_run: false,
         }
     }

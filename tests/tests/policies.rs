@@ -6,7 +6,10 @@ use std::{
     io::ErrorKind,
     net::{SocketAddr, TcpListener, TcpStream},
     process::Command,
-    sync::{Arc, Barrier, Mutex},
+    sync::{
+        Arc, Barrier, Mutex,
+        atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering},
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -14,8 +17,10 @@ use std::{
 use governor_tests::{
     Governor, Netns,
     governor::{TempDir, bin, run_to_exit},
+    registry::wait_series,
     require_root, series,
 };
+use socket2::{Domain, Socket, Type};
 
 const EPERM: i32 = nix::errno::Errno::EPERM as i32;
 
@@ -290,4 +295,113 @@ fn reloads_swap_policies_without_a_restart_and_an_invalid_file_keeps_the_old_one
     assert_eq!([errno(&ns, 20110), errno(&ns, 20111), errno(&ns, 20112)], [Some(EPERM), None, Some(EPERM)]);
     assert_eq!(gov.value(&ok), 1);
     drop(listeners);
+}
+
+/// How the breaker test's upstream answers the connections it accepts.
+const RESETS: u8 = 0;
+const HEALTHY: u8 = 1;
+
+/// An upstream in the namespace that accepts until `stop`, and closes each
+/// connection with a reset (`SO_LINGER` 0) or normally, as `mode` says.
+/// Returns the accepted count as it goes.
+fn upstream(ns: &Netns, addr: SocketAddr, mode: Arc<AtomicU8>, stop: Arc<AtomicBool>) -> Arc<AtomicU64> {
+    let accepted = Arc::new(AtomicU64::new(0));
+    let count = Arc::clone(&accepted);
+    let listener = ns.run(move || TcpListener::bind(addr).expect("bind"));
+    listener.set_nonblocking(true).expect("nonblocking");
+    thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_mins(2);
+        while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+            match listener.accept() {
+                Ok((s, _)) => {
+                    count.fetch_add(1, Ordering::Relaxed);
+                    if mode.load(Ordering::Relaxed) == RESETS {
+                        Socket::from(s).set_linger(Some(Duration::ZERO)).expect("linger");
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => thread::sleep(Duration::from_millis(1)),
+                Err(e) => panic!("accept: {e}"),
+            }
+        }
+    });
+    accepted
+}
+
+/// Connects `n` times and waits (bounded) for each connection's end; the
+/// upstream resets them or closes them.
+fn connect_and_wait_for_the_end(ns: &Netns, addr: SocketAddr, n: usize) {
+    ns.run(move || {
+        for _ in 0..n {
+            let s = TcpStream::connect(addr).expect("connect to the upstream");
+            s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+            let _ = std::io::Read::read(&mut &s, &mut [0u8; 1]);
+        }
+    });
+}
+
+#[test]
+fn a_breaker_opens_on_resets_lets_the_probes_through_closes_and_reopens_with_twice_the_cooldown() {
+    require_root();
+    let ns = Netns::new("breaker");
+    ns.add_address("10.235.7.1/32");
+    let endpoint = "10.235.7.1:20120";
+    let addr: SocketAddr = endpoint.parse().expect("addr");
+    let list = policies(&[
+        r#"{ name = "upstream", kind = "breaker", destination = "10.235.7.0/24", ports = "20120", cooldown_seconds = 2, cooldown_max_seconds = 60, probes = 2 }"#,
+    ]);
+    let mut gov = Governor::start_with(&[("policies", &list)]);
+    let mode = Arc::new(AtomicU8::new(RESETS));
+    let stop = Arc::new(AtomicBool::new(false));
+    let accepted = upstream(&ns, addr, Arc::clone(&mode), Arc::clone(&stop));
+    let state = |s: &str| series("governor_breaker_state", &[("endpoint", endpoint), ("state", s)]);
+    let open = |gov: &mut Governor| {
+        wait_series(gov, "governor_breaker_state", &[("endpoint", endpoint), ("state", "open")], |v| v == 1)
+    };
+
+    // Twelve connections reset by the upstream: unhealthy, the breaker opens.
+    connect_and_wait_for_the_end(&ns, addr, 12);
+    open(&mut gov);
+    let cooldown = series("governor_breaker_cooldown_seconds", &[("endpoint", endpoint)]);
+    assert_eq!(gov.value(&cooldown), 2);
+    // Open: connect() fails at once and no SYN reaches the upstream.
+    let before = accepted.load(Ordering::Relaxed);
+    let errors = ns
+        .run(move || (0..3).map(|_| TcpStream::connect(addr).err().and_then(|e| e.raw_os_error())).collect::<Vec<_>>());
+    assert_eq!(errors, [Some(EPERM); 3]);
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(accepted.load(Ordering::Relaxed), before, "no connection reached the upstream");
+    assert_eq!(gov.settle(&decisions("upstream", "deny", "breaker"), 3), 3);
+
+    // The upstream recovers. While its SYNs are held back (so no probe can
+    // finish early), the half-open breaker lets exactly two connects go.
+    mode.store(HEALTHY, Ordering::Relaxed);
+    ns.nft("table inet hold {\n chain input {\n  type filter hook input priority 0; policy accept;\n  tcp dport 20120 tcp flags syn drop\n }\n}\n");
+    wait_series(&mut gov, "governor_breaker_state", &[("endpoint", endpoint), ("state", "half_open")], |v| v == 1);
+    let (probes, results) = ns.run(move || {
+        let mut probes = Vec::new();
+        let mut results = Vec::new();
+        for _ in 0..5 {
+            let s = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+            s.set_nonblocking(true).expect("nonblocking");
+            results.push(s.connect(&addr.into()).err().and_then(|e| e.raw_os_error()));
+            probes.push(s);
+        }
+        (probes, results)
+    });
+    let in_progress = nix::errno::Errno::EINPROGRESS as i32;
+    assert_eq!(results, [Some(in_progress), Some(in_progress), Some(EPERM), Some(EPERM), Some(EPERM)]);
+    // Let the SYNs through: the two probes complete on their retransmit and
+    // the breaker closes.
+    ns.nft("delete table inet hold\n");
+    wait_series(&mut gov, "governor_breaker_state", &[("endpoint", endpoint), ("state", "closed")], |v| v == 1);
+    drop(probes);
+    assert!(ns.run(move || TcpStream::connect(addr).is_ok()), "closed: connects go through");
+
+    // Resetting again soon after: open again, with twice the cool-down.
+    mode.store(RESETS, Ordering::Relaxed);
+    connect_and_wait_for_the_end(&ns, addr, 12);
+    open(&mut gov);
+    assert_eq!(gov.value(&cooldown), 4);
+    assert_eq!(gov.value(&state("half_open")), 0);
+    stop.store(true, Ordering::Relaxed);
 }

@@ -44,6 +44,17 @@ pub struct Policy {
     /// from `connect()` until the socket is closed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<u32>,
+    /// `breaker`: how long a breaker stays open before probes are let
+    /// through, seconds (default 5). Doubled each time it opens again soon
+    /// after, up to `cooldown_max_seconds` (default 300).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cooldown_seconds: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cooldown_max_seconds: Option<u32>,
+    /// `breaker`: connects let through while half-open (default 3); all
+    /// must succeed to close it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probes: Option<u32>,
     /// Count what the policy would deny, deny nothing.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dry_run: bool,
@@ -54,16 +65,32 @@ pub struct Policy {
 pub enum PolicyKind {
     /// Every connect is refused.
     Block,
+    /// A circuit breaker per upstream endpoint (ip:port) in the network:
+    /// opened when the health engine judges the endpoint unhealthy.
+    Breaker,
     /// New connections per second with a burst.
     RateLimit,
     /// Connections open at once.
     MaxConnections,
 }
 
+impl Policy {
+    /// `breaker`: the cool-down and its maximum, seconds, defaults applied.
+    pub fn cooldowns(&self) -> (u32, u32) {
+        (self.cooldown_seconds.unwrap_or(5), self.cooldown_max_seconds.unwrap_or(300))
+    }
+
+    /// `breaker`: probes while half-open, default applied.
+    pub fn probe_count(&self) -> u32 {
+        self.probes.unwrap_or(3)
+    }
+}
+
 impl PolicyKind {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Block => "block",
+            Self::Breaker => "breaker",
             Self::RateLimit => "rate_limit",
             Self::MaxConnections => "max_connections",
         }
@@ -178,11 +205,37 @@ pub fn validate(policies: &[Policy]) -> Result<(), PolicyError> {
             Some(_) => err(name, field, format!("does not apply to a `{}` policy", p.kind.as_str())),
             None => Ok(()),
         };
+        if p.kind != PolicyKind::Breaker {
+            forbids("cooldown_seconds", p.cooldown_seconds)?;
+            forbids("cooldown_max_seconds", p.cooldown_max_seconds)?;
+            forbids("probes", p.probes)?;
+        }
         match p.kind {
             PolicyKind::Block => {
                 forbids("rate_per_second", p.rate_per_second)?;
                 forbids("burst", p.burst)?;
                 forbids("max_connections", p.max_connections)?;
+            }
+            PolicyKind::Breaker => {
+                forbids("rate_per_second", p.rate_per_second)?;
+                forbids("burst", p.burst)?;
+                forbids("max_connections", p.max_connections)?;
+                for (field, value) in [
+                    ("cooldown_seconds", p.cooldown_seconds),
+                    ("cooldown_max_seconds", p.cooldown_max_seconds),
+                    ("probes", p.probes),
+                ] {
+                    if value == Some(0) {
+                        return err(name, field, "must be at least 1".to_owned());
+                    }
+                }
+                if p.probes > Some(1000) {
+                    return err(name, "probes", "must be at most 1000".to_owned());
+                }
+                let (base, max) = p.cooldowns();
+                if max < base {
+                    return err(name, "cooldown_max_seconds", format!("{max} is below cooldown_seconds ({base})"));
+                }
             }
             PolicyKind::RateLimit => {
                 needs("rate_per_second", p.rate_per_second)?;
@@ -217,6 +270,9 @@ mod tests {
             rate_per_second: None,
             burst: None,
             max_connections: None,
+            cooldown_seconds: None,
+            cooldown_max_seconds: None,
+            probes: None,
             dry_run: false,
         }
     }
@@ -245,6 +301,19 @@ mod tests {
         assert_eq!(e.field, "max_connections");
         let e = validate(&[Policy { rate_per_second: Some(1), ..policy("b", PolicyKind::Block) }]).unwrap_err();
         assert_eq!(e.to_string(), "policy `b`, field `rate_per_second`: does not apply to a `block` policy");
+    }
+
+    #[test]
+    fn breakers_take_cooldowns_and_probes() {
+        let b = policy("b", PolicyKind::Breaker);
+        assert_eq!(validate(std::slice::from_ref(&b)), Ok(()));
+        assert_eq!((b.cooldowns(), b.probe_count()), ((5, 300), 3));
+        let e = validate(&[Policy { cooldown_seconds: Some(60), cooldown_max_seconds: Some(30), ..b.clone() }])
+            .unwrap_err();
+        assert_eq!(e.field, "cooldown_max_seconds");
+        assert_eq!(validate(&[Policy { probes: Some(0), ..b.clone() }]).unwrap_err().field, "probes");
+        let e = validate(&[Policy { probes: Some(2), ..policy("r", PolicyKind::Block) }]).unwrap_err();
+        assert_eq!(e.to_string(), "policy `r`, field `probes`: does not apply to a `block` policy");
     }
 
     #[test]

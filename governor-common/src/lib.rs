@@ -422,6 +422,40 @@ pub mod policy_kind {
     pub const BREAKER: u8 = 4;
 }
 
+/// Bandwidth policing: one entry of `BANDWIDTH` per policy cgroup and
+/// direction. The `cgroup_skb` programs attached at the cgroup find it by
+/// the packet's socket's cgroup or its nearest ancestor that has one.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct BandwidthKey {
+    /// The cgroup v2 id (the inode number of its directory).
+    pub cgroup_id: u64,
+    /// [`BandwidthKey::EGRESS`] or [`BandwidthKey::INGRESS`].
+    pub direction: u32,
+    pub pad: u32,
+}
+
+impl BandwidthKey {
+    pub const EGRESS: u32 = 1;
+    pub const INGRESS: u32 = 2;
+}
+
+/// A byte-rate token bucket (GCRA, as the connect rate limit) and its
+/// policy's state entry for the counters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BandwidthRule {
+    pub bytes_per_second: u64,
+    /// How far ahead of now the bucket may be booked: the burst in time.
+    pub tolerance_ns: u64,
+    /// When the bucket will next be empty (changed by the kernel).
+    pub tat_ns: u64,
+    /// The policy's entry in `POLICY_DECISIONS` and `BANDWIDTH_DROPPED`.
+    pub state: u32,
+    /// [`PolicyRule::DRY_RUN`].
+    pub flags: u32,
+}
+
 /// One upstream endpoint's breaker in `BREAKERS` (keyed by
 /// [`EndpointKey`], the exact port). No entry: closed.
 #[repr(C)]
@@ -498,8 +532,8 @@ pub const POLICY_DECISION_SLOTS: u32 = POLICY_SLOTS * 2;
 #[cfg(feature = "user")]
 mod pod {
     use super::{
-        BreakerEntry, ConnEvent, EndpointKey, EndpointStats, FlowAddrs, FlowStats, KernelConfig, ListenerInfo, Owner,
-        PolicyRule, PolicyState, SockInfo, SockOffsets, Span, TcpEvent, TpLayout,
+        BandwidthKey, BandwidthRule, BreakerEntry, ConnEvent, EndpointKey, EndpointStats, FlowAddrs, FlowStats,
+        KernelConfig, ListenerInfo, Owner, PolicyRule, PolicyState, SockInfo, SockOffsets, Span, TcpEvent, TpLayout,
     };
 
     // SAFETY: all of these are #[repr(C)], made of integers with explicit
@@ -535,6 +569,10 @@ mod pod {
     unsafe impl aya::Pod for PolicyState {}
     // SAFETY: as above.
     unsafe impl aya::Pod for BreakerEntry {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for BandwidthKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for BandwidthRule {}
 }
 
 #[cfg(test)]
@@ -575,5 +613,7 @@ mod tests {
         assert_eq!((size_of::<PolicyRule>(), align_of::<PolicyRule>()), (72, 8));
         assert_eq!((size_of::<PolicyState>(), align_of::<PolicyState>()), (16, 8));
         assert_eq!((size_of::<BreakerEntry>(), align_of::<BreakerEntry>()), (24, 8));
+        assert_eq!((size_of::<BandwidthKey>(), align_of::<BandwidthKey>()), (16, 8));
+        assert_eq!((size_of::<BandwidthRule>(), align_of::<BandwidthRule>()), (32, 8));
     }
 }

@@ -14,12 +14,15 @@ mod admission;
 mod connection;
 mod flow;
 mod maps;
+mod police;
 mod record;
 
 mod connect4;
 mod connect6;
 mod flow_egress;
 mod flow_ingress;
+mod police_egress;
+mod police_ingress;
 mod reset_received;
 mod reset_sent;
 mod retransmit;

@@ -10,9 +10,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use governor_common::{
-    BreakerEntry, EndpointKey, EndpointStats, FlowAddrs, FlowStats, KernelConfig, ListenerInfo, POLICY_DECISION_SLOTS,
-    POLICY_RULE_ENTRIES, POLICY_SLOTS, PolicyRule, PolicyState, RESET_REASON_SLOTS, SockInfo, TRANSITION_SLOTS,
-    counter,
+    BandwidthKey, BandwidthRule, BreakerEntry, EndpointKey, EndpointStats, FlowAddrs, FlowStats, KernelConfig,
+    ListenerInfo, POLICY_DECISION_SLOTS, POLICY_RULE_ENTRIES, POLICY_SLOTS, PolicyRule, PolicyState,
+    RESET_REASON_SLOTS, SockInfo, TRANSITION_SLOTS, counter,
 };
 
 /// Tracepoint field offsets and the ephemeral port range; set by user space.
@@ -74,6 +74,14 @@ pub static POLICY_DECISIONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(PO
 /// written by user space, probes spent by `admission.rs`.
 #[map]
 pub static BREAKERS: HashMap<EndpointKey, BreakerEntry> = HashMap::with_max_entries(4096, 0);
+
+/// Bandwidth policing by cgroup and direction (`police.rs`).
+#[map]
+pub static BANDWIDTH: HashMap<BandwidthKey, BandwidthRule> = HashMap::with_max_entries(128, 0);
+
+/// Bytes dropped by bandwidth policing, by policy state entry.
+#[map]
+pub static BANDWIDTH_DROPPED: PerCpuArray<u64> = PerCpuArray::with_max_entries(POLICY_SLOTS, 0);
 
 /// Sockets holding places under concurrency caps, by socket cookie: one
 /// bit per rule slot. When it is full, connects are admitted without

@@ -14,7 +14,7 @@ mod policy;
 mod registry;
 
 pub use self::{
-    policy::{MAX_POLICIES, Policy, PolicyError, PolicyKind, PortRange},
+    policy::{Direction, MAX_POLICIES, Policy, PolicyError, PolicyKind, PortRange},
     registry::{Cidr, Etcd, Registry, RegistrySource},
 };
 

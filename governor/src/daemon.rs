@@ -318,6 +318,10 @@ fn read_maps(probes: &Probes, aggregator: &mut Aggregator, state: &AppState, now
                 Ok(totals) => metrics.policy_decisions(&totals),
                 Err(e) => warn!(error = %e, "reading the policy decisions failed"),
             }
+            match probes.bandwidth_dropped() {
+                Ok(totals) => metrics.bandwidth_dropped(&totals),
+                Err(e) => warn!(error = %e, "reading the bytes bandwidth policing dropped failed"),
+            }
             metrics
                 .map_entries
                 .with_label_values(&["endpoints"])

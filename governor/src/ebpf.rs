@@ -9,9 +9,9 @@ use aya::{
     programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, TracePoint},
 };
 use governor_common::{
-    BreakerEntry, ConnEvent, EndpointKey, EndpointStats, FlowAddrs, FlowStats, KernelConfig, POLICY_DECISION_SLOTS,
-    POLICY_SLOTS, PolicyRule, PolicyState, RESET_REASON_SLOTS, SockInfo, TRANSITION_SLOTS, TcpEvent, counter,
-    event_kind,
+    BandwidthKey, BandwidthRule, BreakerEntry, ConnEvent, EndpointKey, EndpointStats, FlowAddrs, FlowStats,
+    KernelConfig, POLICY_DECISION_SLOTS, POLICY_SLOTS, PolicyRule, PolicyState, RESET_REASON_SLOTS, SockInfo,
+    TRANSITION_SLOTS, TcpEvent, counter, event_kind,
 };
 
 use crate::{policy::Compiled, stats::KernelSnapshot, tracefs::TRACEPOINTS};
@@ -56,6 +56,8 @@ pub struct Probes {
     endpoint_capacity: u32,
     socket_capacity: u32,
     admission: bool,
+    /// Cgroups the bandwidth programs are attached at.
+    policed: Vec<PathBuf>,
 }
 
 impl Probes {
@@ -117,6 +119,7 @@ impl Probes {
             endpoint_capacity: sizes.endpoint_table_entries,
             socket_capacity: sizes.socket_table_entries,
             admission: false,
+            policed: Vec::new(),
         })
     }
 
@@ -157,17 +160,50 @@ impl Probes {
                 .map_err(|source| EbpfError::Map { map: "POLICY_ACTIVE", source })?;
             map.set(0, next, 0).map_err(|source| EbpfError::Map { map: "POLICY_ACTIVE", source })?;
         }
-        if !self.admission && !compiled.is_empty() {
+        if !self.admission && !compiled.rules.is_empty() {
             self.attached += attach_admission(&mut self.ebpf, cgroup)?;
             self.admission = true;
         }
         Ok(())
     }
 
-    /// Admission decisions per policy state entry, `(allowed, denied)`;
-    /// empty while the admission programs are not attached.
+    /// Puts the bandwidth rules in force: attaches the policing programs
+    /// at cgroups that have none yet, then replaces the rules (a cgroup
+    /// whose policy is gone keeps the programs, which find no rule and let
+    /// everything through).
+    pub fn apply_bandwidth(&mut self, rules: &[(PathBuf, BandwidthKey, BandwidthRule)]) -> Result<(), EbpfError> {
+        for (path, ..) in rules {
+            if !self.policed.contains(path) {
+                self.attached += attach_policing(&mut self.ebpf, path, self.policed.is_empty())?;
+                self.policed.push(path.clone());
+            }
+        }
+        let mut map: HashMap<&mut MapData, BandwidthKey, BandwidthRule> = HashMap::try_from(self.map_mut("BANDWIDTH")?)
+            .map_err(|source| EbpfError::Map { map: "BANDWIDTH", source })?;
+        let stale: Vec<BandwidthKey> =
+            map.keys().filter_map(Result::ok).filter(|k| !rules.iter().any(|(_, key, _)| key == k)).collect();
+        for (_, key, rule) in rules {
+            map.insert(key, rule, 0).map_err(|source| EbpfError::Map { map: "BANDWIDTH", source })?;
+        }
+        for key in stale {
+            let _ = map.remove(&key);
+        }
+        Ok(())
+    }
+
+    /// Bytes dropped by bandwidth policing, per policy state entry; empty
+    /// while no policing program is attached.
+    pub fn bandwidth_dropped(&self) -> Result<Vec<u64>, EbpfError> {
+        if self.policed.is_empty() {
+            return Ok(Vec::new());
+        }
+        read_per_cpu(self.map("BANDWIDTH_DROPPED")?, "BANDWIDTH_DROPPED", POLICY_SLOTS)
+    }
+
+    /// Decisions per policy state entry, `(allowed, denied)` (connects, or
+    /// packets for bandwidth); empty while no policy program is attached.
     pub fn policy_decisions(&self) -> Result<Vec<(u64, u64)>, EbpfError> {
-        if !self.admission {
+        if !self.admission && self.policed.is_empty() {
             return Ok(Vec::new());
         }
         let counts = read_per_cpu(self.map("POLICY_DECISIONS")?, "POLICY_DECISIONS", POLICY_DECISION_SLOTS)?;
@@ -246,6 +282,27 @@ impl Probes {
             },
         })
     }
+}
+
+/// Attaches the policing programs at `cgroup` (loading them the first
+/// time).
+fn attach_policing(ebpf: &mut Ebpf, cgroup: &Path, load: bool) -> Result<usize, EbpfError> {
+    let file =
+        std::fs::File::open(cgroup).map_err(|source| EbpfError::PolicyCgroup { path: cgroup.to_path_buf(), source })?;
+    for (name, attach_type, hook) in [
+        ("gov_police_out", CgroupSkbAttachType::Egress, "cgroup_skb/egress"),
+        ("gov_police_in", CgroupSkbAttachType::Ingress, "cgroup_skb/ingress"),
+    ] {
+        let fail =
+            |source| EbpfError::Program { program: name, hook: format!("{hook} on {}", cgroup.display()), source };
+        let program: &mut CgroupSkb =
+            ebpf.program_mut(name).ok_or(EbpfError::Missing { kind: "program", name })?.try_into().map_err(fail)?;
+        if load {
+            program.load().map_err(fail)?;
+        }
+        program.attach(&file, attach_type, CgroupAttachMode::Single).map_err(fail)?;
+    }
+    Ok(2)
 }
 
 /// Attaches the release program, then the connect programs, at `cgroup`.

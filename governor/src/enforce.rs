@@ -6,11 +6,11 @@
 use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
-    path::PathBuf,
+    path::{Path, PathBuf},
 };
 
 use anyhow::Context as _;
-use governor_common::{AF_INET, AF_INET6, BreakerEntry, EndpointKey};
+use governor_common::{AF_INET, AF_INET6, BandwidthKey, BreakerEntry, EndpointKey};
 use tracing::{info, warn};
 
 use crate::{
@@ -35,7 +35,8 @@ struct BreakerPolicy {
 impl BreakerPolicy {
     fn governs(&self, addr: SocketAddr) -> bool {
         let ports = self.policy.ports.unwrap_or(PortRange::ALL);
-        self.policy.destination.contains(addr.ip()) && (ports.low..=ports.high).contains(&addr.port())
+        self.policy.destination.is_some_and(|d| d.contains(addr.ip()))
+            && (ports.low..=ports.high).contains(&addr.port())
     }
 }
 
@@ -75,10 +76,20 @@ impl Enforcement {
         } else {
             let mounts = host::read_mounts().unwrap_or_default();
             host::cgroup2_root(&mounts)
-                .context("policies need cgroup v2 (the admission programs attach at its root), and it is not mounted")?
+                .context("policies need cgroup v2 (their programs attach to its cgroups), and it is not mounted")?
                 .to_path_buf()
         };
+        // Every cgroup must exist before anything changes.
+        let bandwidth = compiled
+            .bandwidth
+            .iter()
+            .map(|b| {
+                let (path, id) = cgroup_of(&cgroup, &b.cgroup)?;
+                Ok((path, BandwidthKey { cgroup_id: id, direction: b.direction, pad: 0 }, b.rule))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         probes.apply_policies(&compiled, &cgroup)?;
+        probes.apply_bandwidth(&bandwidth)?;
         self.cgroup = Some(cgroup);
         metrics.set_policies(&compiled.policies);
         for p in &compiled.policies {
@@ -195,6 +206,20 @@ impl Enforcement {
             warn!(%endpoint, error = %e, "writing the circuit breaker into the kernel failed");
         }
     }
+}
+
+/// A policy's cgroup (below the cgroup v2 mount `root`, or an absolute path
+/// under it): its path and id (the inode number of its directory).
+fn cgroup_of(root: &Path, cgroup: &str) -> anyhow::Result<(PathBuf, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    let path = if Path::new(cgroup).starts_with(root) {
+        PathBuf::from(cgroup)
+    } else {
+        root.join(cgroup.trim_start_matches('/'))
+    };
+    let meta = std::fs::metadata(&path).with_context(|| format!("cgroup {} of a bandwidth policy", path.display()))?;
+    anyhow::ensure!(meta.is_dir(), "cgroup {} of a bandwidth policy is not a directory", path.display());
+    Ok((path, meta.ino()))
 }
 
 /// The kernel's key for an endpoint: IPv4 (and IPv4-mapped IPv6, which

@@ -103,6 +103,8 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     breaker_state: IntGaugeVec,
     breaker_cooldown: IntGaugeVec,
+    bandwidth_dropped: IntCounterVec,
+    bandwidth_seen: Vec<u64>,
 }
 
 /// Adds per-endpoint increments to a counter with a `direction` label
@@ -344,6 +346,12 @@ impl Metrics {
                 "The cool-down of the breaker's last opening; doubles when it opens again soon after.",
                 &["endpoint"],
             ),
+            bandwidth_dropped: counter_vec(
+                "governor_bandwidth_dropped_bytes_total",
+                "Bytes dropped by bandwidth policing, by policy (egress drops also signal congestion to TCP).",
+                &["policy"],
+            ),
+            bandwidth_seen: Vec::new(),
             policy_owners: Vec::new(),
             policy_seen: Vec::new(),
             config_reloads: {
@@ -374,9 +382,24 @@ impl Metrics {
             for action in ["allow", "deny"] {
                 let _ = self.policy_decisions.with_label_values(&[p.name.as_str(), action, reason]);
             }
+            if p.kind == crate::config::PolicyKind::Bandwidth {
+                let _ = self.bandwidth_dropped.with_label_values(&[p.name.as_str()]);
+            }
             if let Some(owner) = self.policy_owners.get_mut(p.entry as usize) {
                 *owner = Some((p.name.clone(), reason));
             }
+        }
+    }
+
+    /// Adds the bytes bandwidth policing dropped since the last reading
+    /// (`totals` per state entry) to the policies holding the entries.
+    pub fn bandwidth_dropped(&mut self, totals: &[u64]) {
+        self.bandwidth_seen.resize(totals.len(), 0);
+        for ((owner, seen), total) in self.policy_owners.iter().zip(&mut self.bandwidth_seen).zip(totals) {
+            if let Some((name, "bandwidth")) = owner {
+                self.bandwidth_dropped.with_label_values(&[name.as_str()]).inc_by(total.saturating_sub(*seen));
+            }
+            *seen = *total;
         }
     }
 

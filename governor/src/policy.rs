@@ -3,9 +3,9 @@
 
 use std::net::IpAddr;
 
-use governor_common::{AF_INET, AF_INET6, PolicyRule, policy_kind};
+use governor_common::{AF_INET, AF_INET6, BandwidthKey, BandwidthRule, PolicyRule, policy_kind};
 
-use crate::config::{Policy, PolicyKind, PortRange};
+use crate::config::{Direction, Policy, PolicyKind, PortRange};
 
 /// One policy in force: its name, kind and kernel state entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -16,10 +16,21 @@ pub struct InForce {
     pub entry: u32,
 }
 
-/// The rules in slot order, and for each the policy it comes from.
+/// One bandwidth policy: the cgroup as written, and its kernel rule
+/// (without the cgroup id, which only the running host knows).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Bandwidth {
+    pub cgroup: String,
+    pub direction: u32,
+    pub rule: BandwidthRule,
+}
+
+/// The connect rules in slot order, the bandwidth rules, and every policy
+/// with its state entry.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Compiled {
     pub rules: Vec<PolicyRule>,
+    pub bandwidth: Vec<Bandwidth>,
     pub policies: Vec<InForce>,
     /// Entries this set uses for the first time: their buckets and counts
     /// start from zero.
@@ -28,7 +39,7 @@ pub struct Compiled {
 
 impl Compiled {
     pub fn is_empty(&self) -> bool {
-        self.rules.is_empty()
+        self.rules.is_empty() && self.bandwidth.is_empty()
     }
 }
 
@@ -39,6 +50,7 @@ pub fn reason(kind: PolicyKind) -> &'static str {
         PolicyKind::Breaker => "breaker",
         PolicyKind::RateLimit => "rate",
         PolicyKind::MaxConnections => "concurrency",
+        PolicyKind::Bandwidth => "bandwidth",
     }
 }
 
@@ -75,15 +87,42 @@ pub fn compile(policies: &[Policy], previous: &[InForce], busy: impl Fn(u32) -> 
             compiled.fresh.push(free);
             free
         };
-        compiled.rules.push(PolicyRule { state: entry, ..rule(p) });
+        if p.kind == PolicyKind::Bandwidth {
+            compiled.bandwidth.push(bandwidth(p, entry));
+        } else {
+            compiled.rules.push(PolicyRule { state: entry, ..rule(p) });
+        }
         compiled.policies.push(InForce { name: p.name.clone(), kind: p.kind, entry });
     }
     Ok(compiled)
 }
 
-/// One policy as a kernel rule. The policy must have passed validation.
+/// A bandwidth policy as a kernel rule. The policy must have passed
+/// validation.
+pub fn bandwidth(p: &Policy, entry: u32) -> Bandwidth {
+    let rate = p.bytes_per_second.unwrap_or(u64::MAX).max(1);
+    let burst = u128::from(p.burst());
+    Bandwidth {
+        cgroup: p.cgroup.clone().unwrap_or_default(),
+        direction: match p.direction.unwrap_or_default() {
+            Direction::Egress => BandwidthKey::EGRESS,
+            Direction::Ingress => BandwidthKey::INGRESS,
+        },
+        rule: BandwidthRule {
+            bytes_per_second: rate,
+            tolerance_ns: u64::try_from(burst * 1_000_000_000 / u128::from(rate)).unwrap_or(u64::MAX),
+            tat_ns: 0,
+            state: entry,
+            flags: if p.dry_run { u32::from(PolicyRule::DRY_RUN) } else { 0 },
+        },
+    }
+}
+
+/// One connect policy as a kernel rule. The policy must have passed
+/// validation (connect kinds have a destination).
 pub fn rule(p: &Policy) -> PolicyRule {
-    let (family, bytes, width) = match p.destination.addr() {
+    let destination = p.destination.unwrap_or_else(|| "0.0.0.0/0".parse().expect("a network"));
+    let (family, bytes, width) = match destination.addr() {
         IpAddr::V4(a) => {
             let mut b = [0; 16];
             b[..4].copy_from_slice(&a.octets());
@@ -91,7 +130,7 @@ pub fn rule(p: &Policy) -> PolicyRule {
         }
         IpAddr::V6(a) => (AF_INET6, a.octets(), 128),
     };
-    let mask = mask_bytes(p.destination.bits().min(width));
+    let mask = mask_bytes(destination.bits().min(width));
     let net: [u8; 16] = std::array::from_fn(|i| bytes[i] & mask[i]);
     let ports = p.ports.unwrap_or(PortRange::ALL);
     let mut rule = PolicyRule {
@@ -117,6 +156,8 @@ pub fn rule(p: &Policy) -> PolicyRule {
             rule.kind = policy_kind::CONCURRENCY;
             rule.max_connections = u64::from(p.max_connections.unwrap_or(1));
         }
+        // Not a connect rule (see `bandwidth`).
+        PolicyKind::Bandwidth => {}
     }
     rule
 }
@@ -145,7 +186,7 @@ mod tests {
         Policy {
             name: name.to_owned(),
             kind,
-            destination: destination.parse().unwrap(),
+            destination: Some(destination.parse().unwrap()),
             ports: None,
             rate_per_second: Some(100),
             burst: Some(10),
@@ -153,6 +194,10 @@ mod tests {
             cooldown_seconds: None,
             cooldown_max_seconds: None,
             probes: None,
+            cgroup: None,
+            bytes_per_second: None,
+            burst_bytes: None,
+            direction: None,
             dry_run: false,
         }
     }

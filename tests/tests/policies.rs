@@ -405,3 +405,82 @@ fn a_breaker_opens_on_resets_lets_the_probes_through_closes_and_reopens_with_twi
     assert_eq!(gov.value(&state("half_open")), 0);
     stop.store(true, Ordering::Relaxed);
 }
+
+/// A cgroup of its own below the cgroup v2 root, removed at the end (its
+/// processes have exited by then).
+struct TestCgroup(std::path::PathBuf);
+
+impl TestCgroup {
+    fn new(name: &str) -> Self {
+        let mounts = governor::host::read_mounts().expect("read mounts");
+        let root = governor::host::cgroup2_root(&mounts).expect("cgroup v2 is mounted").to_path_buf();
+        let path = root.join(name);
+        let _ = std::fs::remove_dir(&path);
+        std::fs::create_dir(&path).unwrap_or_else(|e| panic!("create cgroup {}: {e}", path.display()));
+        Self(path)
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        // Bounded: the last process may still be leaving.
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.0).is_ok() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+#[test]
+fn an_egress_bandwidth_limit_holds_an_iperf3_sender_at_fifty_megabits() {
+    require_root();
+    let (sender, receiver) = (Netns::new("bwsend"), Netns::new("bwrecv"));
+    sender.link(&receiver, &["10.235.8.1/24"], &["10.235.8.2/24"]);
+    let cgroup = TestCgroup::new("governor-test-bandwidth");
+    let list = policies(&[
+        r#"{ name = "sender-50mbit", kind = "bandwidth", cgroup = "governor-test-bandwidth", bytes_per_second = 6250000 }"#,
+    ]);
+    let mut gov = Governor::start_with(&[("policies", &list)]);
+
+    let mut server = Command::new("ip")
+        .args(["netns", "exec", receiver.name(), "iperf3", "--server", "--one-off", "--bind", "10.235.8.2"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start iperf3 (package iperf3)");
+    let listening = || {
+        let out = Command::new("ip").args(["netns", "exec", receiver.name(), "ss", "-Htln", "sport = :5201"]).output();
+        out.is_ok_and(|o| !o.stdout.is_empty())
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !listening() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(50));
+    }
+    // The client joins the cgroup before it starts: every byte it sends
+    // is policed.
+    let procs = cgroup.0.join("cgroup.procs");
+    let client = run_to_exit(Command::new("sh").args([
+        "-c",
+        &format!(
+            "echo $$ > {} && exec ip netns exec {} iperf3 --client 10.235.8.2 --time 10 --json",
+            procs.display(),
+            sender.name()
+        ),
+    ]));
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(client.status.success(), "iperf3: {}", String::from_utf8_lossy(&client.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&client.stdout).expect("iperf3 JSON");
+    let throughput = report["end"]["sum_received"]["bits_per_second"].as_f64().expect("bits_per_second");
+    eprintln!("iperf3 through the 50 Mbit/s limit: {:.1} Mbit/s received", throughput / 1e6);
+    assert!((45e6..=55e6).contains(&throughput), "{:.1} Mbit/s received, expected 50 ±10%", throughput / 1e6);
+    // Every packet the sender sent went through the policy.
+    let packets = gov.settle(&decisions("sender-50mbit", "allow", "bandwidth"), 1);
+    let dropped = gov.value(&series("governor_bandwidth_dropped_bytes_total", &[("policy", "sender-50mbit")]));
+    let denied = gov.value(&decisions("sender-50mbit", "deny", "bandwidth"));
+    eprintln!("policed packets: {packets} passed, {denied} dropped ({dropped} bytes)");
+    // A sender this much faster than the limit always runs past twice the
+    // burst at times.
+    assert!(packets > 0 && denied > 0 && dropped > 0, "{packets} packets passed, {denied} ({dropped} bytes) dropped");
+}

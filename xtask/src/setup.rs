@@ -23,6 +23,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("libprotobuf-dev", "protoc's well-known types (google/protobuf/descriptor.proto) that etcd's files import"),
     ("etcd-server", "the real etcd the registry tests run against"),
     ("openssl", "certificates for the test of etcd over TLS"),
+    ("iperf3", "the traffic of the bandwidth policing test"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

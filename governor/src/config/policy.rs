@@ -29,7 +29,9 @@ pub struct Policy {
     pub kind: PolicyKind,
     /// Connects to this network are governed (IPv4 or IPv6; a bare address
     /// is a network of one). IPv4-mapped IPv6 destinations count as IPv4.
-    pub destination: Cidr,
+    /// Every kind but `bandwidth` needs it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<Cidr>,
     /// Destination ports, `443` or `8000-8100`; all ports when missing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ports: Option<PortRange>,
@@ -55,6 +57,21 @@ pub struct Policy {
     /// must succeed to close it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probes: Option<u32>,
+    /// `bandwidth`: the cgroup whose sockets are policed, a path below the
+    /// cgroup v2 mount (`kubepods.slice/...`) or an absolute path under it.
+    /// Its processes and those of the cgroups below it share the limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+    /// `bandwidth`: bytes per second (payload and headers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_per_second: Option<u64>,
+    /// `bandwidth`: bytes let through at once after a quiet spell. Default:
+    /// a tenth of a second's worth, at least 64 KiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst_bytes: Option<u64>,
+    /// `bandwidth`: `egress` (default, what the cgroup sends) or `ingress`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direction: Option<Direction>,
     /// Count what the policy would deny, deny nothing.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dry_run: bool,
@@ -72,12 +89,27 @@ pub enum PolicyKind {
     RateLimit,
     /// Connections open at once.
     MaxConnections,
+    /// Bytes per second of one cgroup's sockets, in one direction.
+    Bandwidth,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    #[default]
+    Egress,
+    Ingress,
 }
 
 impl Policy {
     /// `breaker`: the cool-down and its maximum, seconds, defaults applied.
     pub fn cooldowns(&self) -> (u32, u32) {
         (self.cooldown_seconds.unwrap_or(5), self.cooldown_max_seconds.unwrap_or(300))
+    }
+
+    /// `bandwidth`: the burst in bytes, default applied.
+    pub fn burst(&self) -> u64 {
+        self.burst_bytes.unwrap_or_else(|| (self.bytes_per_second.unwrap_or(0) / 10).max(64 * 1024))
     }
 
     /// `breaker`: probes while half-open, default applied.
@@ -93,6 +125,7 @@ impl PolicyKind {
             Self::Breaker => "breaker",
             Self::RateLimit => "rate_limit",
             Self::MaxConnections => "max_connections",
+            Self::Bandwidth => "bandwidth",
         }
     }
 }
@@ -176,85 +209,140 @@ impl fmt::Display for PolicyError {
 /// Checks what the parser cannot: names, the fields each kind needs and
 /// allows, the number of policies.
 pub fn validate(policies: &[Policy]) -> Result<(), PolicyError> {
-    let err = |policy: &str, field, message: String| Err(PolicyError { policy: policy.to_owned(), field, message });
     if policies.len() > MAX_POLICIES {
-        return err(
-            &policies[MAX_POLICIES].name,
-            "name",
-            format!("at most {MAX_POLICIES} policies fit the kernel tables; this is number {}", MAX_POLICIES + 1),
-        );
+        return Err(PolicyError {
+            policy: policies[MAX_POLICIES].name.clone(),
+            field: "name",
+            message: format!(
+                "at most {MAX_POLICIES} policies fit the kernel tables; this is number {}",
+                MAX_POLICIES + 1
+            ),
+        });
     }
     for (i, p) in policies.iter().enumerate() {
         let name = p.name.as_str();
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-            return err(
-                &format!("#{}", i + 1),
-                "name",
-                format!("`{name}` must be non-empty and made of letters, digits, `-`, `_` and `.`"),
-            );
+            return Err(PolicyError {
+                policy: format!("#{}", i + 1),
+                field: "name",
+                message: format!("`{name}` must be non-empty and made of letters, digits, `-`, `_` and `.`"),
+            });
         }
         if policies[..i].iter().any(|q| q.name == p.name) {
-            return err(name, "name", "another policy has this name".to_owned());
+            return Err(PolicyError {
+                policy: name.to_owned(),
+                field: "name",
+                message: "another policy has this name".to_owned(),
+            });
         }
-        let needs = |field: &'static str, value: Option<u32>| match value {
-            Some(0) => err(name, field, "must be at least 1".to_owned()),
-            Some(_) => Ok(()),
-            None => err(name, field, format!("a `{}` policy needs it", p.kind.as_str())),
-        };
-        let forbids = |field: &'static str, value: Option<u32>| match value {
-            Some(_) => err(name, field, format!("does not apply to a `{}` policy", p.kind.as_str())),
-            None => Ok(()),
-        };
-        if p.kind != PolicyKind::Breaker {
-            forbids("cooldown_seconds", p.cooldown_seconds)?;
-            forbids("cooldown_max_seconds", p.cooldown_max_seconds)?;
-            forbids("probes", p.probes)?;
-        }
-        match p.kind {
-            PolicyKind::Block => {
-                forbids("rate_per_second", p.rate_per_second)?;
-                forbids("burst", p.burst)?;
-                forbids("max_connections", p.max_connections)?;
-            }
-            PolicyKind::Breaker => {
-                forbids("rate_per_second", p.rate_per_second)?;
-                forbids("burst", p.burst)?;
-                forbids("max_connections", p.max_connections)?;
-                for (field, value) in [
-                    ("cooldown_seconds", p.cooldown_seconds),
-                    ("cooldown_max_seconds", p.cooldown_max_seconds),
-                    ("probes", p.probes),
-                ] {
-                    if value == Some(0) {
-                        return err(name, field, "must be at least 1".to_owned());
-                    }
-                }
-                if p.probes > Some(1000) {
-                    return err(name, "probes", "must be at most 1000".to_owned());
-                }
-                let (base, max) = p.cooldowns();
-                if max < base {
-                    return err(name, "cooldown_max_seconds", format!("{max} is below cooldown_seconds ({base})"));
-                }
-            }
-            PolicyKind::RateLimit => {
-                needs("rate_per_second", p.rate_per_second)?;
-                if p.rate_per_second > Some(1_000_000_000) {
-                    return err(name, "rate_per_second", "must be at most 1000000000".to_owned());
-                }
-                if p.burst.is_some() {
-                    needs("burst", p.burst)?;
-                }
-                forbids("max_connections", p.max_connections)?;
-            }
-            PolicyKind::MaxConnections => {
-                needs("max_connections", p.max_connections)?;
-                forbids("rate_per_second", p.rate_per_second)?;
-                forbids("burst", p.burst)?;
-            }
-        }
+        Check(p).fields()?;
     }
     Ok(())
+}
+
+/// The field checks of one policy.
+struct Check<'a>(&'a Policy);
+
+impl Check<'_> {
+    fn err(&self, field: &'static str, message: String) -> Result<(), PolicyError> {
+        Err(PolicyError { policy: self.0.name.clone(), field, message })
+    }
+
+    fn needs(&self, field: &'static str, value: Option<u32>) -> Result<(), PolicyError> {
+        match value {
+            Some(0) => self.err(field, "must be at least 1".to_owned()),
+            Some(_) => Ok(()),
+            None => self.err(field, format!("a `{}` policy needs it", self.0.kind.as_str())),
+        }
+    }
+
+    fn forbids(&self, field: &'static str, set: bool) -> Result<(), PolicyError> {
+        if set { self.err(field, format!("does not apply to a `{}` policy", self.0.kind.as_str())) } else { Ok(()) }
+    }
+
+    fn fields(&self) -> Result<(), PolicyError> {
+        let p = self.0;
+        if p.kind == PolicyKind::Bandwidth {
+            self.bandwidth()?;
+        } else {
+            if p.destination.is_none() {
+                return self.err("destination", format!("a `{}` policy needs it", p.kind.as_str()));
+            }
+            self.forbids("cgroup", p.cgroup.is_some())?;
+            self.forbids("bytes_per_second", p.bytes_per_second.is_some())?;
+            self.forbids("burst_bytes", p.burst_bytes.is_some())?;
+            self.forbids("direction", p.direction.is_some())?;
+        }
+        if p.kind == PolicyKind::Breaker {
+            self.breaker()?;
+        } else {
+            self.forbids("cooldown_seconds", p.cooldown_seconds.is_some())?;
+            self.forbids("cooldown_max_seconds", p.cooldown_max_seconds.is_some())?;
+            self.forbids("probes", p.probes.is_some())?;
+        }
+        if p.kind == PolicyKind::RateLimit {
+            self.needs("rate_per_second", p.rate_per_second)?;
+            if p.rate_per_second > Some(1_000_000_000) {
+                return self.err("rate_per_second", "must be at most 1000000000".to_owned());
+            }
+            if p.burst.is_some() {
+                self.needs("burst", p.burst)?;
+            }
+        } else {
+            self.forbids("rate_per_second", p.rate_per_second.is_some())?;
+            self.forbids("burst", p.burst.is_some())?;
+        }
+        if p.kind == PolicyKind::MaxConnections {
+            self.needs("max_connections", p.max_connections)
+        } else {
+            self.forbids("max_connections", p.max_connections.is_some())
+        }
+    }
+
+    fn bandwidth(&self) -> Result<(), PolicyError> {
+        let p = self.0;
+        self.forbids("destination", p.destination.is_some())?;
+        self.forbids("ports", p.ports.is_some())?;
+        match &p.cgroup {
+            None => return self.err("cgroup", "a `bandwidth` policy needs it".to_owned()),
+            Some(c) if c.trim_matches('/').is_empty() || c.split('/').any(|part| part == "..") => {
+                return self.err("cgroup", format!("`{c}` must name a cgroup below the root, without `..`"));
+            }
+            Some(_) => {}
+        }
+        match p.bytes_per_second {
+            None => return self.err("bytes_per_second", "a `bandwidth` policy needs it".to_owned()),
+            Some(r) if !(1024..=100_000_000_000).contains(&r) => {
+                return self.err("bytes_per_second", format!("{r} is out of range: expected 1024 to 100000000000"));
+            }
+            Some(_) => {}
+        }
+        if p.burst_bytes.is_some_and(|b| !(1500..=1_000_000_000).contains(&b)) {
+            return self.err("burst_bytes", "must be between 1500 and 1000000000".to_owned());
+        }
+        Ok(())
+    }
+
+    fn breaker(&self) -> Result<(), PolicyError> {
+        let p = self.0;
+        for (field, value) in [
+            ("cooldown_seconds", p.cooldown_seconds),
+            ("cooldown_max_seconds", p.cooldown_max_seconds),
+            ("probes", p.probes),
+        ] {
+            if value == Some(0) {
+                return self.err(field, "must be at least 1".to_owned());
+            }
+        }
+        if p.probes > Some(1000) {
+            return self.err("probes", "must be at most 1000".to_owned());
+        }
+        let (base, max) = p.cooldowns();
+        if max < base {
+            return self.err("cooldown_max_seconds", format!("{max} is below cooldown_seconds ({base})"));
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -265,7 +353,7 @@ mod tests {
         Policy {
             name: name.to_owned(),
             kind,
-            destination: "10.0.0.0/8".parse().unwrap(),
+            destination: Some("10.0.0.0/8".parse().unwrap()),
             ports: None,
             rate_per_second: None,
             burst: None,
@@ -273,6 +361,10 @@ mod tests {
             cooldown_seconds: None,
             cooldown_max_seconds: None,
             probes: None,
+            cgroup: None,
+            bytes_per_second: None,
+            burst_bytes: None,
+            direction: None,
             dry_run: false,
         }
     }
@@ -314,6 +406,29 @@ mod tests {
         assert_eq!(validate(&[Policy { probes: Some(0), ..b.clone() }]).unwrap_err().field, "probes");
         let e = validate(&[Policy { probes: Some(2), ..policy("r", PolicyKind::Block) }]).unwrap_err();
         assert_eq!(e.to_string(), "policy `r`, field `probes`: does not apply to a `block` policy");
+    }
+
+    #[test]
+    fn bandwidth_takes_a_cgroup_and_a_rate_and_no_destination() {
+        let b = Policy {
+            destination: None,
+            cgroup: Some("pods/a".into()),
+            bytes_per_second: Some(6_250_000),
+            ..policy("bw", PolicyKind::Bandwidth)
+        };
+        assert_eq!(validate(std::slice::from_ref(&b)), Ok(()));
+        assert_eq!(b.burst(), 625_000);
+        assert_eq!(Policy { bytes_per_second: Some(100_000), ..b.clone() }.burst(), 65_536);
+        let field = |p: Policy| validate(&[p]).unwrap_err().field;
+        assert_eq!(field(Policy { destination: Some("10.0.0.0/8".parse().unwrap()), ..b.clone() }), "destination");
+        assert_eq!(field(Policy { cgroup: None, ..b.clone() }), "cgroup");
+        assert_eq!(field(Policy { cgroup: Some("a/../b".into()), ..b.clone() }), "cgroup");
+        assert_eq!(field(Policy { bytes_per_second: Some(10), ..b.clone() }), "bytes_per_second");
+        assert_eq!(field(Policy { destination: None, ..policy("r", PolicyKind::Block) }), "destination");
+        assert_eq!(
+            field(Policy { direction: Some(Direction::Ingress), ..policy("r", PolicyKind::Block) }),
+            "direction"
+        );
     }
 
     #[test]

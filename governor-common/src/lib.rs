@@ -512,6 +512,10 @@ pub struct PolicyRule {
 impl PolicyRule {
     /// Count the decision, never deny.
     pub const DRY_RUN: u8 = 1;
+    /// An inbound rule: it governs SYNs arriving at local listeners whose
+    /// port is in `port_low..=port_high` (any address, either family), not
+    /// connects.
+    pub const INBOUND: u8 = 2;
 }
 
 /// Shared state of one policy, changed with atomic adds by every CPU.

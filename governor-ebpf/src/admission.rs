@@ -103,7 +103,7 @@ extern "C" fn check_slot(slot: u64, check: *mut c_void) -> i64 {
         // Rules fill the set from its first slot.
         return 1;
     }
-    if !matches(rule, &check.to) {
+    if rule.flags & PolicyRule::INBOUND != 0 || !matches(rule, &check.to) {
         return 0;
     }
     let state = rule.state;
@@ -123,6 +123,54 @@ extern "C" fn check_slot(slot: u64, check: *mut c_void) -> i64 {
         _ => true,
     };
     count(state, allowed);
+    if !allowed && rule.flags & PolicyRule::DRY_RUN == 0 {
+        check.verdict = DENY;
+        return 1;
+    }
+    0
+}
+
+/// What the inbound rule loop works on.
+struct Inbound {
+    base: u32,
+    port: u16,
+    /// `ALLOW` or `DENY`: an integer, not a `bool`, so that LLVM does not
+    /// hand the loaded byte straight back as the verdict (the verifier
+    /// cannot tell that it is 0 or 1).
+    verdict: i32,
+}
+
+/// The verdict on a SYN arriving at a local listener on `port`: rate
+/// limits and blocks of inbound rules (`syn_ingress.rs`).
+#[inline(always)]
+pub fn admit_syn(port: u16) -> bool {
+    let set = POLICY_ACTIVE.get(0).copied().unwrap_or(0) & 1;
+    let mut check = Inbound { base: set * POLICY_SLOTS, port, verdict: ALLOW };
+    // SAFETY: as in `admit`.
+    unsafe {
+        bpf_loop(POLICY_SLOTS, check_inbound as *mut c_void, (&raw mut check).cast::<c_void>(), 0);
+    }
+    check.verdict != DENY
+}
+
+/// One rule slot for a SYN; returns 1 to stop the loop.
+extern "C" fn check_inbound(slot: u64, check: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop hands back the pointer `admit_syn` gave it.
+    let check = unsafe { &mut *check.cast::<Inbound>() };
+    #[expect(clippy::cast_possible_truncation, reason = "slots are below POLICY_SLOTS")]
+    let Some(rule) = POLICY_RULES.get(check.base + slot as u32) else { return 1 };
+    if rule.kind == policy_kind::NONE {
+        return 1;
+    }
+    if rule.flags & PolicyRule::INBOUND == 0 || check.port < rule.port_low || check.port > rule.port_high {
+        return 0;
+    }
+    let allowed = match rule.kind {
+        policy_kind::BLOCK => false,
+        policy_kind::RATE => take_token(rule.state, rule),
+        _ => true,
+    };
+    count(rule.state, allowed);
     if !allowed && rule.flags & PolicyRule::DRY_RUN == 0 {
         check.verdict = DENY;
         return 1;

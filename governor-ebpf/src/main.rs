@@ -27,6 +27,7 @@ mod reset_received;
 mod reset_sent;
 mod retransmit;
 mod sock_release;
+mod syn_ingress;
 mod tcp_state;
 
 #[cfg(not(test))]

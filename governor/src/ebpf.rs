@@ -56,6 +56,8 @@ pub struct Probes {
     endpoint_capacity: u32,
     socket_capacity: u32,
     admission: bool,
+    /// The inbound SYN program is attached.
+    inbound: bool,
     /// Cgroups the bandwidth programs are attached at.
     policed: Vec<PathBuf>,
 }
@@ -119,6 +121,7 @@ impl Probes {
             endpoint_capacity: sizes.endpoint_table_entries,
             socket_capacity: sizes.socket_table_entries,
             admission: false,
+            inbound: false,
             policed: Vec::new(),
         })
     }
@@ -163,6 +166,26 @@ impl Probes {
         if !self.admission && !compiled.rules.is_empty() {
             self.attached += attach_admission(&mut self.ebpf, cgroup)?;
             self.admission = true;
+        }
+        if !self.inbound && compiled.rules.iter().any(|r| r.flags & PolicyRule::INBOUND != 0) {
+            let name = "gov_syn_in";
+            let fail = |source| EbpfError::Program {
+                program: name,
+                hook: format!("cgroup_skb/ingress on {}", cgroup.display()),
+                source,
+            };
+            let root = std::fs::File::open(cgroup)
+                .map_err(|source| EbpfError::PolicyCgroup { path: cgroup.to_path_buf(), source })?;
+            let program: &mut CgroupSkb = self
+                .ebpf
+                .program_mut(name)
+                .ok_or(EbpfError::Missing { kind: "program", name })?
+                .try_into()
+                .map_err(fail)?;
+            program.load().map_err(fail)?;
+            program.attach(&root, CgroupSkbAttachType::Ingress, CgroupAttachMode::Single).map_err(fail)?;
+            self.attached += 1;
+            self.inbound = true;
         }
         Ok(())
     }

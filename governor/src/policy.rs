@@ -132,6 +132,16 @@ pub fn rule(p: &Policy) -> PolicyRule {
     };
     let mask = mask_bytes(destination.bits().min(width));
     let net: [u8; 16] = std::array::from_fn(|i| bytes[i] & mask[i]);
+    if let Some(ports) = p.listener_ports {
+        let mut rule = PolicyRule {
+            port_low: ports.low,
+            port_high: ports.high,
+            flags: PolicyRule::INBOUND | if p.dry_run { PolicyRule::DRY_RUN } else { 0 },
+            ..PolicyRule::default()
+        };
+        rate_and_kind(&mut rule, p);
+        return rule;
+    }
     let ports = p.ports.unwrap_or(PortRange::ALL);
     let mut rule = PolicyRule {
         net: words(net),
@@ -142,6 +152,12 @@ pub fn rule(p: &Policy) -> PolicyRule {
         flags: if p.dry_run { PolicyRule::DRY_RUN } else { 0 },
         ..PolicyRule::default()
     };
+    rate_and_kind(&mut rule, p);
+    rule
+}
+
+/// The kind and its parameters.
+fn rate_and_kind(rule: &mut PolicyRule, p: &Policy) {
     match p.kind {
         PolicyKind::Block => rule.kind = policy_kind::BLOCK,
         PolicyKind::Breaker => rule.kind = policy_kind::BREAKER,
@@ -159,7 +175,6 @@ pub fn rule(p: &Policy) -> PolicyRule {
         // Not a connect rule (see `bandwidth`).
         PolicyKind::Bandwidth => {}
     }
-    rule
 }
 
 /// The first `bits` bits set, in network order.
@@ -194,6 +209,7 @@ mod tests {
             cooldown_seconds: None,
             cooldown_max_seconds: None,
             probes: None,
+            listener_ports: None,
             cgroup: None,
             bytes_per_second: None,
             burst_bytes: None,

@@ -484,3 +484,53 @@ fn an_egress_bandwidth_limit_holds_an_iperf3_sender_at_fifty_megabits() {
     // burst at times.
     assert!(packets > 0 && denied > 0 && dropped > 0, "{packets} packets passed, {denied} ({dropped} bytes) dropped");
 }
+
+#[test]
+fn an_inbound_rate_limit_drops_and_counts_the_syns_over_the_rate() {
+    require_root();
+    let ns = Netns::new("synrate");
+    ns.add_address("10.235.9.1/32");
+    let list = policies(&[
+        r#"{ name = "listener-rate", kind = "rate_limit", listener_ports = "20130", rate_per_second = 10, burst = 5 }"#,
+    ]);
+    let mut gov = Governor::start_with(&[("policies", &list)]);
+    // nftables counts every SYN that arrives, before the listener sees it.
+    ns.nft(
+        "table inet syns {\n chain input {\n  type filter hook input priority 0; policy accept;\n  tcp dport 20130 tcp flags & (syn | ack) == syn counter\n }\n}\n",
+    );
+    let addr: SocketAddr = "10.235.9.1:20130".parse().expect("addr");
+    let listener = ns.run(move || TcpListener::bind(addr).expect("bind"));
+    // Twelve clients at the same instant: five SYNs fit the burst, the rest
+    // are dropped and retransmitted by their TCP until they fit the rate.
+    let connected = ns.run(move || {
+        let start = Arc::new(Barrier::new(12));
+        let clients: Vec<_> = (0..12)
+            .map(|_| {
+                let start = Arc::clone(&start);
+                thread::spawn(move || {
+                    start.wait();
+                    TcpStream::connect_timeout(&addr, Duration::from_secs(30)).is_ok()
+                })
+            })
+            .collect();
+        clients.into_iter().filter_map(|c| c.join().ok()).filter(|ok| *ok).count()
+    });
+    assert_eq!(connected, 12, "every client got in eventually");
+    let allowed = gov.settle(&decisions("listener-rate", "allow", "rate"), 12);
+    assert_eq!(allowed, 12, "one admitted SYN per connection");
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns.name(), "nft", "list", "table", "inet", "syns"])
+        .output()
+        .expect("nft");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let syns: u64 = text
+        .split("counter packets ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no counter in {text}"));
+    let denied = gov.value(&decisions("listener-rate", "deny", "rate"));
+    assert!(denied >= 1, "SYNs over the burst were dropped");
+    assert_eq!(allowed + denied, syns, "every SYN that arrived was judged once");
+    drop(listener);
+}

@@ -35,6 +35,12 @@ pub struct Policy {
     /// Destination ports, `443` or `8000-8100`; all ports when missing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ports: Option<PortRange>,
+    /// Instead of `destination` and `ports`, for `rate_limit` and `block`:
+    /// the policy governs connections arriving at local listeners on these
+    /// ports (`443` or `8000-8100`): SYNs over the rate, or all of them for
+    /// a block, are dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listener_ports: Option<PortRange>,
     /// `rate_limit`: new connections per second, host-wide.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_per_second: Option<u32>,
@@ -264,9 +270,22 @@ impl Check<'_> {
         let p = self.0;
         if p.kind == PolicyKind::Bandwidth {
             self.bandwidth()?;
+            self.forbids("listener_ports", p.listener_ports.is_some())?;
+        } else if p.listener_ports.is_some() {
+            if !matches!(p.kind, PolicyKind::RateLimit | PolicyKind::Block) {
+                return self.err(
+                    "listener_ports",
+                    format!("inbound policies are `rate_limit` or `block`, not `{}`", p.kind.as_str()),
+                );
+            }
+            self.forbids("destination", p.destination.is_some())?;
+            self.forbids("ports", p.ports.is_some())?;
         } else {
             if p.destination.is_none() {
-                return self.err("destination", format!("a `{}` policy needs it", p.kind.as_str()));
+                return self.err(
+                    "destination",
+                    format!("a `{}` policy needs it (or `listener_ports` for an inbound one)", p.kind.as_str()),
+                );
             }
             self.forbids("cgroup", p.cgroup.is_some())?;
             self.forbids("bytes_per_second", p.bytes_per_second.is_some())?;
@@ -361,6 +380,7 @@ mod tests {
             cooldown_seconds: None,
             cooldown_max_seconds: None,
             probes: None,
+            listener_ports: None,
             cgroup: None,
             bytes_per_second: None,
             burst_bytes: None,
@@ -429,6 +449,28 @@ mod tests {
             field(Policy { direction: Some(Direction::Ingress), ..policy("r", PolicyKind::Block) }),
             "direction"
         );
+    }
+
+    #[test]
+    fn inbound_policies_name_listener_ports_instead_of_a_destination() {
+        let inbound = Policy {
+            destination: None,
+            listener_ports: Some("8080".parse().unwrap()),
+            rate_per_second: Some(10),
+            ..policy("in", PolicyKind::RateLimit)
+        };
+        assert_eq!(validate(std::slice::from_ref(&inbound)), Ok(()));
+        let field = |p: Policy| validate(&[p]).unwrap_err().field;
+        assert_eq!(
+            field(Policy { destination: Some("10.0.0.0/8".parse().unwrap()), ..inbound.clone() }),
+            "destination"
+        );
+        assert_eq!(field(Policy { ports: Some("1".parse().unwrap()), ..inbound.clone() }), "ports");
+        let cap = Policy { rate_per_second: None, max_connections: Some(3), ..inbound.clone() };
+        assert_eq!(field(Policy { kind: PolicyKind::MaxConnections, ..cap }), "listener_ports");
+        let e = validate(&[Policy { listener_ports: None, ..inbound }]).unwrap_err();
+        assert_eq!(e.field, "destination");
+        assert!(e.message.contains("listener_ports"), "{}", e.message);
     }
 
     #[test]

@@ -25,6 +25,7 @@ use anyhow::{Context as _, bail};
 use crate::{root, step};
 
 #[derive(clap::Args)]
+#[expect(clippy::struct_excessive_bools, reason = "one switch per part of the benchmark, as the README documents")]
 pub struct BenchArgs {
     /// Rounds (each gives one governor pair and one tcpstates pair).
     #[arg(long, default_value_t = 7)]
@@ -54,6 +55,10 @@ pub struct BenchArgs {
     /// A config file for the governor runs (default: built-in defaults).
     #[arg(long)]
     governor_config: Option<std::path::PathBuf>,
+    /// Run only the enforcement comparison with nftables and replace its
+    /// section in the report.
+    #[arg(long)]
+    policies_only: bool,
 }
 
 #[derive(clap::Args)]
@@ -137,13 +142,13 @@ pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
 }
 
 /// What one measurement saw.
-struct Measurement {
+pub struct Measurement {
     /// Connections per second.
-    rate: f64,
+    pub rate: f64,
     /// Host CPU time spent per connection, in microseconds (all CPUs,
     /// kernel and user, the tool itself included; time stolen by the
     /// hypervisor excluded).
-    cpu_us: f64,
+    pub cpu_us: f64,
     /// Share of CPU time the hypervisor stole during the run.
     steal: f64,
     /// For governor runs: its CPU use during the load (share of one CPU),
@@ -153,7 +158,7 @@ struct Measurement {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Attached {
+pub enum Attached {
     Nothing,
     Governor,
     Tcpstates,
@@ -177,6 +182,16 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     }
     if args.rounds < 5 {
         bail!("--rounds must be at least 5 for a meaningful median");
+    }
+    if args.policies_only {
+        let figures = crate::policy_bench::run(args.rounds, args.seconds)?;
+        let command = format!("cargo xtask bench --policies-only --rounds {} --seconds {}", args.rounds, args.seconds);
+        let section = crate::policy_bench::section(&figures, &command, &sh("date -u +%Y-%m-%d"));
+        let report = std::fs::read_to_string(&path).unwrap_or_else(|_| String::from("# Benchmarks\n"));
+        std::fs::write(&path, crate::policy_bench::splice(&report, &section))
+            .with_context(|| format!("writing {}", path.display()))?;
+        print!("{section}");
+        return Ok(());
     }
     let ns = Netns::new(format!("govbench{}", std::process::id()))?;
     let config = args.governor_config.as_deref();
@@ -280,12 +295,12 @@ struct DaemonFigures {
 }
 
 /// Turns `kernel.bpf_stats_enabled` on and back off on drop.
-struct BpfStats;
+pub struct BpfStats;
 
 impl BpfStats {
     const PATH: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
-    fn enable() -> anyhow::Result<Self> {
+    pub fn enable() -> anyhow::Result<Self> {
         std::fs::write(Self::PATH, "1").with_context(|| format!("writing {}", Self::PATH))?;
         Ok(Self)
     }
@@ -310,25 +325,31 @@ fn profile(ns: &Netns, seconds: u64) -> anyhow::Result<Vec<(&'static str, f64, f
     let connections = connections as f64;
     let mut out = Vec::new();
     for name in PROGRAMS {
-        let shown = Command::new("bpftool").args(["prog", "show", "name", name]).output().context("running bpftool")?;
-        let text = String::from_utf8_lossy(&shown.stdout);
-        let words: Vec<&str> = text.split_whitespace().collect();
-        let after = |key: &str| -> f64 {
-            words
-                .iter()
-                .position(|w| *w == key)
-                .and_then(|i| words.get(i + 1))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0.0)
-        };
-        let (time, count) = (after("run_time_ns"), after("run_cnt"));
-        let per_call = if count > 0.0 { time / count } else { 0.0 };
+        let (per_call, count) = program_stats(name)?;
         out.push((name, per_call, count / connections));
     }
     Ok(out)
 }
 
-fn median(v: &mut [f64]) -> f64 {
+/// A loaded program's nanoseconds per call and calls so far, from
+/// bpftool (0 without `kernel.bpf_stats_enabled`).
+fn program_stats(name: &str) -> anyhow::Result<(f64, f64)> {
+    let shown = Command::new("bpftool").args(["prog", "show", "name", name]).output().context("running bpftool")?;
+    let text = String::from_utf8_lossy(&shown.stdout);
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let after = |key: &str| -> f64 {
+        words.iter().position(|w| *w == key).and_then(|i| words.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+    };
+    let (time, count) = (after("run_time_ns"), after("run_cnt"));
+    Ok((if count > 0.0 { time / count } else { 0.0 }, count))
+}
+
+/// A loaded program's nanoseconds per call.
+pub fn program_ns_per_call(name: &str) -> anyhow::Result<f64> {
+    program_stats(name).map(|(per_call, _)| per_call)
+}
+
+pub fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     let n = v.len();
     if n % 2 == 1 { v[n / 2] } else { f64::midpoint(v[n / 2 - 1], v[n / 2]) }
@@ -423,7 +444,7 @@ fn report(
     )
 }
 
-fn measure(
+pub fn measure(
     ns: &Netns,
     attached: Attached,
     seconds: u64,
@@ -462,7 +483,7 @@ fn measure(
 }
 
 /// Runs the load generator inside `ns`; connections per second.
-fn loadgen_in(ns: &Netns, seconds: u64) -> anyhow::Result<(f64, u64)> {
+pub fn loadgen_in(ns: &Netns, seconds: u64) -> anyhow::Result<(f64, u64)> {
     let exe = std::env::current_exe()?;
     let out = Command::new("ip")
         .args(["netns", "exec", &ns.0])

@@ -133,11 +133,17 @@ pub fn section(f: &RegistryFigures, command: &str, date: &str) -> String {
 
 /// Replaces the registry section of an existing report (or appends it).
 pub fn splice(report: &str, section: &str) -> String {
+    splice_at(report, HEADING, section)
+}
+
+/// Replaces the section under `heading` (up to the next `## `) with
+/// `section`, or appends it.
+pub fn splice_at(report: &str, heading: &str, section: &str) -> String {
     let section = section.trim_matches('\n');
-    let (before, rest) = match report.find(HEADING) {
+    let (before, rest) = match report.find(heading) {
         Some(start) => {
-            let after = &report[start + HEADING.len()..];
-            let end = after.find("\n## ").map_or(report.len(), |i| start + HEADING.len() + i + 1);
+            let after = &report[start + heading.len()..];
+            let end = after.find("\n## ").map_or(report.len(), |i| start + heading.len() + i + 1);
             (&report[..start], &report[end..])
         }
         None => (report, ""),

@@ -3,6 +3,7 @@
 
 mod bench;
 mod deregister;
+mod policy_bench;
 mod scale;
 mod setup;
 
@@ -41,6 +42,10 @@ enum Task {
     /// Internal: the load generator the benchmark runs inside its namespace.
     #[command(hide = true)]
     Loadgen(bench::LoadgenArgs),
+    /// Internal: the client of the enforcement benchmark, inside its
+    /// namespace.
+    #[command(hide = true)]
+    AdmissionClient(policy_bench::ClientArgs),
     /// Internal: holds many connections open for the scale benchmark.
     #[command(hide = true)]
     Hold(scale::HoldArgs),
@@ -69,6 +74,7 @@ fn main() -> anyhow::Result<()> {
             bench::run(&args)
         }
         Task::Loadgen(args) => bench::loadgen(&args),
+        Task::AdmissionClient(args) => policy_bench::client(&args),
         Task::Hold(args) => scale::hold(&args),
         Task::Paced(args) => scale::paced(&args),
     }

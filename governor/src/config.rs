@@ -315,6 +315,14 @@ impl Config {
         Ok(config)
     }
 
+    /// `governor run --dry-run`: nothing is enforced or written to etcd.
+    pub fn force_dry_run(&mut self) {
+        self.registry.dry_run = true;
+        for p in &mut self.policies {
+            p.dry_run = true;
+        }
+    }
+
     /// The configuration as a complete TOML file, defaults included.
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("the config always serializes")

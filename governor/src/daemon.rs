@@ -32,7 +32,9 @@ use crate::{
     tracefs,
 };
 
-pub async fn run(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
+/// Runs the daemon until SIGTERM or SIGINT. `path` is the config file
+/// (reloaded on SIGHUP or a change); `dry_run` holds across reloads.
+pub async fn run(config: Config, path: Option<PathBuf>, dry_run: bool) -> anyhow::Result<()> {
     host::check_root()?;
     host::check_btf()?;
     for (fs, path) in [(TRACEFS, &config.ebpf.tracefs), (BPFFS, &config.ebpf.bpffs)] {
@@ -74,7 +76,7 @@ pub async fn run(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     let state = AppState::new(metrics, monitor, flows);
     let mut enforcement = Enforcement::new(probes.take_breakers()?);
     enforcement.apply(&mut probes, &config.policies, &state)?;
-    let mut reloader = Reloader::new(path);
+    let mut reloader = Reloader::new(path, dry_run);
     let registry = registry_metrics.map(|m| start_registry(&config, &state, m, health_events));
 
     let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -184,16 +186,17 @@ fn start_registry(
 /// through a symbolic link, which a content check sees).
 struct Reloader {
     path: Option<PathBuf>,
+    dry_run: bool,
     text: Option<String>,
     watch: tokio::time::Interval,
 }
 
 impl Reloader {
-    fn new(path: Option<PathBuf>) -> Self {
+    fn new(path: Option<PathBuf>, dry_run: bool) -> Self {
         let text = path.as_ref().and_then(|p| std::fs::read_to_string(p).ok());
         let mut watch = interval(Duration::from_secs(2));
         watch.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        Self { path, text, watch }
+        Self { path, dry_run, text, watch }
     }
 
     fn changed(&self) -> bool {
@@ -211,6 +214,12 @@ impl Reloader {
             .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))
             .inspect(|text| self.text = Some(text.clone()))
             .and_then(|text| Config::parse(&path.display().to_string(), &text).map_err(anyhow::Error::from))
+            .map(|mut config| {
+                if self.dry_run {
+                    config.force_dry_run();
+                }
+                config
+            })
             .and_then(|config| enforcement.apply(probes, &config.policies, state));
         let outcome = if result.is_ok() { "ok" } else { "error" };
         state.metrics.lock().expect("metrics lock poisoned").config_reloads.with_label_values(&[outcome]).inc();

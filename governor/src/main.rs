@@ -97,6 +97,11 @@ struct RunArgs {
     /// Log format; overrides `daemon.log_format` [default: text].
     #[arg(long, env = "GOVERNOR_LOG_FORMAT", value_enum)]
     log_format: Option<LogFormat>,
+    /// Act on nothing: every policy counts what it would deny and denies
+    /// nothing, and the registry writes nothing to etcd (as `dry_run` in
+    /// each policy and `registry.dry_run`; also after a reload).
+    #[arg(long, env = "GOVERNOR_DRY_RUN")]
+    dry_run: bool,
     /// Log filter, `tracing` syntax (for example `info` or `governor=debug`).
     #[arg(long, env = "GOVERNOR_LOG", default_value = "info")]
     log: String,
@@ -146,9 +151,12 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(format) = args.log_format {
                 config.daemon.log_format = format;
             }
+            if args.dry_run {
+                config.force_dry_run();
+            }
             init_logging(config.daemon.log_format, &args.log)?;
             let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-            runtime.block_on(daemon::run(config, args.config.config.clone()))?;
+            runtime.block_on(daemon::run(config, args.config.config.clone(), args.dry_run))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { addr, json } => cli::status::status(addr.addr, json),

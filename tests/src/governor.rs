@@ -108,6 +108,11 @@ impl Governor {
     /// As `start`, with config keys (`("table.key", "toml value")`) set or
     /// overridden.
     pub fn start_with(overrides: &[(&str, &str)]) -> Self {
+        Self::start_with_args(overrides, &[])
+    }
+
+    /// As `start_with`, with more arguments for `governor run`.
+    pub fn start_with_args(overrides: &[(&str, &str)], args: &[&str]) -> Self {
         let dir = TempDir::new("daemon");
         let config = dir.0.join("governor.toml");
         fs::write(&config, config_file(overrides)).expect("write config");
@@ -117,6 +122,7 @@ impl Governor {
             .args(["run", "--config"])
             .arg(&config)
             .args(["--metrics-addr", &addr.to_string()])
+            .args(args)
             .stdout(log.try_clone().expect("dup log"))
             .stderr(log)
             .spawn()

@@ -212,6 +212,26 @@ fn a_dry_run_block_counts_without_blocking() {
 }
 
 #[test]
+fn run_dry_run_turns_every_policy_into_a_dry_run_also_after_a_reload() {
+    require_root();
+    let ns = Netns::new("globaldry");
+    ns.add_address("10.235.10.1/32");
+    let block =
+        |name: &str| format!(r#"{{ name = "{name}", kind = "block", destination = "10.235.10.1", ports = "20140" }}"#);
+    let mut gov = Governor::start_with_args(&[("policies", &policies(&[&block("first")]))], &["--dry-run"]);
+    let addr: SocketAddr = "10.235.10.1:20140".parse().expect("addr");
+    let listener = ns.run(move || TcpListener::bind(addr).expect("bind"));
+    assert!(ns.run(move || TcpStream::connect(addr).is_ok()), "--dry-run blocks nothing");
+    assert_eq!(gov.settle(&decisions("first", "deny", "block"), 1), 1, "but counts what it would deny");
+    gov.rewrite_config(&[("policies", &policies(&[&block("second")]))]);
+    gov.hangup();
+    assert_eq!(gov.settle(&series("governor_config_reload_total", &[("result", "ok")]), 1), 1);
+    assert!(ns.run(move || TcpStream::connect(addr).is_ok()), "still a dry run after the reload");
+    assert_eq!(gov.settle(&decisions("second", "deny", "block"), 1), 1);
+    drop(listener);
+}
+
+#[test]
 fn a_daemon_killed_with_sigkill_leaves_nothing_blocked() {
     require_root();
     let ns = Netns::new("failopen");

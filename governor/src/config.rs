@@ -14,7 +14,10 @@ mod policy;
 mod registry;
 
 pub use self::{
-    policy::{Direction, MAX_POLICIES, Policy, PolicyError, PolicyKind, PortRange},
+    policy::{
+        Direction, MAX_POLICIES, Policy, PolicyError, PolicyKind, PortRange, parse_document,
+        validate as validate_policies,
+    },
     registry::{Cidr, Etcd, Registry, RegistrySource},
 };
 
@@ -510,6 +513,7 @@ ca_file = "/ca"
 cert_file = "/c"
 key_file = "/k"
 prefix = "/gov/v2"
+policy_key = "/gov/v2/config/policies"
 
 [registry]
 node = "node-1"
@@ -550,6 +554,7 @@ format = "host_port"
                 cert_file: Some("/c".into()),
                 key_file: Some("/k".into()),
                 prefix: "/gov/v2".into(),
+                policy_key: "/gov/v2/config/policies".into(),
             }
         );
         assert_eq!(

@@ -18,7 +18,7 @@ use tracing::{debug, info, warn};
 use crate::{
     attribution::Attributor,
     btf,
-    config::Config,
+    config::{Config, Policy, parse_document, validate_policies},
     ebpf::{Event, Probes, Sizes, decode_event},
     enforce::Enforcement,
     health::Engine,
@@ -35,20 +35,7 @@ use crate::{
 /// Runs the daemon until SIGTERM or SIGINT. `path` is the config file
 /// (reloaded on SIGHUP or a change); `dry_run` holds across reloads.
 pub async fn run(config: Config, path: Option<PathBuf>, dry_run: bool) -> anyhow::Result<()> {
-    host::check_root()?;
-    host::check_btf()?;
-    for (fs, path) in [(TRACEFS, &config.ebpf.tracefs), (BPFFS, &config.ebpf.bpffs)] {
-        if host::ensure_mounted(fs, path, config.ebpf.mount_missing)? == MountOutcome::Mounted {
-            info!(fs = fs.name, path = %path.display(), "mounted");
-        }
-    }
-    let mut kernel_config = tracefs::read_layouts(&config.ebpf.tracefs)?;
-    let reasons = read_btf(&mut kernel_config);
-    if config.metrics.collapse_ephemeral_ports {
-        let (low, high) = host::ephemeral_port_range()?;
-        kernel_config.ephemeral_low = low;
-        kernel_config.ephemeral_high = high;
-    }
+    let (kernel_config, reasons) = prepare_host(&config)?;
 
     let cgroup = flow_cgroup(&config);
 
@@ -76,7 +63,8 @@ pub async fn run(config: Config, path: Option<PathBuf>, dry_run: bool) -> anyhow
     let state = AppState::new(metrics, monitor, flows);
     let mut enforcement = Enforcement::new(probes.take_breakers()?);
     enforcement.apply(&mut probes, &config.policies, &state)?;
-    let mut reloader = Reloader::new(path, dry_run);
+    let mut reloader = Reloader::new(path, dry_run, config.policies.clone());
+    let (policy_watch, mut policy_rx) = start_policy_watch(&config);
     let registry = registry_metrics.map(|m| start_registry(&config, &state, m, health_events));
 
     let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -116,6 +104,9 @@ pub async fn run(config: Config, path: Option<PathBuf>, dry_run: bool) -> anyhow
                 }
             }
             _ = sighup.recv() => reloader.reload(&mut probes, &mut enforcement, &state, "SIGHUP"),
+            Some(value) = policy_rx.recv() => {
+                reloader.etcd_update(&mut probes, &mut enforcement, &state, value.as_deref());
+            }
             _ = reloader.watch.tick() => if reloader.changed() {
                 reloader.reload(&mut probes, &mut enforcement, &state, "file changed");
             },
@@ -126,6 +117,9 @@ pub async fn run(config: Config, path: Option<PathBuf>, dry_run: bool) -> anyhow
     info!(signal = signal_name, "shutting down");
     if let Some(task) = registry {
         // Nothing is half-done: each action is one transaction.
+        task.abort();
+    }
+    if let Some(task) = policy_watch {
         task.abort();
     }
     state.set_ready(false);
@@ -142,6 +136,27 @@ pub async fn run(config: Config, path: Option<PathBuf>, dry_run: bool) -> anyhow
         Err(_) => debug!("HTTP server still had open connections; leaving them"),
     }
     Ok(())
+}
+
+/// Checks the host, mounts what is missing, and reads what the kernel
+/// programs need from it: tracepoint layouts, BTF offsets (and the reset
+/// reasons' names, returned), the ephemeral port range.
+fn prepare_host(config: &Config) -> anyhow::Result<(governor_common::KernelConfig, Vec<(u32, String)>)> {
+    host::check_root()?;
+    host::check_btf()?;
+    for (fs, path) in [(TRACEFS, &config.ebpf.tracefs), (BPFFS, &config.ebpf.bpffs)] {
+        if host::ensure_mounted(fs, path, config.ebpf.mount_missing)? == MountOutcome::Mounted {
+            info!(fs = fs.name, path = %path.display(), "mounted");
+        }
+    }
+    let mut kernel_config = tracefs::read_layouts(&config.ebpf.tracefs)?;
+    let reasons = read_btf(&mut kernel_config);
+    if config.metrics.collapse_ephemeral_ports {
+        let (low, high) = host::ephemeral_port_range()?;
+        kernel_config.ephemeral_low = low;
+        kernel_config.ephemeral_high = high;
+    }
+    Ok((kernel_config, reasons))
 }
 
 fn sizes(config: &Config) -> Sizes {
@@ -169,6 +184,17 @@ fn daemon_metrics(config: &Config, probes: &Probes, reasons: &[(u32, String)], f
     metrics
 }
 
+/// Starts watching the etcd policy key, if one is set; its values arrive on
+/// the receiver.
+fn start_policy_watch(
+    config: &Config,
+) -> (Option<tokio::task::JoinHandle<()>>, tokio::sync::mpsc::Receiver<Option<String>>) {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let task =
+        (!config.etcd.policy_key.is_empty()).then(|| tokio::spawn(crate::policy_watch::watch(config.etcd.clone(), tx)));
+    (task, rx)
+}
+
 /// Starts the task that acts on the service registries in etcd.
 fn start_registry(
     config: &Config,
@@ -183,28 +209,33 @@ fn start_registry(
 
 /// Reloads the config file on SIGHUP or when its content changes (checked
 /// every two seconds: a Kubernetes `ConfigMap` update replaces the file
-/// through a symbolic link, which a content check sees).
+/// through a symbolic link, which a content check sees), and takes the
+/// etcd policy key's changes. The policies in force are the file's plus
+/// the key's, validated together.
 struct Reloader {
     path: Option<PathBuf>,
     dry_run: bool,
     text: Option<String>,
     watch: tokio::time::Interval,
+    file_policies: Vec<Policy>,
+    etcd_policies: Vec<Policy>,
 }
 
 impl Reloader {
-    fn new(path: Option<PathBuf>, dry_run: bool) -> Self {
+    fn new(path: Option<PathBuf>, dry_run: bool, file_policies: Vec<Policy>) -> Self {
         let text = path.as_ref().and_then(|p| std::fs::read_to_string(p).ok());
         let mut watch = interval(Duration::from_secs(2));
         watch.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        Self { path, dry_run, text, watch }
+        Self { path, dry_run, text, watch, file_policies, etcd_policies: Vec::new() }
     }
 
     fn changed(&self) -> bool {
         self.path.as_ref().is_some_and(|p| std::fs::read_to_string(p).ok() != self.text)
     }
 
-    /// Validates the whole file, then puts its policies in force; anything
-    /// invalid keeps the running config, is logged and counted.
+    /// Validates the whole file, then puts its policies (with the etcd
+    /// key's) in force; anything invalid keeps the running config, is
+    /// logged and counted.
     fn reload(&mut self, probes: &mut Probes, enforcement: &mut Enforcement, state: &AppState, why: &str) {
         let Some(path) = self.path.clone() else {
             warn!(trigger = why, "no config file to reload (started without --config)");
@@ -214,20 +245,58 @@ impl Reloader {
             .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))
             .inspect(|text| self.text = Some(text.clone()))
             .and_then(|text| Config::parse(&path.display().to_string(), &text).map_err(anyhow::Error::from))
-            .map(|mut config| {
-                if self.dry_run {
-                    config.force_dry_run();
-                }
-                config
+            .and_then(|config| {
+                self.put_in_force(probes, enforcement, state, &config.policies, &self.etcd_policies)?;
+                Ok(config.policies)
             })
-            .and_then(|config| enforcement.apply(probes, &config.policies, state));
+            .map(|policies| self.file_policies = policies);
+        Self::report(state, why, result);
+    }
+
+    /// A new value of the etcd policy key (`None`: deleted).
+    fn etcd_update(
+        &mut self,
+        probes: &mut Probes,
+        enforcement: &mut Enforcement,
+        state: &AppState,
+        value: Option<&str>,
+    ) {
+        let result = value
+            .map_or(Ok(Vec::new()), parse_document)
+            .map_err(|e| anyhow::anyhow!("etcd policy key: {e}"))
+            .and_then(|policies| {
+                self.put_in_force(probes, enforcement, state, &self.file_policies, &policies)?;
+                Ok(policies)
+            })
+            .map(|policies| self.etcd_policies = policies);
+        Self::report(state, "etcd policy key changed", result);
+    }
+
+    fn put_in_force(
+        &self,
+        probes: &mut Probes,
+        enforcement: &mut Enforcement,
+        state: &AppState,
+        file: &[Policy],
+        etcd: &[Policy],
+    ) -> anyhow::Result<()> {
+        let mut all: Vec<Policy> = file.iter().chain(etcd).cloned().collect();
+        validate_policies(&all)
+            .map_err(|e| anyhow::anyhow!("{e} (the file's and the etcd key's policies together)"))?;
+        if self.dry_run {
+            for p in &mut all {
+                p.dry_run = true;
+            }
+        }
+        enforcement.apply(probes, &all, state)
+    }
+
+    fn report(state: &AppState, why: &str, result: anyhow::Result<()>) {
         let outcome = if result.is_ok() { "ok" } else { "error" };
         state.metrics.lock().expect("metrics lock poisoned").config_reloads.with_label_values(&[outcome]).inc();
         match result {
-            Ok(()) => info!(trigger = why, "config reloaded: policies in force; other settings apply at restart"),
-            Err(e) => {
-                warn!(trigger = why, error = %format!("{e:#}"), "config reload refused: the running config stays");
-            }
+            Ok(()) => info!(trigger = why, "reloaded: policies in force; other settings apply at restart"),
+            Err(e) => warn!(trigger = why, error = %format!("{e:#}"), "reload refused: the policies in force stay"),
         }
     }
 }

@@ -22,6 +22,7 @@ pub mod labels;
 pub mod metrics;
 pub mod monitor;
 pub mod policy;
+pub mod policy_watch;
 pub mod registry;
 pub mod stats;
 pub mod tracefs;

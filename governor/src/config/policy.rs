@@ -197,6 +197,21 @@ impl Serialize for PortRange {
     }
 }
 
+/// The policies of the etcd policy key: a TOML document of `[[policies]]`
+/// tables and nothing else.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyDocument {
+    #[serde(default)]
+    policies: Vec<Policy>,
+}
+
+/// Parses the value of the etcd policy key (checked with the file's
+/// policies by `validate`).
+pub fn parse_document(text: &str) -> Result<Vec<Policy>, String> {
+    toml::from_str::<PolicyDocument>(text).map(|d| d.policies).map_err(|e| e.message().trim().to_owned())
+}
+
 /// What is wrong with a policy: the policy's name (or position), the field
 /// and why.
 #[derive(Clone, Debug, PartialEq, Eq)]

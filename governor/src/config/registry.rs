@@ -36,6 +36,10 @@ pub struct Etcd {
     /// governor's own keys live under this prefix (`budget/`,
     /// `quarantine/`, `config/`).
     pub prefix: String,
+    /// An etcd key holding more policies (`[[policies]]` tables, TOML, as
+    /// in this file), watched: a change is validated with the file's
+    /// policies and put in force at once. Empty: none.
+    pub policy_key: String,
 }
 
 impl Default for Etcd {
@@ -50,6 +54,7 @@ impl Default for Etcd {
             cert_file: None,
             key_file: None,
             prefix: "/governor/v1".to_owned(),
+            policy_key: String::new(),
         }
     }
 }
@@ -251,6 +256,9 @@ pub fn validate(etcd: &Etcd, registry: &Registry, sources: &[RegistrySource]) ->
                 format!("registry `{}` overlaps governor's own prefix {}", s.name, etcd.prefix),
             ));
         }
+    }
+    if !etcd.policy_key.is_empty() && !etcd.enabled() {
+        return Err(("etcd.policy_key".to_owned(), "a policy key needs etcd.endpoints".to_owned()));
     }
     if !sources.is_empty() && !etcd.enabled() {
         return Err(("etcd.endpoints".to_owned(), "registries are configured but etcd.endpoints is empty".to_owned()));

@@ -17,10 +17,17 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 /// Runs until the daemon loop drops its receiver.
 pub async fn watch(config: Etcd, updates: mpsc::Sender<Option<String>>) {
-    let mut backoff = Duration::from_millis(500);
+    const BACKOFF_FIRST: Duration = Duration::from_millis(500);
+    let mut backoff = BACKOFF_FIRST;
     let mut last = Sent::Nothing;
     loop {
-        match session(&config, &updates, &mut last).await {
+        let mut watching = false;
+        let result = session(&config, &updates, &mut last, &mut watching).await;
+        if watching {
+            // It worked for a while: the next failure starts over.
+            backoff = BACKOFF_FIRST;
+        }
+        match result {
             Ok(()) => return,
             Err(e) => {
                 warn!(key = %config.policy_key, error = %format!("{e:#}"), retry_in = ?backoff, "etcd policy key: watch failed");
@@ -33,7 +40,12 @@ pub async fn watch(config: Etcd, updates: mpsc::Sender<Option<String>>) {
 
 /// One connection: the key's value, then its changes. `Ok` when the daemon
 /// is gone.
-async fn session(config: &Etcd, updates: &mpsc::Sender<Option<String>>, last: &mut Sent) -> anyhow::Result<()> {
+async fn session(
+    config: &Etcd,
+    updates: &mpsc::Sender<Option<String>>,
+    last: &mut Sent,
+    watching: &mut bool,
+) -> anyhow::Result<()> {
     let mut client = connect(config).await?;
     let key = config.policy_key.as_str();
     let got = client.get(key, None).await?;
@@ -44,6 +56,7 @@ async fn session(config: &Etcd, updates: &mpsc::Sender<Option<String>>, last: &m
         return Ok(());
     }
     let mut stream = client.watch(key, Some(WatchOptions::new().with_start_revision(revision + 1))).await?;
+    *watching = true;
     while let Some(response) = stream.message().await? {
         if response.canceled() {
             anyhow::bail!("the watch was cancelled: {}", response.cancel_reason());

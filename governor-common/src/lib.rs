@@ -499,7 +499,9 @@ pub struct PolicyRule {
     /// keeps its name and kind, so buckets, open counts and counters carry
     /// over.
     pub state: u32,
-    pub pad: u32,
+    /// With `cgroup_id`: the cgroup's level below the root (1 for a child
+    /// of the root).
+    pub cgroup_level: u32,
     /// Rate: nanoseconds between two tokens (10^9 / rate).
     pub interval_ns: u64,
     /// Rate: how far ahead of now the bucket may be booked, `(burst - 1) *
@@ -507,6 +509,10 @@ pub struct PolicyRule {
     pub tolerance_ns: u64,
     /// Concurrency: connections open at once.
     pub max_connections: u64,
+    /// Not 0: the rule governs only processes in this cgroup (v2 id) or
+    /// below it, checked with the connecting task's ancestor at
+    /// `cgroup_level`.
+    pub cgroup_id: u64,
 }
 
 impl PolicyRule {
@@ -614,7 +620,7 @@ mod tests {
         assert_eq!((size_of::<EndpointStats>(), align_of::<EndpointStats>()), (40, 8));
         assert_eq!((size_of::<FlowStats>(), align_of::<FlowStats>()), (160, 8));
         assert_eq!((size_of::<TcpEvent>(), align_of::<TcpEvent>()), (56, 8));
-        assert_eq!((size_of::<PolicyRule>(), align_of::<PolicyRule>()), (72, 8));
+        assert_eq!((size_of::<PolicyRule>(), align_of::<PolicyRule>()), (80, 8));
         assert_eq!((size_of::<PolicyState>(), align_of::<PolicyState>()), (16, 8));
         assert_eq!((size_of::<BreakerEntry>(), align_of::<BreakerEntry>()), (24, 8));
         assert_eq!((size_of::<BandwidthKey>(), align_of::<BandwidthKey>()), (16, 8));

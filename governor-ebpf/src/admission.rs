@@ -17,7 +17,7 @@ use aya_ebpf::{
     EbpfContext as _,
     helpers::{
         bpf_ktime_get_ns,
-        generated::{bpf_get_socket_cookie, bpf_loop},
+        generated::{bpf_get_current_ancestor_cgroup_id, bpf_get_socket_cookie, bpf_loop},
     },
     programs::SockAddrContext,
 };
@@ -103,7 +103,7 @@ extern "C" fn check_slot(slot: u64, check: *mut c_void) -> i64 {
         // Rules fill the set from its first slot.
         return 1;
     }
-    if rule.flags & PolicyRule::INBOUND != 0 || !matches(rule, &check.to) {
+    if rule.flags & PolicyRule::INBOUND != 0 || !matches(rule, &check.to) || !in_cgroup(rule) {
         return 0;
     }
     let state = rule.state;
@@ -128,6 +128,20 @@ extern "C" fn check_slot(slot: u64, check: *mut c_void) -> i64 {
         return 1;
     }
     0
+}
+
+/// Is the connecting task in the rule's cgroup (or below it)? Always for
+/// a rule without one.
+#[inline(always)]
+fn in_cgroup(rule: &PolicyRule) -> bool {
+    if rule.cgroup_id == 0 {
+        return true;
+    }
+    #[expect(clippy::cast_possible_wrap, reason = "cgroup levels are small")]
+    // SAFETY: helper without preconditions; it answers 0 for a level
+    // deeper than the task's cgroup.
+    let id = unsafe { bpf_get_current_ancestor_cgroup_id(rule.cgroup_level as i32) };
+    id == rule.cgroup_id
 }
 
 /// What the inbound rule loop works on.

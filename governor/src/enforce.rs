@@ -68,7 +68,7 @@ impl Enforcement {
             metrics.policy_decisions(&totals);
         }
         let open = probes.policy_open().context("reading the policies' open connections")?;
-        let compiled =
+        let mut compiled =
             crate::policy::compile(policies, &self.in_force, |e| open.get(e as usize).is_some_and(|n| *n > 0))
                 .map_err(anyhow::Error::msg)?;
         let cgroup = if let Some(cgroup) = &self.cgroup {
@@ -88,6 +88,14 @@ impl Enforcement {
                 Ok((path, BandwidthKey { cgroup_id: id, direction: b.direction, pad: 0 }, b.rule))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
+        for (rule, scope) in compiled.rules.iter_mut().zip(&compiled.rule_cgroups) {
+            if let Some(scope) = scope {
+                let (path, id) = cgroup_of(&cgroup, scope)?;
+                rule.cgroup_id = id;
+                rule.cgroup_level =
+                    u32::try_from(path.strip_prefix(&cgroup).map_or(0, |p| p.components().count())).unwrap_or(u32::MAX);
+            }
+        }
         probes.apply_policies(&compiled, &cgroup)?;
         probes.apply_bandwidth(&bandwidth)?;
         self.cgroup = Some(cgroup);

@@ -30,6 +30,9 @@ pub struct Bandwidth {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Compiled {
     pub rules: Vec<PolicyRule>,
+    /// For each rule, the cgroup it is scoped to, as written (the kernel id
+    /// is filled in where the cgroups are).
+    pub rule_cgroups: Vec<Option<String>>,
     pub bandwidth: Vec<Bandwidth>,
     pub policies: Vec<InForce>,
     /// Entries this set uses for the first time: their buckets and counts
@@ -91,6 +94,7 @@ pub fn compile(policies: &[Policy], previous: &[InForce], busy: impl Fn(u32) -> 
             compiled.bandwidth.push(bandwidth(p, entry));
         } else {
             compiled.rules.push(PolicyRule { state: entry, ..rule(p) });
+            compiled.rule_cgroups.push(p.cgroup.clone());
         }
         compiled.policies.push(InForce { name: p.name.clone(), kind: p.kind, entry });
     }

@@ -554,3 +554,34 @@ fn an_inbound_rate_limit_drops_and_counts_the_syns_over_the_rate() {
     assert_eq!(allowed + denied, syns, "every SYN that arrived was judged once");
     drop(listener);
 }
+
+#[test]
+fn a_policy_scoped_to_a_cgroup_governs_only_the_processes_in_it() {
+    require_root();
+    let ns = Netns::new("scoped");
+    ns.add_address("10.235.12.1/32");
+    let cgroup = TestCgroup::new("governor-test-scoped");
+    let list = policies(&[
+        r#"{ name = "scoped-block", kind = "block", destination = "10.235.12.1", ports = "20160", cgroup = "governor-test-scoped" }"#,
+    ]);
+    let mut gov = Governor::start_with(&[("policies", &list)]);
+    let addr: SocketAddr = "10.235.12.1:20160".parse().expect("addr");
+    let listener = ns.run(move || TcpListener::bind(addr).expect("bind"));
+    // This test process is not in the cgroup: not governed.
+    assert!(ns.run(move || TcpStream::connect(addr).is_ok()));
+    // A shell that joins the cgroup first, then connects from the namespace.
+    let procs = cgroup.0.join("cgroup.procs");
+    let inside = run_to_exit(Command::new("sh").args([
+        "-c",
+        &format!(
+            "echo $$ > {} && exec ip netns exec {} bash -c 'exec 3<>/dev/tcp/10.235.12.1/20160'",
+            procs.display(),
+            ns.name()
+        ),
+    ]));
+    let stderr = String::from_utf8_lossy(&inside.stderr);
+    assert!(!inside.status.success() && stderr.contains("Operation not permitted"), "{stderr}");
+    assert_eq!(gov.settle(&decisions("scoped-block", "deny", "block"), 1), 1);
+    assert_eq!(gov.value(&decisions("scoped-block", "allow", "block")), 0, "the outside connect was not judged");
+    drop(listener);
+}

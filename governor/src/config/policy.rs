@@ -66,6 +66,8 @@ pub struct Policy {
     /// `bandwidth`: the cgroup whose sockets are policed, a path below the
     /// cgroup v2 mount (`kubepods.slice/...`) or an absolute path under it.
     /// Its processes and those of the cgroups below it share the limit.
+    /// `block`, `rate_limit`, `max_connections` (outbound): only connects
+    /// of processes in this cgroup or below it are governed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<String>,
     /// `bandwidth`: bytes per second (payload and headers).
@@ -295,6 +297,7 @@ impl Check<'_> {
             }
             self.forbids("destination", p.destination.is_some())?;
             self.forbids("ports", p.ports.is_some())?;
+            self.forbids("cgroup", p.cgroup.is_some())?;
         } else {
             if p.destination.is_none() {
                 return self.err(
@@ -302,7 +305,12 @@ impl Check<'_> {
                     format!("a `{}` policy needs it (or `listener_ports` for an inbound one)", p.kind.as_str()),
                 );
             }
-            self.forbids("cgroup", p.cgroup.is_some())?;
+            // Outbound connect policies may be scoped to a cgroup.
+            if p.listener_ports.is_some() || p.kind == PolicyKind::Breaker {
+                self.forbids("cgroup", p.cgroup.is_some())?;
+            } else {
+                self.cgroup_path(false)?;
+            }
             self.forbids("bytes_per_second", p.bytes_per_second.is_some())?;
             self.forbids("burst_bytes", p.burst_bytes.is_some())?;
             self.forbids("direction", p.direction.is_some())?;
@@ -337,13 +345,7 @@ impl Check<'_> {
         let p = self.0;
         self.forbids("destination", p.destination.is_some())?;
         self.forbids("ports", p.ports.is_some())?;
-        match &p.cgroup {
-            None => return self.err("cgroup", "a `bandwidth` policy needs it".to_owned()),
-            Some(c) if c.trim_matches('/').is_empty() || c.split('/').any(|part| part == "..") => {
-                return self.err("cgroup", format!("`{c}` must name a cgroup below the root, without `..`"));
-            }
-            Some(_) => {}
-        }
+        self.cgroup_path(true)?;
         match p.bytes_per_second {
             None => return self.err("bytes_per_second", "a `bandwidth` policy needs it".to_owned()),
             Some(r) if !(1024..=100_000_000_000).contains(&r) => {
@@ -355,6 +357,18 @@ impl Check<'_> {
             return self.err("burst_bytes", "must be between 1500 and 1000000000".to_owned());
         }
         Ok(())
+    }
+
+    /// `cgroup`: a path below the root, without `..`; `needed` for
+    /// bandwidth policies.
+    fn cgroup_path(&self, needed: bool) -> Result<(), PolicyError> {
+        match &self.0.cgroup {
+            None if needed => self.err("cgroup", format!("a `{}` policy needs it", self.0.kind.as_str())),
+            Some(c) if c.trim_matches('/').is_empty() || c.split('/').any(|part| part == "..") => {
+                self.err("cgroup", format!("`{c}` must name a cgroup below the root, without `..`"))
+            }
+            _ => Ok(()),
+        }
     }
 
     fn breaker(&self) -> Result<(), PolicyError> {
@@ -460,6 +474,10 @@ mod tests {
         assert_eq!(field(Policy { cgroup: Some("a/../b".into()), ..b.clone() }), "cgroup");
         assert_eq!(field(Policy { bytes_per_second: Some(10), ..b.clone() }), "bytes_per_second");
         assert_eq!(field(Policy { destination: None, ..policy("r", PolicyKind::Block) }), "destination");
+        let scoped = Policy { cgroup: Some("pods/a".into()), ..policy("s", PolicyKind::RateLimit) };
+        assert_eq!(validate(&[Policy { rate_per_second: Some(5), ..scoped.clone() }]), Ok(()));
+        assert_eq!(field(Policy { kind: PolicyKind::Breaker, rate_per_second: None, ..scoped.clone() }), "cgroup");
+        assert_eq!(field(Policy { rate_per_second: Some(5), cgroup: Some("/".into()), ..scoped }), "cgroup");
         assert_eq!(
             field(Policy { direction: Some(Direction::Ingress), ..policy("r", PolicyKind::Block) }),
             "direction"

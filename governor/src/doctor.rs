@@ -111,7 +111,13 @@ pub fn checks(config: &Config) -> Vec<Check> {
         });
     }
 
-    // Later features add cgroup_sock_addr and sock_ops here.
+    out.extend(kernel_support());
+    out
+}
+
+/// The program and map types governor loads.
+fn kernel_support() -> Vec<Check> {
+    let mut out = Vec::new();
     for (label, kind, missing, fix) in [
         ("program type tracepoint", ProgramType::TracePoint, Outcome::Fail, "enable CONFIG_BPF_EVENTS"),
         (
@@ -119,6 +125,18 @@ pub fn checks(config: &Config) -> Vec<Check> {
             ProgramType::CgroupSkb,
             Outcome::Warn,
             "enable CONFIG_CGROUP_BPF, or set ebpf.count_flows = false (no per-flow bytes)",
+        ),
+        (
+            "program type cgroup_sock_addr",
+            ProgramType::CgroupSockAddr,
+            Outcome::Warn,
+            "enable CONFIG_CGROUP_BPF: connect policies ([[policies]]) need it",
+        ),
+        (
+            "program type cgroup_sock",
+            ProgramType::CgroupSock,
+            Outcome::Warn,
+            "enable CONFIG_CGROUP_BPF: connection caps (max_connections policies) need it",
         ),
     ] {
         out.push(match aya::sys::is_program_supported(kind) {

@@ -168,22 +168,9 @@ impl Probes {
             self.admission = true;
         }
         if !self.inbound && compiled.rules.iter().any(|r| r.flags & PolicyRule::INBOUND != 0) {
-            let name = "gov_syn_in";
-            let fail = |source| EbpfError::Program {
-                program: name,
-                hook: format!("cgroup_skb/ingress on {}", cgroup.display()),
-                source,
-            };
             let root = std::fs::File::open(cgroup)
                 .map_err(|source| EbpfError::PolicyCgroup { path: cgroup.to_path_buf(), source })?;
-            let program: &mut CgroupSkb = self
-                .ebpf
-                .program_mut(name)
-                .ok_or(EbpfError::Missing { kind: "program", name })?
-                .try_into()
-                .map_err(fail)?;
-            program.load().map_err(fail)?;
-            program.attach(&root, CgroupSkbAttachType::Ingress, CgroupAttachMode::Single).map_err(fail)?;
+            attach_skb(&mut self.ebpf, "gov_syn_in", CgroupSkbAttachType::Ingress, &root, cgroup, true)?;
             self.attached += 1;
             self.inbound = true;
         }
@@ -312,20 +299,33 @@ impl Probes {
 fn attach_policing(ebpf: &mut Ebpf, cgroup: &Path, load: bool) -> Result<usize, EbpfError> {
     let file =
         std::fs::File::open(cgroup).map_err(|source| EbpfError::PolicyCgroup { path: cgroup.to_path_buf(), source })?;
-    for (name, attach_type, hook) in [
-        ("gov_police_out", CgroupSkbAttachType::Egress, "cgroup_skb/egress"),
-        ("gov_police_in", CgroupSkbAttachType::Ingress, "cgroup_skb/ingress"),
-    ] {
-        let fail =
-            |source| EbpfError::Program { program: name, hook: format!("{hook} on {}", cgroup.display()), source };
-        let program: &mut CgroupSkb =
-            ebpf.program_mut(name).ok_or(EbpfError::Missing { kind: "program", name })?.try_into().map_err(fail)?;
-        if load {
-            program.load().map_err(fail)?;
-        }
-        program.attach(&file, attach_type, CgroupAttachMode::Single).map_err(fail)?;
-    }
+    attach_skb(ebpf, "gov_police_out", CgroupSkbAttachType::Egress, &file, cgroup, load)?;
+    attach_skb(ebpf, "gov_police_in", CgroupSkbAttachType::Ingress, &file, cgroup, load)?;
     Ok(2)
+}
+
+/// Attaches the `cgroup_skb` program `name` at the open cgroup `file`
+/// (`path` for messages), loading it first when `load`.
+fn attach_skb(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    attach_type: CgroupSkbAttachType,
+    file: &std::fs::File,
+    path: &Path,
+    load: bool,
+) -> Result<(), EbpfError> {
+    let hook = match attach_type {
+        CgroupSkbAttachType::Egress => "cgroup_skb/egress",
+        CgroupSkbAttachType::Ingress => "cgroup_skb/ingress",
+    };
+    let fail = |source| EbpfError::Program { program: name, hook: format!("{hook} on {}", path.display()), source };
+    let program: &mut CgroupSkb =
+        ebpf.program_mut(name).ok_or(EbpfError::Missing { kind: "program", name })?.try_into().map_err(fail)?;
+    if load {
+        program.load().map_err(fail)?;
+    }
+    program.attach(file, attach_type, CgroupAttachMode::Single).map_err(fail)?;
+    Ok(())
 }
 
 /// Attaches the release program, then the connect programs, at `cgroup`.

@@ -40,12 +40,6 @@ pub struct Compiled {
     pub fresh: Vec<u32>,
 }
 
-impl Compiled {
-    pub fn is_empty(&self) -> bool {
-        self.rules.is_empty() && self.bandwidth.is_empty()
-    }
-}
-
 /// The `reason` label of a policy's decisions.
 pub fn reason(kind: PolicyKind) -> &'static str {
     match kind {

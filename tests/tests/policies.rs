@@ -347,12 +347,18 @@ fn upstream(ns: &Netns, addr: SocketAddr, mode: Arc<AtomicU8>, stop: Arc<AtomicB
     accepted
 }
 
-/// Connects `n` times and waits (bounded) for each connection's end; the
-/// upstream resets them or closes them.
+/// Connects up to `n` times and waits (bounded) for each connection's end;
+/// the upstream resets them or closes them. Stops early when a connect is
+/// refused with `EPERM`: the breaker opened on the resets so far (the
+/// daemon judges as soon as enough resets arrive).
 fn connect_and_wait_for_the_end(ns: &Netns, addr: SocketAddr, n: usize) {
     ns.run(move || {
         for _ in 0..n {
-            let s = TcpStream::connect(addr).expect("connect to the upstream");
+            let s = match TcpStream::connect(addr) {
+                Ok(s) => s,
+                Err(e) if e.raw_os_error() == Some(EPERM) => return,
+                Err(e) => panic!("connect to the upstream: {e}"),
+            };
             s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
             let _ = std::io::Read::read(&mut &s, &mut [0u8; 1]);
         }

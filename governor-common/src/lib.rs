@@ -406,6 +406,16 @@ pub const POLICY_SLOTS: u32 = 64;
 /// Entries of `POLICY_RULES`: two sets.
 pub const POLICY_RULE_ENTRIES: u32 = POLICY_SLOTS * 2;
 
+/// `POLICY_ACTIVE` entry 0: bit 0 is the set in force; [`POLICY_HAS_CAPS`]
+/// says that set has concurrency caps, so connects must look up the
+/// places their socket holds (without caps, that lookup is skipped).
+pub const POLICY_HAS_CAPS: u32 = 2;
+
+/// The layout of the maps pinned in pinned mode. A daemon finding pins of
+/// another layout removes them instead of reusing maps it would misread;
+/// raise it whenever a pinned map's key, value or size changes.
+pub const PIN_LAYOUT: u32 = 1;
+
 /// What a policy does (`PolicyRule::kind`).
 pub mod policy_kind {
     /// Empty slot: the end of the set.

@@ -21,9 +21,11 @@ use aya_ebpf::{
     },
     programs::SockAddrContext,
 };
-use governor_common::{BreakerEntry, EndpointKey, POLICY_SLOTS, PolicyRule, policy_kind};
+use governor_common::{BreakerEntry, EndpointKey, POLICY_HAS_CAPS, POLICY_SLOTS, PolicyRule, policy_kind};
 
-use crate::maps::{ADMITTED, BREAKERS, POLICY_ACTIVE, POLICY_DECISIONS, POLICY_RULES, POLICY_STATE, add, fetch_add};
+use crate::maps::{
+    ADMITTED, BREAKERS, POLICY_ACTIVE, POLICY_DECISIONS, POLICY_RULES, POLICY_STATE, add, fetch_add, rules_hold,
+};
 
 /// `cgroup_sock_addr` verdicts.
 pub const ALLOW: i32 = 1;
@@ -61,17 +63,25 @@ struct Check {
 /// The verdict on one connect.
 #[inline(always)]
 pub fn admit(ctx: &SockAddrContext, to: Destination) -> i32 {
-    // SAFETY: the helper takes the program's own context.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    // A second connect() on the same socket (after EINPROGRESS, say) keeps
-    // the places it holds and takes no new ones.
-    let held = ADMITTED.get_ptr(cookie).map_or(0, |m| {
-        // SAFETY: a live map value.
-        unsafe { *m }
-    });
+    if !rules_hold() {
+        return ALLOW;
+    }
     // Read once: a reload switching sets mid-check cannot mix two sets.
-    let set = POLICY_ACTIVE.get(0).copied().unwrap_or(0) & 1;
-    let mut check = Check { to, base: set * POLICY_SLOTS, held, taken: 0, verdict: ALLOW };
+    let active = POLICY_ACTIVE.get(0).copied().unwrap_or(0);
+    // A second connect() on the same socket (after EINPROGRESS, say) keeps
+    // the places it holds and takes no new ones. Only caps need to know.
+    let (cookie, held) = if active & POLICY_HAS_CAPS == 0 {
+        (0, 0)
+    } else {
+        // SAFETY: the helper takes the program's own context.
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+        let held = ADMITTED.get_ptr(cookie).map_or(0, |m| {
+            // SAFETY: a live map value.
+            unsafe { *m }
+        });
+        (cookie, held)
+    };
+    let mut check = Check { to, base: (active & 1) * POLICY_SLOTS, held, taken: 0, verdict: ALLOW };
     // bpf_loop: the verifier checks the body once instead of once per slot
     // and path, which for 64 slots is past its instruction limit.
     // SAFETY: the callback has the signature bpf_loop calls, and `check`
@@ -158,6 +168,9 @@ struct Inbound {
 /// limits and blocks of inbound rules (`syn_ingress.rs`).
 #[inline(always)]
 pub fn admit_syn(port: u16) -> bool {
+    if !rules_hold() {
+        return true;
+    }
     let set = POLICY_ACTIVE.get(0).copied().unwrap_or(0) & 1;
     let mut check = Inbound { base: set * POLICY_SLOTS, port, verdict: ALLOW };
     // SAFETY: as in `admit`.

@@ -56,9 +56,22 @@ pub static FLOWS: LruHashMap<FlowAddrs, FlowStats> = LruHashMap::with_max_entrie
 #[map]
 pub static POLICY_RULES: Array<PolicyRule> = Array::with_max_entries(POLICY_RULE_ENTRIES, 0);
 
-/// Entry 0: which set of `POLICY_RULES` is in force (0 or 1).
+/// Entry 0: which set of `POLICY_RULES` is in force (bit 0), and whether
+/// it has caps (`POLICY_HAS_CAPS`).
 #[map]
 pub static POLICY_ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Entry 0: the monotonic time (ns, `bpf_ktime_get_ns`) until which the
+/// rules hold; 0 for always. In pinned mode the daemon keeps moving it
+/// ahead, so rules of a daemon that never comes back lapse (`in_force`).
+#[map]
+pub static POLICY_LEASE: Array<u64> = Array::with_max_entries(1, 0);
+
+/// By state entry: a hash of the owning policy's name and kind, 0 when
+/// free. Only user space reads it: a daemon restarted in pinned mode
+/// finds its policies' entries (buckets, open counts) again.
+#[map]
+pub static POLICY_OWNERS: Array<u64> = Array::with_max_entries(POLICY_SLOTS, 0);
 
 /// The policies' token buckets and open-connection counts, by
 /// `PolicyRule::state`.
@@ -198,4 +211,14 @@ pub fn fetch_add(field: *mut u64, n: u64) -> u64 {
         );
     }
     v
+}
+
+/// Do the policies hold now? Always, unless pinned mode gave them a lease
+/// (`POLICY_LEASE`) that ran out: then every program lets everything
+/// through, as if no policy were loaded.
+#[inline(always)]
+pub fn rules_hold() -> bool {
+    let lease = POLICY_LEASE.get(0).copied().unwrap_or(0);
+    // SAFETY: helper without preconditions.
+    lease == 0 || unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() } < lease
 }

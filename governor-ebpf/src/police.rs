@@ -19,7 +19,7 @@ use aya_ebpf::{
 };
 use governor_common::{BandwidthKey, BandwidthRule, PolicyRule};
 
-use crate::maps::{BANDWIDTH, BANDWIDTH_DROPPED, POLICY_DECISIONS, add, fetch_add};
+use crate::maps::{BANDWIDTH, BANDWIDTH_DROPPED, POLICY_DECISIONS, add, fetch_add, rules_hold};
 
 /// `cgroup_skb` verdicts.
 pub const PASS: i32 = 1;
@@ -55,6 +55,9 @@ pub fn police(ctx: &SkBuffContext, direction: u32) -> i32 {
         }
     }
     let Some(rule) = rule else { return PASS };
+    if !rules_hold() {
+        return PASS;
+    }
     // SAFETY: a live map value; `tat_ns` changes only atomically or by
     // the idle store in `take`, the rest only when user space replaces it.
     let (verdict, entry, flags) = unsafe { (take(rule, ctx.len()), (*rule).state, (*rule).flags) };

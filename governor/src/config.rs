@@ -32,6 +32,7 @@ pub struct Config {
     pub attribution: Attribution,
     pub etcd: Etcd,
     pub registry: Registry,
+    pub enforcement: Enforcement,
     /// The service registries governor watches (none: it only observes).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub registries: Vec<RegistrySource>,
@@ -224,6 +225,30 @@ pub struct Attribution {
 impl Default for Attribution {
     fn default() -> Self {
         Self { cgroup_root: PathBuf::from("/sys/fs/cgroup"), pod_log_dir: PathBuf::from("/var/log/pods") }
+    }
+}
+
+/// How policies live in the kernel.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Enforcement {
+    /// Keep policies in force while the daemon restarts (for upgrades): the
+    /// enforcement programs and their maps are pinned under `pin_dir`, and
+    /// the next daemon takes them over, counts and open connections
+    /// included. Off: everything is detached when the daemon exits, and
+    /// pins left by an earlier pinned daemon are removed at start.
+    pub pinned: bool,
+    /// Where the pins live (on bpffs).
+    pub pin_dir: PathBuf,
+    /// Pinned mode: how long the kernel keeps enforcing after the daemon's
+    /// last renewal (renewed every poll). A daemon that never comes back
+    /// lets its rules lapse after this; long enough to cover a restart.
+    pub lease_seconds: Bounded<5, 86_400>,
+}
+
+impl Default for Enforcement {
+    fn default() -> Self {
+        Self { pinned: false, pin_dir: PathBuf::from("/sys/fs/bpf/governor"), lease_seconds: Bounded(120) }
     }
 }
 
@@ -503,6 +528,11 @@ max_endpoints = 500
 cgroup_root = "/cg"
 pod_log_dir = "/pods"
 
+[enforcement]
+pinned = true
+pin_dir = "/b/gov"
+lease_seconds = 30
+
 [etcd]
 endpoints = ["https://10.0.0.1:2379", "https://10.0.0.2:2379"]
 connect_timeout_ms = 500
@@ -540,7 +570,9 @@ format = "host_port"
 "#,
         )
         .unwrap();
-        let Config { daemon, ebpf, metrics, health, attribution, etcd, registry, registries, policies } = c;
+        let Config { daemon, ebpf, metrics, health, attribution, etcd, registry, enforcement, registries, policies } =
+            c;
+        assert_eq!(enforcement, Enforcement { pinned: true, pin_dir: "/b/gov".into(), lease_seconds: Bounded(30) });
         assert!(policies.is_empty(), "read in policies_are_read_and_their_errors_name_the_policy_field_and_line");
         assert_eq!(
             etcd,

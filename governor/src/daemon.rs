@@ -27,6 +27,7 @@ use crate::{
     labels,
     metrics::{Metrics, SeriesLimits},
     monitor::Monitor,
+    pin::Pins,
     registry::{self, Controller, RegistryMetrics},
     stats::Aggregator,
     tracefs,
@@ -36,19 +37,17 @@ use crate::{
 /// (reloaded on SIGHUP or a change); `dry_run` holds across reloads.
 pub async fn run(config: Config, path: Option<PathBuf>, dry_run: bool) -> anyhow::Result<()> {
     let (kernel_config, reasons) = prepare_host(&config)?;
-
     let cgroup = flow_cgroup(&config);
-
     let addr = config.daemon.metrics_addr;
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}: choose another address with --metrics-addr"))?;
 
-    let mut probes = Probes::load(&kernel_config, sizes(&config), cgroup.as_deref())?;
+    let lease = Duration::from_secs(config.enforcement.lease_seconds.get().into());
+    let mut probes = load_probes(&config, &kernel_config, cgroup.as_deref(), lease)?;
     let mut events = probes.take_events()?;
     let flows = if cgroup.is_some() { Some(probes.take_flows()?) } else { None };
     info!(programs = probes.attached(), "eBPF programs attached");
-
     let metrics = daemon_metrics(&config, &probes, &reasons, flows.is_some());
     let monitor = Monitor::new(
         Engine::new(config.health.engine_config()),
@@ -61,8 +60,7 @@ pub async fn run(config: Config, path: Option<PathBuf>, dry_run: bool) -> anyhow
         (config.etcd.enabled() && !config.registries.is_empty()).then(|| RegistryMetrics::new(metrics.registry()));
     let health_events = monitor.subscribe();
     let state = AppState::new(metrics, monitor, flows);
-    let mut enforcement = Enforcement::new(probes.take_breakers()?);
-    enforcement.apply(&mut probes, &config.policies, &state)?;
+    let mut enforcement = start_enforcement(&mut probes, &config, &state)?;
     let mut reloader = Reloader::new(path, dry_run, config.policies.clone());
     let (policy_watch, mut policy_rx) = start_policy_watch(&config);
     let registry = registry_metrics.map(|m| start_registry(&config, &state, m, health_events));
@@ -81,6 +79,8 @@ pub async fn run(config: Config, path: Option<PathBuf>, dry_run: bool) -> anyhow
     poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut drain = interval(Duration::from_millis(config.ebpf.event_drain_interval_ms.get().into()));
     drain.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // Pinned mode: the rules hold for `lease` after the last renewal.
+    let mut renew = interval(Duration::from_secs(1));
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
@@ -103,6 +103,7 @@ pub async fn run(config: Config, path: Option<PathBuf>, dry_run: bool) -> anyhow
                     enforcement.step_breakers(&state);
                 }
             }
+            _ = renew.tick(), if config.enforcement.pinned => renew_lease(&mut probes, lease),
             _ = sighup.recv() => reloader.reload(&mut probes, &mut enforcement, &state, "SIGHUP"),
             Some(value) = policy_rx.recv() => {
                 reloader.etcd_update(&mut probes, &mut enforcement, &state, value.as_deref());
@@ -115,6 +116,9 @@ pub async fn run(config: Config, path: Option<PathBuf>, dry_run: bool) -> anyhow
         }
     };
     info!(signal = signal_name, "shutting down");
+    if config.enforcement.pinned {
+        info!(lease_seconds = lease.as_secs(), "pinned mode: policies stay until the next daemon or the lease ends");
+    }
     if let Some(task) = registry {
         // Nothing is half-done: each action is one transaction.
         task.abort();
@@ -440,4 +444,68 @@ fn drain_events(events: &mut aya::maps::RingBuf<aya::maps::MapData>, state: &App
         }
     }
     monitor.reading_due(http::now())
+}
+
+/// Puts the config's policies in force; in pinned mode over the state the
+/// previous daemon left.
+fn start_enforcement(probes: &mut Probes, config: &Config, state: &AppState) -> anyhow::Result<Enforcement> {
+    let mut enforcement = Enforcement::new(probes.take_breakers()?);
+    if config.enforcement.pinned {
+        enforcement.recover(&probes.policy_owners()?, &config.policies);
+    }
+    enforcement.apply(probes, &config.policies, state)?;
+    Ok(enforcement)
+}
+
+/// Loads and attaches the programs; in pinned mode over the pinned maps
+/// and links, with the lease renewed before anything else runs.
+fn load_probes(
+    config: &Config,
+    kernel_config: &governor_common::KernelConfig,
+    cgroup: Option<&std::path::Path>,
+    lease: Duration,
+) -> anyhow::Result<Probes> {
+    let pins = pins(&config.enforcement)?;
+    let pinned = pins.is_some();
+    let mut probes = Probes::load(kernel_config, sizes(config), cgroup, pins)?;
+    if pinned {
+        probes.renew_lease(lease_until(lease))?;
+    }
+    Ok(probes)
+}
+
+/// Pinned mode's pin directory, prepared. Without pinned mode, pins found
+/// there are left alone (another daemon may own them) but named in the
+/// log: they enforce beside this daemon's programs until their lease runs
+/// out, or until `governor unpin` removes them.
+fn pins(enforcement: &crate::config::Enforcement) -> anyhow::Result<Option<Pins>> {
+    let dir = &enforcement.pin_dir;
+    if !enforcement.pinned {
+        if dir.exists() {
+            warn!(
+                pin_dir = %dir.display(),
+                "enforcement.pinned is off, but pinned policies are there: they hold until their lease runs out \
+                 unless a pinned daemon renews it; `governor unpin` removes them now"
+            );
+        }
+        return Ok(None);
+    }
+    let (pins, removed) = Pins::prepare(dir)
+        .with_context(|| format!("pinned mode: cannot prepare {} (it must be on bpffs)", dir.display()))?;
+    for path in removed {
+        warn!(path = %path.display(), "removed pins of another layout version: their policies start afresh");
+    }
+    Ok(Some(pins))
+}
+
+/// Pinned mode: the policies hold for `lease` from now.
+fn renew_lease(probes: &mut Probes, lease: Duration) {
+    if let Err(e) = probes.renew_lease(lease_until(lease)) {
+        warn!(error = %e, "cannot renew the policies' lease: they lapse if this persists");
+    }
+}
+
+/// The monotonic time at which a lease renewed now ends.
+fn lease_until(lease: Duration) -> u64 {
+    crate::pin::monotonic_ns().saturating_add(u64::try_from(lease.as_nanos()).unwrap_or(u64::MAX))
 }

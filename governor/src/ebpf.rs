@@ -1,20 +1,23 @@
 //! Loading, attaching and reading the kernel programs: the thin edge between
 //! the daemon and aya.
 
-use std::path::{Path, PathBuf};
+use std::{
+    os::{fd::AsFd as _, unix::fs::MetadataExt as _},
+    path::{Path, PathBuf},
+};
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, TracePoint},
+    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, Program, TracePoint, links::FdLink},
 };
 use governor_common::{
     BandwidthKey, BandwidthRule, BreakerEntry, ConnEvent, EndpointKey, EndpointStats, FlowAddrs, FlowStats,
-    KernelConfig, POLICY_DECISION_SLOTS, POLICY_SLOTS, PolicyRule, PolicyState, RESET_REASON_SLOTS, SockInfo,
-    TRANSITION_SLOTS, TcpEvent, counter, event_kind,
+    KernelConfig, POLICY_DECISION_SLOTS, POLICY_HAS_CAPS, POLICY_SLOTS, PolicyRule, PolicyState, RESET_REASON_SLOTS,
+    SockInfo, TRANSITION_SLOTS, TcpEvent, counter, event_kind, policy_kind,
 };
 
-use crate::{policy::Compiled, stats::KernelSnapshot, tracefs::TRACEPOINTS};
+use crate::{pin::Pins, policy::Compiled, stats::KernelSnapshot, tracefs::TRACEPOINTS};
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/governor"));
 
@@ -32,6 +35,8 @@ pub enum EbpfError {
     Cgroup { path: PathBuf, source: std::io::Error },
     #[error("cannot open the cgroup {path} to attach the admission programs: {source}")]
     PolicyCgroup { path: PathBuf, source: std::io::Error },
+    #[error("pinned mode: {path}: {source}")]
+    Pin { path: PathBuf, source: std::io::Error },
 }
 
 /// The per-packet programs, attached at the cgroup v2 root.
@@ -58,8 +63,10 @@ pub struct Probes {
     admission: bool,
     /// The inbound SYN program is attached.
     inbound: bool,
-    /// Cgroups the bandwidth programs are attached at.
-    policed: Vec<PathBuf>,
+    /// Cgroups (by id) the bandwidth programs are attached at.
+    policed: Vec<u64>,
+    /// Pinned mode: where the enforcement maps and links are pinned.
+    pins: Option<Pins>,
 }
 
 impl Probes {
@@ -67,20 +74,36 @@ impl Probes {
     /// `cgroup` (the cgroup v2 root) the per-flow programs too, and flows
     /// are counted. On error whatever was attached is detached again (the
     /// `Ebpf` is dropped).
-    pub fn load(config: &KernelConfig, sizes: Sizes, cgroup: Option<&Path>) -> Result<Self, EbpfError> {
+    ///
+    /// With `pins` (pinned mode) the enforcement maps are the pinned ones
+    /// when they exist (an earlier daemon's rules, counts and open
+    /// connections) and are pinned when not, and the programs of the
+    /// pinned links are replaced by this object's at once.
+    pub fn load(
+        config: &KernelConfig,
+        sizes: Sizes,
+        cgroup: Option<&Path>,
+        pins: Option<Pins>,
+    ) -> Result<Self, EbpfError> {
         let flows = cgroup.is_some();
         let mut config = *config;
         if flows {
             config.flags |= KernelConfig::COUNT_FLOWS;
         }
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        loader
             .override_global("GOVERNOR_CONFIG", &config, true)
             .map_max_entries("ENDPOINTS", sizes.endpoint_table_entries)
             .map_max_entries("SOCKETS", sizes.socket_table_entries)
             // Unused without flows: keep the preallocated table small.
             .map_max_entries("FLOWS", if flows { sizes.flow_table_entries } else { 1 })
-            .map_max_entries("EVENTS", sizes.ring_buffer_bytes)
-            .load(OBJECT)?;
+            .map_max_entries("EVENTS", sizes.ring_buffer_bytes);
+        if let Some(pins) = &pins {
+            for name in crate::pin::MAPS {
+                loader.map_pin_path(name, pins.map(name));
+            }
+        }
+        let mut ebpf = loader.load(OBJECT)?;
         let mut attached = 0;
         for tp in &TRACEPOINTS {
             let program: &mut TracePoint = ebpf
@@ -115,7 +138,7 @@ impl Probes {
                 attached += 1;
             }
         }
-        Ok(Self {
+        let mut probes = Self {
             ebpf,
             attached,
             endpoint_capacity: sizes.endpoint_table_entries,
@@ -123,7 +146,60 @@ impl Probes {
             admission: false,
             inbound: false,
             policed: Vec::new(),
-        })
+            pins,
+        };
+        probes.take_over_pins()?;
+        Ok(probes)
+    }
+
+    /// Pinned mode: runs this object's programs in the links an earlier
+    /// daemon pinned (one atomic swap each), so enforcement has no gap.
+    /// Pins of programs this version does not have are removed.
+    fn take_over_pins(&mut self) -> Result<(), EbpfError> {
+        let Some(pins) = &self.pins else { return Ok(()) };
+        let links = pins.links().map_err(|source| EbpfError::Pin { path: pins.link("", 0), source })?;
+        for link in links {
+            let pin_error = |source| EbpfError::Pin { path: link.path.clone(), source };
+            let Some(name) = ENFORCEMENT_PROGRAMS.iter().copied().find(|p| *p == link.program) else {
+                tracing::warn!(pin = %link.path.display(), "removing a pinned link of an unknown program");
+                crate::pin::remove(&link.path).map_err(pin_error)?;
+                continue;
+            };
+            let program = loaded(&mut self.ebpf, name, "pinned link")?;
+            let fd = program.fd().map_err(|source| EbpfError::Program {
+                program: name,
+                hook: "pinned link".to_owned(),
+                source,
+            })?;
+            crate::pin::replace_program(&link.path, fd.as_fd()).map_err(pin_error)?;
+            self.attached += 1;
+            match name {
+                "gov_connect4" => self.admission = true,
+                "gov_syn_in" => self.inbound = true,
+                "gov_police_out" => self.policed.push(link.cgroup_id),
+                _ => {}
+            }
+            tracing::info!(pin = %link.path.display(), "took over a pinned enforcement program");
+        }
+        Ok(())
+    }
+
+    /// Pinned mode: the policies hold until the monotonic time `until_ns`
+    /// (0: always).
+    pub fn renew_lease(&mut self, until_ns: u64) -> Result<(), EbpfError> {
+        let mut map: Array<&mut MapData, u64> = Array::try_from(self.map_mut("POLICY_LEASE")?)
+            .map_err(|source| EbpfError::Map { map: "POLICY_LEASE", source })?;
+        map.set(0, until_ns, 0).map_err(|source| EbpfError::Map { map: "POLICY_LEASE", source })
+    }
+
+    /// By state entry, the owner hashes (`policy::owner`) the last daemon
+    /// wrote: with pinned maps, how the entries were used before a restart.
+    pub fn policy_owners(&self) -> Result<Vec<u64>, EbpfError> {
+        let map: Array<&MapData, u64> = Array::try_from(self.map("POLICY_OWNERS")?)
+            .map_err(|source| EbpfError::Map { map: "POLICY_OWNERS", source })?;
+        (0..POLICY_SLOTS)
+            .map(|e| map.get(&e, 0).map_err(|source| EbpfError::Map { map: "POLICY_OWNERS", source }))
+            .collect()
     }
 
     /// Puts `compiled` in force at once: writes it into the rule set not in
@@ -159,18 +235,39 @@ impl Probes {
             }
         }
         {
+            let mut owners: Array<&mut MapData, u64> = Array::try_from(self.map_mut("POLICY_OWNERS")?)
+                .map_err(|source| EbpfError::Map { map: "POLICY_OWNERS", source })?;
+            for entry in 0..POLICY_SLOTS {
+                let owner = compiled
+                    .policies
+                    .iter()
+                    .find(|p| p.entry == entry)
+                    .map_or(0, |p| crate::policy::owner(&p.name, p.kind));
+                owners.set(entry, owner, 0).map_err(|source| EbpfError::Map { map: "POLICY_OWNERS", source })?;
+            }
+        }
+        {
+            let caps = compiled.rules.iter().any(|r| r.kind == policy_kind::CONCURRENCY);
             let mut map: Array<&mut MapData, u32> = Array::try_from(self.map_mut("POLICY_ACTIVE")?)
                 .map_err(|source| EbpfError::Map { map: "POLICY_ACTIVE", source })?;
-            map.set(0, next, 0).map_err(|source| EbpfError::Map { map: "POLICY_ACTIVE", source })?;
+            map.set(0, next | if caps { POLICY_HAS_CAPS } else { 0 }, 0)
+                .map_err(|source| EbpfError::Map { map: "POLICY_ACTIVE", source })?;
         }
         if !self.admission && !compiled.rules.is_empty() {
-            self.attached += attach_admission(&mut self.ebpf, cgroup)?;
+            // The release program first: a socket admitted under a cap
+            // must always give its place back.
+            for (name, hook) in [
+                ("gov_sock_release", "cgroup/sock_release"),
+                ("gov_connect4", "cgroup/connect4"),
+                ("gov_connect6", "cgroup/connect6"),
+            ] {
+                attach_cgroup(&mut self.ebpf, name, hook, cgroup, self.pins.as_ref())?;
+                self.attached += 1;
+            }
             self.admission = true;
         }
         if !self.inbound && compiled.rules.iter().any(|r| r.flags & PolicyRule::INBOUND != 0) {
-            let root = std::fs::File::open(cgroup)
-                .map_err(|source| EbpfError::PolicyCgroup { path: cgroup.to_path_buf(), source })?;
-            attach_skb(&mut self.ebpf, "gov_syn_in", CgroupSkbAttachType::Ingress, &root, cgroup, true)?;
+            attach_cgroup(&mut self.ebpf, "gov_syn_in", "cgroup_skb/ingress", cgroup, self.pins.as_ref())?;
             self.attached += 1;
             self.inbound = true;
         }
@@ -182,10 +279,13 @@ impl Probes {
     /// whose policy is gone keeps the programs, which find no rule and let
     /// everything through).
     pub fn apply_bandwidth(&mut self, rules: &[(PathBuf, BandwidthKey, BandwidthRule)]) -> Result<(), EbpfError> {
-        for (path, ..) in rules {
-            if !self.policed.contains(path) {
-                self.attached += attach_policing(&mut self.ebpf, path, self.policed.is_empty())?;
-                self.policed.push(path.clone());
+        for (path, key, _) in rules {
+            if !self.policed.contains(&key.cgroup_id) {
+                for (name, hook) in [("gov_police_out", "cgroup_skb/egress"), ("gov_police_in", "cgroup_skb/ingress")] {
+                    attach_cgroup(&mut self.ebpf, name, hook, path, self.pins.as_ref())?;
+                    self.attached += 1;
+                }
+                self.policed.push(key.cgroup_id);
             }
         }
         let mut map: HashMap<&mut MapData, BandwidthKey, BandwidthRule> = HashMap::try_from(self.map_mut("BANDWIDTH")?)
@@ -294,61 +394,77 @@ impl Probes {
     }
 }
 
-/// Attaches the policing programs at `cgroup` (loading them the first
-/// time).
-fn attach_policing(ebpf: &mut Ebpf, cgroup: &Path, load: bool) -> Result<usize, EbpfError> {
-    let file =
-        std::fs::File::open(cgroup).map_err(|source| EbpfError::PolicyCgroup { path: cgroup.to_path_buf(), source })?;
-    attach_skb(ebpf, "gov_police_out", CgroupSkbAttachType::Egress, &file, cgroup, load)?;
-    attach_skb(ebpf, "gov_police_in", CgroupSkbAttachType::Ingress, &file, cgroup, load)?;
-    Ok(2)
+/// The programs pinned mode pins links of.
+const ENFORCEMENT_PROGRAMS: [&str; 6] =
+    ["gov_sock_release", "gov_connect4", "gov_connect6", "gov_syn_in", "gov_police_out", "gov_police_in"];
+
+/// The cgroup program `name`, loaded (once).
+fn loaded<'a>(ebpf: &'a mut Ebpf, name: &'static str, hook: &str) -> Result<&'a mut Program, EbpfError> {
+    let program = ebpf.program_mut(name).ok_or(EbpfError::Missing { kind: "program", name })?;
+    if program.fd().is_err() {
+        let fail = |source| EbpfError::Program { program: name, hook: hook.to_owned(), source };
+        match program {
+            Program::CgroupSkb(p) => p.load().map_err(fail)?,
+            Program::CgroupSock(p) => p.load().map_err(fail)?,
+            Program::CgroupSockAddr(p) => p.load().map_err(fail)?,
+            _ => return Err(EbpfError::Missing { kind: "cgroup program", name }),
+        }
+    }
+    Ok(program)
 }
 
-/// Attaches the `cgroup_skb` program `name` at the open cgroup `file`
-/// (`path` for messages), loading it first when `load`.
-fn attach_skb(
+/// Attaches the cgroup program `name` at `hook` of `cgroup`, loading it
+/// the first time. In pinned mode the link is pinned, or, when an earlier
+/// daemon's link is pinned there, that link takes this program instead.
+///
+/// aya attaches through a BPF link (kernel 5.7+): `link_create` takes no
+/// flags, and a cgroup link always runs beside the programs other tools
+/// attached to the same cgroup.
+fn attach_cgroup(
     ebpf: &mut Ebpf,
     name: &'static str,
-    attach_type: CgroupSkbAttachType,
-    file: &std::fs::File,
-    path: &Path,
-    load: bool,
+    hook: &'static str,
+    cgroup: &Path,
+    pins: Option<&Pins>,
 ) -> Result<(), EbpfError> {
-    let hook = match attach_type {
-        CgroupSkbAttachType::Egress => "cgroup_skb/egress",
-        CgroupSkbAttachType::Ingress => "cgroup_skb/ingress",
-    };
-    let fail = |source| EbpfError::Program { program: name, hook: format!("{hook} on {}", path.display()), source };
-    let program: &mut CgroupSkb =
-        ebpf.program_mut(name).ok_or(EbpfError::Missing { kind: "program", name })?.try_into().map_err(fail)?;
-    if load {
-        program.load().map_err(fail)?;
-    }
-    program.attach(file, attach_type, CgroupAttachMode::Single).map_err(fail)?;
-    Ok(())
-}
-
-/// Attaches the release program, then the connect programs, at `cgroup`.
-fn attach_admission(ebpf: &mut Ebpf, cgroup: &Path) -> Result<usize, EbpfError> {
-    let root =
+    let where_ = format!("{hook} on {}", cgroup.display());
+    let file =
         std::fs::File::open(cgroup).map_err(|source| EbpfError::PolicyCgroup { path: cgroup.to_path_buf(), source })?;
-    let on = |hook: &str| format!("{hook} on {}", cgroup.display());
-    // The release program first: a socket admitted under a cap must always
-    // give its place back.
-    let name = "gov_sock_release";
-    let fail = |source| EbpfError::Program { program: name, hook: on("cgroup/sock_release"), source };
-    let program: &mut CgroupSock =
-        ebpf.program_mut(name).ok_or(EbpfError::Missing { kind: "program", name })?.try_into().map_err(fail)?;
-    program.load().map_err(fail)?;
-    program.attach(&root, CgroupAttachMode::Single).map_err(fail)?;
-    for (name, hook) in [("gov_connect4", "cgroup/connect4"), ("gov_connect6", "cgroup/connect6")] {
-        let fail = |source| EbpfError::Program { program: name, hook: on(hook), source };
-        let program: &mut CgroupSockAddr =
-            ebpf.program_mut(name).ok_or(EbpfError::Missing { kind: "program", name })?.try_into().map_err(fail)?;
-        program.load().map_err(fail)?;
-        program.attach(&root, CgroupAttachMode::Single).map_err(fail)?;
+    let cgroup_id =
+        file.metadata().map_err(|source| EbpfError::PolicyCgroup { path: cgroup.to_path_buf(), source })?.ino();
+    let program = loaded(ebpf, name, &where_)?;
+    let fail = |source| EbpfError::Program { program: name, hook: where_.clone(), source };
+    let pin = pins.map(|p| p.link(name, cgroup_id));
+    if pin.as_ref().is_some_and(|p| p.exists()) {
+        // An earlier daemon's link, already running this program (taken
+        // over at load).
+        return Ok(());
     }
-    Ok(3)
+    // In pinned mode the link is taken from the program (which would
+    // detach it when dropped) and pinned.
+    let take = pin.is_some();
+    let link: Option<Result<FdLink, aya::programs::links::LinkError>> = match program {
+        Program::CgroupSkb(p) => {
+            let attach_type =
+                if hook.ends_with("egress") { CgroupSkbAttachType::Egress } else { CgroupSkbAttachType::Ingress };
+            let id = p.attach(&file, attach_type, CgroupAttachMode::Single).map_err(fail)?;
+            take.then(|| p.take_link(id).map_err(fail)).transpose()?.map(FdLink::try_from)
+        }
+        Program::CgroupSock(p) => {
+            let id = p.attach(&file, CgroupAttachMode::Single).map_err(fail)?;
+            take.then(|| p.take_link(id).map_err(fail)).transpose()?.map(FdLink::try_from)
+        }
+        Program::CgroupSockAddr(p) => {
+            let id = p.attach(&file, CgroupAttachMode::Single).map_err(fail)?;
+            take.then(|| p.take_link(id).map_err(fail)).transpose()?.map(FdLink::try_from)
+        }
+        _ => return Err(EbpfError::Missing { kind: "cgroup program", name }),
+    };
+    if let (Some(link), Some(path)) = (link, pin) {
+        let pinned = link.map_err(std::io::Error::other).and_then(|l| l.pin(&path).map_err(std::io::Error::other));
+        pinned.map_err(|source| EbpfError::Pin { path, source })?;
+    }
+    Ok(())
 }
 
 /// The kernel's open and half-open circuit breakers by endpoint.
@@ -360,6 +476,14 @@ impl BreakerTable {
     }
 
     /// Removes the entry; a missing one is fine.
+    /// Removes every entry.
+    pub fn clear(&mut self) {
+        let keys: Vec<EndpointKey> = self.0.keys().filter_map(Result::ok).collect();
+        for key in keys {
+            let _ = self.0.remove(&key);
+        }
+    }
+
     pub fn remove(&mut self, key: EndpointKey) -> Result<(), aya::maps::MapError> {
         match self.0.remove(&key) {
             Err(aya::maps::MapError::KeyNotFound) => Ok(()),

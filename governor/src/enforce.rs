@@ -52,8 +52,21 @@ pub struct Enforcement {
 }
 
 impl Enforcement {
-    pub fn new(table: BreakerTable) -> Self {
+    /// Breakers left open or half-open in the table (a restart in pinned
+    /// mode) are closed: this daemon judges the endpoints afresh.
+    pub fn new(mut table: BreakerTable) -> Self {
+        table.clear();
         Self { in_force: Vec::new(), cgroup: None, table, policies: Vec::new(), breakers: HashMap::new() }
+    }
+
+    /// Pinned mode, at start: the state entries the policies of the
+    /// previous daemon used (`owners`, from the pinned maps), so that
+    /// `policies` keep their buckets and open counts.
+    pub fn recover(&mut self, owners: &[u64], policies: &[Policy]) {
+        self.in_force = crate::policy::recovered(owners, policies);
+        for p in self.in_force.iter().filter(|p| !p.name.is_empty()) {
+            info!(policy = %p.name, entry = p.entry, "policy state taken over from the previous daemon");
+        }
     }
 
     /// Puts validated `policies` in force at once; on error the policies in

@@ -21,6 +21,7 @@ pub mod http;
 pub mod labels;
 pub mod metrics;
 pub mod monitor;
+pub mod pin;
 pub mod policy;
 pub mod policy_watch;
 pub mod registry;

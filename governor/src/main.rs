@@ -43,6 +43,10 @@ enum Command {
     Registry(RegistryCommand),
     /// Check the kernel and host for what governor needs.
     Doctor(ConfigArg),
+    /// Remove the policies a daemon in pinned mode left in the kernel
+    /// (`enforcement.pin_dir`): their enforcement stops at once, also
+    /// under a pinned daemon still running (until it restarts).
+    Unpin(ConfigArg),
     /// Validate a config file and print the effective configuration.
     CheckConfig {
         /// The file to check.
@@ -180,6 +184,16 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("governor cannot run on this host: fix the FAIL lines above.");
                 ExitCode::FAILURE
             })
+        }
+        Command::Unpin(args) => {
+            let dir = args.load()?.enforcement.pin_dir;
+            if !dir.exists() {
+                println!("nothing pinned at {}", dir.display());
+                return Ok(ExitCode::SUCCESS);
+            }
+            governor::pin::remove(&dir).map_err(|e| anyhow::anyhow!("removing {}: {e}", dir.display()))?;
+            println!("removed the pinned policies at {}", dir.display());
+            Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig { file } => {
             let config = Config::load(&file)?;

@@ -95,6 +95,39 @@ pub fn compile(policies: &[Policy], previous: &[InForce], busy: impl Fn(u32) -> 
     Ok(compiled)
 }
 
+/// The mark a policy leaves on its state entry (`POLICY_OWNERS`): FNV-1a
+/// of its kind and name, never 0. Stable across builds, so a daemon of
+/// another version recognises the entries after a restart in pinned mode.
+pub fn owner(name: &str, kind: PolicyKind) -> u64 {
+    let hash = kind
+        .as_str()
+        .bytes()
+        .chain([0])
+        .chain(name.bytes())
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    hash.max(1)
+}
+
+/// The policies in force before a restart in pinned mode, from the owner
+/// marks of the state entries: a policy of `policies` whose mark is on an
+/// entry keeps it (and its bucket, open count and counters). An entry
+/// marked by a policy that is gone is held back for this one compile, as a
+/// removed policy's entry is on a reload.
+pub fn recovered(owners: &[u64], policies: &[Policy]) -> Vec<InForce> {
+    owners
+        .iter()
+        .zip(0..)
+        .filter(|(mark, _)| **mark != 0)
+        .map(|(mark, entry)| {
+            policies.iter().find(|p| owner(&p.name, p.kind) == *mark).map_or(
+                // An empty name matches no policy: validation requires one.
+                InForce { name: String::new(), kind: PolicyKind::Block, entry },
+                |p| InForce { name: p.name.clone(), kind: p.kind, entry },
+            )
+        })
+        .collect()
+}
+
 /// A bandwidth policy as a kernel rule. The policy must have passed
 /// validation.
 pub fn bandwidth(p: &Policy, entry: u32) -> Bandwidth {
@@ -317,5 +350,39 @@ mod tests {
         // Full: every entry busy.
         let err = compile(&[policy("d", PolicyKind::Block, "10.0.0.0/8")], &[], |_| true).unwrap_err();
         assert!(err.contains("policy `d`"), "{err}");
+    }
+
+    #[test]
+    fn a_restart_in_pinned_mode_finds_each_policy_entry_by_its_owner_mark() {
+        let before = compile(
+            &[
+                policy("a", PolicyKind::RateLimit, "10.0.0.0/8"),
+                policy("b", PolicyKind::MaxConnections, "10.0.0.0/8"),
+                policy("c", PolicyKind::Block, "10.0.0.0/8"),
+            ],
+            &[],
+            |_| false,
+        )
+        .unwrap();
+        let mut owners = vec![0; governor_common::POLICY_SLOTS as usize];
+        for p in &before.policies {
+            owners[p.entry as usize] = owner(&p.name, p.kind);
+        }
+        // After the restart: a is kept, b changed kind (another policy), c
+        // is gone, d is new.
+        let now = [policy("b", PolicyKind::RateLimit, "10.0.0.0/8"), policy("a", PolicyKind::RateLimit, "10.0.0.0/8")];
+        let previous = recovered(&owners, &now);
+        assert_eq!(previous.len(), 3, "every marked entry is accounted for");
+        let after = compile(&now, &previous, |_| false).unwrap();
+        let entry = |name: &str| after.policies.iter().find(|p| p.name == name).unwrap().entry;
+        let a_before = before.policies.iter().find(|p| p.name == "a").unwrap().entry;
+        assert_eq!(entry("a"), a_before, "a keeps its bucket");
+        assert_eq!(after.fresh, [entry("b")], "only the new policy starts from zero");
+        assert!(
+            before.policies.iter().all(|p| p.entry != entry("b")),
+            "entries marked before the restart are not reused in the first compile"
+        );
+        assert_ne!(owner("x", PolicyKind::Block), owner("x", PolicyKind::RateLimit));
+        assert_ne!(owner("", PolicyKind::Block), 0);
     }
 }

@@ -1,0 +1,195 @@
+//! Pinned mode: the enforcement maps and the links of the enforcement
+//! programs are pinned in bpffs, so policies stay in force while the
+//! daemon restarts (an upgrade). Layout, under `enforcement.pin_dir`:
+//!
+//! ```text
+//! v<PIN_LAYOUT>/maps/<MAP>               reused by the next daemon
+//! v<PIN_LAYOUT>/links/<program>-<cgroup> replaced by the next daemon
+//! ```
+//!
+//! A restarted daemon loads its programs against the pinned maps and swaps
+//! them into the pinned links with `BPF_LINK_UPDATE`: no gap in which
+//! nothing is enforced and no moment in which two programs count the same
+//! connect. The rules carry a lease (`POLICY_LEASE`) the daemon renews; a
+//! daemon that never comes back lets them lapse.
+
+use std::{
+    ffi::CString,
+    io,
+    os::{
+        fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
+        unix::ffi::OsStrExt as _,
+    },
+    path::{Path, PathBuf},
+};
+
+use governor_common::PIN_LAYOUT;
+
+/// `bpf(2)` commands (`enum bpf_cmd`; the libc crate has none).
+const BPF_OBJ_GET: libc::c_int = 7;
+const BPF_LINK_UPDATE: libc::c_int = 29;
+
+/// The maps the enforcement programs keep their rules and state in.
+pub const MAPS: [&str; 10] = [
+    "POLICY_RULES",
+    "POLICY_ACTIVE",
+    "POLICY_LEASE",
+    "POLICY_OWNERS",
+    "POLICY_STATE",
+    "POLICY_DECISIONS",
+    "ADMITTED",
+    "BREAKERS",
+    "BANDWIDTH",
+    "BANDWIDTH_DROPPED",
+];
+
+/// The pin directory of this layout.
+#[derive(Clone, Debug)]
+pub struct Pins {
+    dir: PathBuf,
+}
+
+/// One pinned link: the program it runs and the cgroup it is attached at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PinnedLink {
+    pub program: String,
+    pub cgroup_id: u64,
+    pub path: PathBuf,
+}
+
+impl Pins {
+    /// Creates `root/v<PIN_LAYOUT>/{maps,links}`. Pins of another layout
+    /// are removed (their links detach): the maps they name would be
+    /// misread. Returns the removed directories, for the log.
+    pub fn prepare(root: &Path) -> io::Result<(Self, Vec<PathBuf>)> {
+        let dir = root.join(format!("v{PIN_LAYOUT}"));
+        let mut removed = Vec::new();
+        if let Ok(entries) = std::fs::read_dir(root) {
+            for entry in entries.flatten() {
+                if entry.path() != dir {
+                    remove(&entry.path())?;
+                    removed.push(entry.path());
+                }
+            }
+        }
+        std::fs::create_dir_all(dir.join("maps"))?;
+        std::fs::create_dir_all(dir.join("links"))?;
+        Ok((Self { dir }, removed))
+    }
+
+    pub fn map(&self, name: &str) -> PathBuf {
+        self.dir.join("maps").join(name)
+    }
+
+    pub fn link(&self, program: &str, cgroup_id: u64) -> PathBuf {
+        // bpffs refuses names with a dot.
+        self.dir.join("links").join(format!("{program}-{cgroup_id}"))
+    }
+
+    /// The links pinned by an earlier daemon (names it cannot parse are
+    /// skipped: not ours).
+    pub fn links(&self) -> io::Result<Vec<PinnedLink>> {
+        let mut links = Vec::new();
+        for entry in std::fs::read_dir(self.dir.join("links"))? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some((program, cgroup)) = name.to_str().and_then(|n| n.rsplit_once('-')) else { continue };
+            let Ok(cgroup_id) = cgroup.parse() else { continue };
+            links.push(PinnedLink { program: program.to_owned(), cgroup_id, path: entry.path() });
+        }
+        links.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(links)
+    }
+}
+
+/// Removes a pin or a directory of pins. Unpinning a link that no process
+/// holds detaches it.
+pub fn remove(path: &Path) -> io::Result<()> {
+    if path.is_dir() { std::fs::remove_dir_all(path) } else { std::fs::remove_file(path) }
+}
+
+/// Makes the pinned link at `link` run the program `program` from now on
+/// (`BPF_LINK_UPDATE`: one atomic swap).
+pub fn replace_program(link: &Path, program: BorrowedFd<'_>) -> io::Result<()> {
+    #[repr(C)]
+    struct LinkUpdate {
+        link_fd: u32,
+        new_prog_fd: u32,
+        flags: u32,
+        old_prog_fd: u32,
+    }
+    let link = obj_get(link)?;
+    let mut attr = LinkUpdate {
+        link_fd: fd_u32(link.as_raw_fd()),
+        new_prog_fd: fd_u32(program.as_raw_fd()),
+        flags: 0,
+        old_prog_fd: 0,
+    };
+    // SAFETY: `attr` is the `link_update` member of `union bpf_attr`, and
+    // the size passed is its size (the kernel zero-fills the rest).
+    bpf(BPF_LINK_UPDATE, (&raw mut attr).cast(), size_of::<LinkUpdate>()).map(drop)
+}
+
+/// `BPF_OBJ_GET`: opens the pinned object at `path`.
+fn obj_get(path: &Path) -> io::Result<OwnedFd> {
+    #[repr(C)]
+    struct ObjGet {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+    }
+    let name = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let mut attr = ObjGet { pathname: name.as_ptr() as u64, bpf_fd: 0, file_flags: 0 };
+    // SAFETY: `attr` is the `obj_get` member of `union bpf_attr`, its
+    // pathname outlives the call.
+    let fd = bpf(BPF_OBJ_GET, (&raw mut attr).cast(), size_of::<ObjGet>())?;
+    // SAFETY: the kernel returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn fd_u32(fd: i32) -> u32 {
+    u32::try_from(fd).expect("open descriptors are not negative")
+}
+
+/// The `bpf(2)` system call.
+fn bpf(cmd: libc::c_int, attr: *mut libc::c_void, size: usize) -> io::Result<i32> {
+    // SAFETY: callers pass an attribute of `size` bytes laid out as the
+    // kernel expects for `cmd`.
+    let ret = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr, size) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(i32::try_from(ret).expect("bpf(2) returns an int"))
+}
+
+/// The monotonic clock in nanoseconds: the clock of `bpf_ktime_get_ns`,
+/// which the kernel compares with the lease.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid out pointer; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_names_carry_the_program_and_the_cgroup() {
+        let dir = std::env::temp_dir().join(format!("governor-pins-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("v0/maps")).unwrap();
+        let (pins, removed) = Pins::prepare(&dir).unwrap();
+        assert_eq!(removed, [dir.join("v0")], "another layout's pins are removed");
+        std::fs::write(pins.link("gov_connect4", 1), "").unwrap();
+        std::fs::write(pins.link("gov_police_out", 4242), "").unwrap();
+        std::fs::write(pins.dir.join("links/stray"), "").unwrap();
+        let links = pins.links().unwrap();
+        let got: Vec<(&str, u64)> = links.iter().map(|l| (l.program.as_str(), l.cgroup_id)).collect();
+        assert_eq!(got, [("gov_connect4", 1), ("gov_police_out", 4242)]);
+        let (_, removed) = Pins::prepare(&dir).unwrap();
+        assert!(removed.is_empty(), "the same layout is kept");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -37,7 +37,10 @@ fn attached_at_root(name: &str) -> usize {
     let root = governor::host::cgroup2_root(&mounts).expect("cgroup v2 is mounted").to_path_buf();
     let out = run_to_exit(Command::new("bpftool").args(["cgroup", "show"]).arg(&root));
     assert!(out.status.success(), "bpftool cgroup show: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.split_whitespace().any(|w| w == name || w == short)).count()
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.split_whitespace().any(|w| w == name || w == short))
+        .count()
 }
 
 #[test]
@@ -59,7 +62,8 @@ fn pinned_policies_survive_a_killed_daemon_carry_their_counts_to_the_next_and_la
     ];
     let capped: SocketAddr = "10.235.13.1:20170".parse().expect("addr");
     let blocked: SocketAddr = "10.235.13.1:20171".parse().expect("addr");
-    let listeners = ns.run(move || (TcpListener::bind(capped).expect("bind"), TcpListener::bind(blocked).expect("bind")));
+    let listeners =
+        ns.run(move || (TcpListener::bind(capped).expect("bind"), TcpListener::bind(blocked).expect("bind")));
     let connect = move |addr: SocketAddr| TcpStream::connect(addr).map_err(|e| e.raw_os_error());
     let refused = move |addr: SocketAddr| ns_refused(connect(addr));
 

@@ -195,12 +195,71 @@ extern "C" fn check_inbound(slot: u64, check: *mut c_void) -> i64 {
     let allowed = match rule.kind {
         policy_kind::BLOCK => false,
         policy_kind::RATE => take_token(rule.state, rule),
+        // Checked here, counted when the connection is established
+        // (`sock_ops.rs`): the SYN of a connection over the cap is
+        // dropped; allowed connections are counted there.
+        policy_kind::CONCURRENCY => {
+            let open = POLICY_STATE.get(rule.state).map_or(0, |s| s.open);
+            if open < rule.max_connections {
+                return 0;
+            }
+            false
+        }
         _ => true,
     };
     count(rule.state, allowed);
     if !allowed && rule.flags & PolicyRule::DRY_RUN == 0 {
         check.verdict = DENY;
         return 1;
+    }
+    0
+}
+
+/// A connection to a local listener on `port` is established: it takes a
+/// place under every inbound cap of its port (even past the cap, when
+/// handshakes were in flight as it filled: the place is given back at
+/// close all the same). Returns the entries taken, as a mask.
+#[inline(always)]
+pub fn established_inbound(port: u16) -> u64 {
+    if !rules_hold() {
+        return 0;
+    }
+    let set = POLICY_ACTIVE.get(0).copied().unwrap_or(0) & 1;
+    let mut check = Established { base: set * POLICY_SLOTS, port, taken: 0 };
+    // SAFETY: as in `admit`.
+    unsafe {
+        bpf_loop(POLICY_SLOTS, take_inbound as *mut c_void, (&raw mut check).cast::<c_void>(), 0);
+    }
+    check.taken
+}
+
+struct Established {
+    base: u32,
+    port: u16,
+    taken: u64,
+}
+
+/// One rule slot for an established inbound connection.
+extern "C" fn take_inbound(slot: u64, check: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop hands back the pointer `established_inbound` gave it.
+    let check = unsafe { &mut *check.cast::<Established>() };
+    #[expect(clippy::cast_possible_truncation, reason = "slots are below POLICY_SLOTS")]
+    let Some(rule) = POLICY_RULES.get(check.base + slot as u32) else { return 1 };
+    if rule.kind == policy_kind::NONE {
+        return 1;
+    }
+    if rule.kind != policy_kind::CONCURRENCY
+        || rule.flags & PolicyRule::INBOUND == 0
+        || check.port < rule.port_low
+        || check.port > rule.port_high
+    {
+        return 0;
+    }
+    if let Some(state) = POLICY_STATE.get_ptr_mut(rule.state) {
+        // SAFETY: a live map value; `open` is 8-byte aligned.
+        unsafe { add(&raw mut (*state).open, 1) };
+        check.taken |= 1u64 << (rule.state & 63);
+        count(rule.state, true);
     }
     0
 }
@@ -279,6 +338,20 @@ fn take_place(entry: u32, rule: &PolicyRule) -> bool {
         }
     }
     true
+}
+
+/// Gives back the places the socket `cookie` holds, once: of two
+/// programs releasing the same socket, only the one whose delete succeeds
+/// gives them back.
+#[inline(always)]
+pub fn release_socket(cookie: u64) {
+    if let Some(mask) = ADMITTED.get_ptr(cookie) {
+        // SAFETY: a live map value.
+        let mask = unsafe { *mask };
+        if ADMITTED.remove(cookie).is_ok() {
+            release(mask);
+        }
+    }
 }
 
 /// Gives back the places of the policy state entries in `mask`.

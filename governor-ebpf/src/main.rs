@@ -26,6 +26,7 @@ mod police_ingress;
 mod reset_received;
 mod reset_sent;
 mod retransmit;
+mod sock_ops;
 mod sock_release;
 mod syn_ingress;
 mod tcp_state;

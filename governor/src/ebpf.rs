@@ -63,6 +63,9 @@ pub struct Probes {
     admission: bool,
     /// The inbound SYN program is attached.
     inbound: bool,
+    /// The `sock_ops` program that counts inbound connections under caps
+    /// is attached.
+    inbound_caps: bool,
     /// Cgroups (by id) the bandwidth programs are attached at.
     policed: Vec<u64>,
     /// Pinned mode: where the enforcement maps and links are pinned.
@@ -145,6 +148,7 @@ impl Probes {
             socket_capacity: sizes.socket_table_entries,
             admission: false,
             inbound: false,
+            inbound_caps: false,
             policed: Vec::new(),
             pins,
         };
@@ -176,6 +180,7 @@ impl Probes {
             match name {
                 "gov_connect4" => self.admission = true,
                 "gov_syn_in" => self.inbound = true,
+                "gov_sock_ops" => self.inbound_caps = true,
                 "gov_police_out" => self.policed.push(link.cgroup_id),
                 _ => {}
             }
@@ -247,7 +252,9 @@ impl Probes {
             }
         }
         {
-            let caps = compiled.rules.iter().any(|r| r.kind == policy_kind::CONCURRENCY);
+            // Outbound caps: inbound ones are counted by `gov_sock_ops`.
+            let caps =
+                compiled.rules.iter().any(|r| r.kind == policy_kind::CONCURRENCY && r.flags & PolicyRule::INBOUND == 0);
             let mut map: Array<&mut MapData, u32> = Array::try_from(self.map_mut("POLICY_ACTIVE")?)
                 .map_err(|source| EbpfError::Map { map: "POLICY_ACTIVE", source })?;
             map.set(0, next | if caps { POLICY_HAS_CAPS } else { 0 }, 0)
@@ -270,6 +277,13 @@ impl Probes {
             attach_cgroup(&mut self.ebpf, "gov_syn_in", "cgroup_skb/ingress", cgroup, self.pins.as_ref())?;
             self.attached += 1;
             self.inbound = true;
+        }
+        let inbound_caps =
+            compiled.rules.iter().any(|r| r.kind == policy_kind::CONCURRENCY && r.flags & PolicyRule::INBOUND != 0);
+        if !self.inbound_caps && inbound_caps {
+            attach_cgroup(&mut self.ebpf, "gov_sock_ops", "sock_ops", cgroup, self.pins.as_ref())?;
+            self.attached += 1;
+            self.inbound_caps = true;
         }
         Ok(())
     }
@@ -395,8 +409,15 @@ impl Probes {
 }
 
 /// The programs pinned mode pins links of.
-const ENFORCEMENT_PROGRAMS: [&str; 6] =
-    ["gov_sock_release", "gov_connect4", "gov_connect6", "gov_syn_in", "gov_police_out", "gov_police_in"];
+const ENFORCEMENT_PROGRAMS: [&str; 7] = [
+    "gov_sock_release",
+    "gov_connect4",
+    "gov_connect6",
+    "gov_syn_in",
+    "gov_sock_ops",
+    "gov_police_out",
+    "gov_police_in",
+];
 
 /// The cgroup program `name`, loaded (once).
 fn loaded<'a>(ebpf: &'a mut Ebpf, name: &'static str, hook: &str) -> Result<&'a mut Program, EbpfError> {
@@ -407,6 +428,7 @@ fn loaded<'a>(ebpf: &'a mut Ebpf, name: &'static str, hook: &str) -> Result<&'a 
             Program::CgroupSkb(p) => p.load().map_err(fail)?,
             Program::CgroupSock(p) => p.load().map_err(fail)?,
             Program::CgroupSockAddr(p) => p.load().map_err(fail)?,
+            Program::SockOps(p) => p.load().map_err(fail)?,
             _ => return Err(EbpfError::Missing { kind: "cgroup program", name }),
         }
     }
@@ -455,6 +477,10 @@ fn attach_cgroup(
             take.then(|| p.take_link(id).map_err(fail)).transpose()?.map(FdLink::try_from)
         }
         Program::CgroupSockAddr(p) => {
+            let id = p.attach(&file, CgroupAttachMode::Single).map_err(fail)?;
+            take.then(|| p.take_link(id).map_err(fail)).transpose()?.map(FdLink::try_from)
+        }
+        Program::SockOps(p) => {
             let id = p.attach(&file, CgroupAttachMode::Single).map_err(fail)?;
             take.then(|| p.take_link(id).map_err(fail)).transpose()?.map(FdLink::try_from)
         }

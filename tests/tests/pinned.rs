@@ -126,6 +126,9 @@ fn ns_refused(result: Result<TcpStream, Option<i32>>) -> bool {
     match result {
         Err(Some(EPERM)) => true,
         Err(e) => panic!("connect failed with {e:?}, not EPERM"),
-        Ok(_) => false,
+        Ok(stream) => {
+            drop(stream);
+            false
+        }
     }
 }

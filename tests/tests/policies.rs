@@ -562,6 +562,44 @@ fn an_inbound_rate_limit_drops_and_counts_the_syns_over_the_rate() {
 }
 
 #[test]
+fn an_inbound_cap_drops_the_syns_past_five_open_connections_and_lets_one_in_when_one_closes() {
+    require_root();
+    let ns = Netns::new("syncap");
+    ns.add_address("10.235.14.1/32");
+    let list = policies(&[
+        r#"{ name = "listener-cap", kind = "max_connections", listener_ports = "20172", max_connections = 5 }"#,
+    ]);
+    let mut gov = Governor::start_with(&[("policies", &list)]);
+    let addr: SocketAddr = "10.235.14.1:20172".parse().expect("addr");
+    let listener = ns.run(move || TcpListener::bind(addr).expect("bind"));
+    // Five connections, each accepted: established on both ends.
+    let mut pairs: Vec<(TcpStream, TcpStream)> = (0..5)
+        .map(|_| {
+            let client = ns.run(move || TcpStream::connect(addr).expect("under the cap"));
+            (client, listener.accept().expect("accept").0)
+        })
+        .collect();
+    let over = move || TcpStream::connect_timeout(&addr, Duration::from_secs(1)).map(drop).map_err(|e| e.kind());
+    assert_eq!(ns.run(over), Err(ErrorKind::TimedOut), "the sixth SYN is dropped, and its retransmits");
+    assert_eq!(gov.settle(&decisions("listener-cap", "allow", "concurrency"), 5), 5);
+    assert!(gov.value(&decisions("listener-cap", "deny", "concurrency")) >= 1);
+
+    // One closes on both ends: exactly one place is free again.
+    drop(pairs.pop());
+    let mut admitted = None;
+    for _ in 0..20 {
+        if let Ok(client) = ns.run(move || TcpStream::connect_timeout(&addr, Duration::from_millis(500))) {
+            admitted = Some((client, listener.accept().expect("accept").0));
+            break;
+        }
+    }
+    assert!(admitted.is_some(), "a place freed by the close");
+    assert_eq!(ns.run(over), Err(ErrorKind::TimedOut), "and only one");
+    assert_eq!(gov.settle(&decisions("listener-cap", "allow", "concurrency"), 6), 6);
+    drop((pairs, admitted, listener));
+}
+
+#[test]
 fn a_policy_scoped_to_a_cgroup_governs_only_the_processes_in_it() {
     require_root();
     let ns = Netns::new("scoped");

@@ -289,10 +289,13 @@ impl Check<'_> {
             self.bandwidth()?;
             self.forbids("listener_ports", p.listener_ports.is_some())?;
         } else if p.listener_ports.is_some() {
-            if !matches!(p.kind, PolicyKind::RateLimit | PolicyKind::Block) {
+            if !matches!(p.kind, PolicyKind::RateLimit | PolicyKind::Block | PolicyKind::MaxConnections) {
                 return self.err(
                     "listener_ports",
-                    format!("inbound policies are `rate_limit` or `block`, not `{}`", p.kind.as_str()),
+                    format!(
+                        "inbound policies are `rate_limit`, `max_connections` or `block`, not `{}`",
+                        p.kind.as_str()
+                    ),
                 );
             }
             self.forbids("destination", p.destination.is_some())?;
@@ -500,7 +503,8 @@ mod tests {
         );
         assert_eq!(field(Policy { ports: Some("1".parse().unwrap()), ..inbound.clone() }), "ports");
         let cap = Policy { rate_per_second: None, max_connections: Some(3), ..inbound.clone() };
-        assert_eq!(field(Policy { kind: PolicyKind::MaxConnections, ..cap }), "listener_ports");
+        assert_eq!(validate(&[Policy { kind: PolicyKind::MaxConnections, ..cap.clone() }]), Ok(()));
+        assert_eq!(field(Policy { kind: PolicyKind::Breaker, ..cap }), "listener_ports");
         let e = validate(&[Policy { listener_ports: None, ..inbound }]).unwrap_err();
         assert_eq!(e.field, "destination");
         assert!(e.message.contains("listener_ports"), "{}", e.message);

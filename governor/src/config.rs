@@ -33,6 +33,7 @@ pub struct Config {
     pub etcd: Etcd,
     pub registry: Registry,
     pub enforcement: Enforcement,
+    pub alerting: Alerting,
     /// The service registries governor watches (none: it only observes).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub registries: Vec<RegistrySource>,
@@ -249,6 +250,45 @@ pub struct Enforcement {
 impl Default for Enforcement {
     fn default() -> Self {
         Self { pinned: false, pin_dir: PathBuf::from("/sys/fs/bpf/governor"), lease_seconds: Bounded(120) }
+    }
+}
+
+/// Direct push of discrete actions to Alertmanager (off while the list is
+/// empty).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Alerting {
+    /// Alertmanager base URLs (`http://host:9093`); every one gets every
+    /// alert. Plain HTTP: inside a cluster, or through a local proxy.
+    pub alertmanagers: Vec<AlertmanagerUrl>,
+    /// Seconds between two sends of an alert that still holds.
+    pub resend_seconds: Bounded<1, 60>,
+}
+
+impl Default for Alerting {
+    fn default() -> Self {
+        Self { alertmanagers: Vec::new(), resend_seconds: Bounded(60) }
+    }
+}
+
+/// An Alertmanager's base URL: `http://host:port` with an optional path
+/// prefix.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct AlertmanagerUrl(pub String);
+
+impl<'de> Deserialize<'de> for AlertmanagerUrl {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let url = String::deserialize(d)?;
+        let Some(rest) = url.strip_prefix("http://") else {
+            return Err(serde::de::Error::custom(format!(
+                "`{url}`: an Alertmanager URL is http://host:port (https is not supported: use a proxy on the node)"
+            )));
+        };
+        if rest.is_empty() || rest.starts_with('/') {
+            return Err(serde::de::Error::custom(format!("`{url}` names no host")));
+        }
+        Ok(Self(url.trim_end_matches('/').to_owned()))
     }
 }
 
@@ -533,6 +573,10 @@ pinned = true
 pin_dir = "/b/gov"
 lease_seconds = 30
 
+[alerting]
+alertmanagers = ["http://10.0.0.9:9093/", "http://am:9093/prefix"]
+resend_seconds = 15
+
 [etcd]
 endpoints = ["https://10.0.0.1:2379", "https://10.0.0.2:2379"]
 connect_timeout_ms = 500
@@ -570,8 +614,29 @@ format = "host_port"
 "#,
         )
         .unwrap();
-        let Config { daemon, ebpf, metrics, health, attribution, etcd, registry, enforcement, registries, policies } =
-            c;
+        let Config {
+            daemon,
+            ebpf,
+            metrics,
+            health,
+            attribution,
+            etcd,
+            registry,
+            enforcement,
+            alerting,
+            registries,
+            policies,
+        } = c;
+        assert_eq!(
+            alerting,
+            Alerting {
+                alertmanagers: vec![
+                    AlertmanagerUrl("http://10.0.0.9:9093".into()),
+                    AlertmanagerUrl("http://am:9093/prefix".into())
+                ],
+                resend_seconds: Bounded(15),
+            }
+        );
         assert_eq!(enforcement, Enforcement { pinned: true, pin_dir: "/b/gov".into(), lease_seconds: Bounded(30) });
         assert!(policies.is_empty(), "read in policies_are_read_and_their_errors_name_the_policy_field_and_line");
         assert_eq!(
@@ -724,6 +789,10 @@ format = "host_port"
             e,
             "config file governor.toml: line 2, key `daemon.poll_interval_ms`: 0 is out of range: expected 100 to 60000"
         );
+        let e = err("[alerting]\nalertmanagers = [\"https://am:9093\"]\n");
+        assert!(e.contains("line 2, key `alerting.alertmanagers`") && e.contains("https is not supported"), "{e}");
+        let e = err("[alerting]\nresend_seconds = 61\n");
+        assert!(e.contains("expected 1 to 60"), "{e}");
         let e = err("[daemon]\nmetrics_addr = \"localhost\"\n");
         assert!(e.contains("line 2, key `daemon.metrics_addr`"), "{e}");
         let e = err("[daemon]\nlog_format = \"xml\"\n");

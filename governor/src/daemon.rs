@@ -16,6 +16,7 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use crate::{
+    alert_push::AlertPush,
     attribution::Attributor,
     btf,
     config::{Config, Policy, parse_document, validate_policies},
@@ -64,6 +65,7 @@ pub async fn run(config: Config, path: Option<PathBuf>, dry_run: bool) -> anyhow
     let mut reloader = Reloader::new(path, dry_run, config.policies.clone());
     let (policy_watch, mut policy_rx) = start_policy_watch(&config);
     let registry = registry_metrics.map(|m| start_registry(&config, &state, m, health_events));
+    let mut alert_push = AlertPush::start(&config.alerting, registry::node_name(&config.registry.node), &state);
 
     let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(
@@ -93,6 +95,9 @@ pub async fn run(config: Config, path: Option<PathBuf>, dry_run: bool) -> anyhow
             _ = poll.tick() => {
                 read_maps(&probes, &mut aggregator, &state, started.elapsed().as_secs(), &mut resync);
                 enforcement.step_breakers(&state);
+                if let Some(push) = &mut alert_push {
+                    push.step(&state, &enforcement);
+                }
                 state.set_ready(true);
             }
             _ = drain.tick() => {
@@ -119,13 +124,8 @@ pub async fn run(config: Config, path: Option<PathBuf>, dry_run: bool) -> anyhow
     if config.enforcement.pinned {
         info!(lease_seconds = lease.as_secs(), "pinned mode: policies stay until the next daemon or the lease ends");
     }
-    if let Some(task) = registry {
-        // Nothing is half-done: each action is one transaction.
-        task.abort();
-    }
-    if let Some(task) = policy_watch {
-        task.abort();
-    }
+    // Nothing is half-done: each registry action is one transaction.
+    registry.into_iter().chain(policy_watch).for_each(|task| task.abort());
     state.set_ready(false);
     let _ = drain_events(&mut events, &state);
     read_maps(&probes, &mut aggregator, &state, started.elapsed().as_secs(), &mut resync);

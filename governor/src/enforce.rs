@@ -26,6 +26,16 @@ use crate::{
 /// Breakers kept at most; endpoints beyond are not governed (logged).
 const MAX_BREAKERS: usize = 4096;
 
+/// A breaker that is not closed, for alerts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpenBreaker {
+    pub endpoint: String,
+    pub policy: String,
+    /// `open` or `half_open`.
+    pub state: &'static str,
+    pub cooldown_seconds: u64,
+}
+
 /// One breaker policy: which endpoints it governs and how.
 struct BreakerPolicy {
     policy: Policy,
@@ -111,6 +121,7 @@ impl Enforcement {
         }
         probes.apply_policies(&compiled, &cgroup)?;
         probes.apply_bandwidth(&bandwidth)?;
+        metrics.programs_attached.set(i64::try_from(probes.attached()).unwrap_or(i64::MAX));
         self.cgroup = Some(cgroup);
         metrics.set_policies(&compiled.policies);
         for p in &compiled.policies {
@@ -207,6 +218,23 @@ impl Enforcement {
                 metrics.set_breaker(&endpoint, Some((current.as_str(), cooldown_ms)));
             }
         }
+    }
+
+    /// The breakers that are open or half-open, by endpoint.
+    pub fn open_breakers(&self) -> Vec<OpenBreaker> {
+        let mut open: Vec<OpenBreaker> = self
+            .breakers
+            .iter()
+            .filter(|(_, (b, _))| !matches!(b.state, crate::breaker::State::Closed))
+            .map(|(endpoint, (b, policy))| OpenBreaker {
+                endpoint: endpoint.clone(),
+                policy: policy.clone(),
+                state: b.state.as_str(),
+                cooldown_seconds: b.cooldown_ms / 1000,
+            })
+            .collect();
+        open.sort_by(|a, b| a.endpoint.cmp(&b.endpoint));
+        open
     }
 
     fn close(&mut self, endpoint: &str) {

@@ -2,6 +2,8 @@
 //! edges, for the `governor` binary and for the integration tests that
 //! drive one edge (the etcd transactions) against a real server.
 
+pub mod alert_push;
+pub mod alerting;
 pub mod api;
 pub mod attribution;
 pub mod breaker;

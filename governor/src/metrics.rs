@@ -1,6 +1,6 @@
 //! The Prometheus registry and how increments from the kernel become series.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, fmt::Write as _};
 
 use governor_common::{counter, direction::PASSIVE};
 use prometheus::{
@@ -48,7 +48,7 @@ const HANDSHAKE_BUCKETS: [f64; 16] =
 const DURATION_BUCKETS: [f64; 12] = [0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 86_400.0];
 
 pub struct Metrics {
-    registry: Registry,
+    registry: Catalog,
     transitions: IntCounterVec,
     resets: IntCounterVec,
     retransmits: IntCounter,
@@ -101,6 +101,8 @@ pub struct Metrics {
     policy_owners: Vec<Option<(String, &'static str)>>,
     policy_seen: Vec<(u64, u64)>,
     pub config_reloads: IntCounterVec,
+    /// Posts to Alertmanager (direct push): `ok` or `error`.
+    pub alertmanager_posts: IntCounterVec,
     breaker_state: IntGaugeVec,
     breaker_cooldown: IntGaugeVec,
     bandwidth_dropped: IntCounterVec,
@@ -129,14 +131,54 @@ fn add_directions(
     }
 }
 
-fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
-    registry.register(Box::new(metric.clone())).expect("metric names are unique");
-    metric
+/// The Prometheus registry, and the name and help of every metric in it:
+/// a labelled metric with no series yet is still listed on `/metrics`
+/// (its `# HELP` line), so operators and tests see every name.
+#[derive(Clone, Default)]
+pub struct Catalog {
+    registry: Registry,
+    described: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
+}
+
+impl Catalog {
+    pub fn register<T: prometheus::core::Collector + Clone + 'static>(&self, metric: T) -> T {
+        let mut described = self.described.lock().expect("catalog lock poisoned");
+        for desc in metric.desc() {
+            described.push((desc.fq_name.clone(), desc.help.clone()));
+        }
+        self.registry.register(Box::new(metric.clone())).expect("metric names are unique");
+        metric
+    }
+
+    /// Every metric name, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> =
+            self.described.lock().expect("catalog lock poisoned").iter().map(|(n, _)| n.clone()).collect();
+        names.sort();
+        names
+    }
+
+    /// The text exposition, then a `# HELP` line for each metric without
+    /// series.
+    fn render(&self) -> String {
+        let families = self.registry.gather();
+        let mut text = TextEncoder::new().encode_to_string(&families).expect("text encoding cannot fail");
+        for (name, help) in self.described.lock().expect("catalog lock poisoned").iter() {
+            if !families.iter().any(|f| f.name() == name) {
+                let _ = writeln!(text, "# HELP {name} {}", help.replace('\\', "\\\\").replace('\n', "\\n"));
+            }
+        }
+        text
+    }
+}
+
+fn register<T: prometheus::core::Collector + Clone + 'static>(catalog: &Catalog, metric: T) -> T {
+    catalog.register(metric)
 }
 
 impl Metrics {
     /// The Prometheus registry, for parts that keep series of their own.
-    pub fn registry(&self) -> &Registry {
+    pub fn registry(&self) -> &Catalog {
         &self.registry
     }
 
@@ -145,7 +187,7 @@ impl Metrics {
     /// `UNKNOWN_<n>`.
     #[expect(clippy::too_many_lines, reason = "one registration per metric, nothing else")]
     pub fn new(limits: SeriesLimits, reset_reasons: &[(u32, String)]) -> Self {
-        let r = Registry::new();
+        let r = Catalog::default();
         let counter_vec = |name: &str, help: &str, labels: &[&str]| {
             register(&r, IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"))
         };
@@ -366,6 +408,12 @@ impl Metrics {
                 }
                 v
             },
+            alertmanager_posts: counter_vec(
+                "governor_alertmanager_posts_total",
+                "Posts of alerts to Alertmanager's /api/v2/alerts (direct push, [alerting]), by alertmanager and \
+                 result: ok, or error (logged; the alert is sent again at the next re-send).",
+                &["alertmanager", "result"],
+            ),
             registry: r,
         }
     }
@@ -622,7 +670,7 @@ impl Metrics {
 
     /// The text exposition format.
     pub fn render(&self) -> String {
-        TextEncoder::new().encode_to_string(&self.registry.gather()).expect("text encoding cannot fail")
+        self.registry.render()
     }
 }
 

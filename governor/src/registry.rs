@@ -52,23 +52,17 @@ pub struct RegistryMetrics {
 }
 
 impl RegistryMetrics {
-    pub fn new(r: &prometheus::Registry) -> Self {
+    pub fn new(r: &crate::metrics::Catalog) -> Self {
         let counter_vec = |name: &str, help: &str, labels: &[&str]| {
-            let m = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            r.register(Box::new(m.clone())).expect("metric names are unique");
-            m
+            r.register(IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"))
         };
-        let gauge = |name: &str, help: &str| {
-            let m = IntGauge::new(name, help).expect("valid metric");
-            r.register(Box::new(m.clone())).expect("metric names are unique");
-            m
-        };
+        let gauge = |name: &str, help: &str| r.register(IntGauge::new(name, help).expect("valid metric"));
         let instances = IntGaugeVec::new(
             Opts::new("governor_registry_instances", "Instances of each service by state, as governor sees them"),
             &["registry", "service", "state"],
         )
         .expect("valid metric");
-        r.register(Box::new(instances.clone())).expect("metric names are unique");
+        let instances = r.register(instances);
         let action_seconds = HistogramVec::new(
             HistogramOpts::new(
                 "governor_registry_action_seconds",
@@ -78,7 +72,7 @@ impl RegistryMetrics {
             &["registry"],
         )
         .expect("valid metric");
-        r.register(Box::new(action_seconds.clone())).expect("metric names are unique");
+        let action_seconds = r.register(action_seconds);
         let svc = &["registry", "service"];
         Self {
             instances,
@@ -732,7 +726,7 @@ fn interface_addresses() -> Vec<IpAddr> {
 }
 
 /// The configured node name, else `NODE_NAME`, else the host name.
-fn node_name(configured: &str) -> String {
+pub fn node_name(configured: &str) -> String {
     if !configured.is_empty() {
         return configured.to_owned();
     }

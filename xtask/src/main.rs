@@ -1,8 +1,10 @@
 //! Project tasks: `cargo xtask setup|run|test|bench`. Each step says what it
 //! does; set-up is idempotent and fast when everything is present.
 
+mod alerts;
 mod bench;
 mod deregister;
+mod manifests;
 mod policy_bench;
 mod scale;
 mod setup;
@@ -39,6 +41,12 @@ enum Task {
     /// Measure the overhead of governor on a loopback connect/accept/close
     /// loop and write BENCHMARKS.md.
     Bench(bench::BenchArgs),
+    /// Write the alert rules derived from `deploy/alerts/rules.yml` (the
+    /// `PrometheusRule` of the `DaemonSet` directory).
+    Alerts,
+    /// Check the deployment files only: the alert rules (promtool) and
+    /// the manifests (Kubernetes schemas), as `cargo xtask test` does.
+    CheckDeploy,
     /// Internal: the load generator the benchmark runs inside its namespace.
     #[command(hide = true)]
     Loadgen(bench::LoadgenArgs),
@@ -68,6 +76,12 @@ fn main() -> anyhow::Result<()> {
             Err(err).with_context(|| format!("starting {}", bin.display()))
         }
         Task::Test => test(),
+        Task::Alerts => alerts::generate(),
+        Task::CheckDeploy => {
+            setup::run()?;
+            alerts::check()?;
+            manifests::check()
+        }
         Task::Bench(args) => {
             setup::run()?;
             build_release()?;
@@ -137,6 +151,10 @@ fn test() -> anyhow::Result<()> {
             "warnings",
         ]),
     )?;
+    step("alert rules: generated copy up to date, promtool check and unit tests");
+    alerts::check()?;
+    step("deployment manifests: offline validation against Kubernetes schemas");
+    manifests::check()?;
     build_release()?;
     if !setup::is_root() {
         bail!("the integration tests load eBPF programs and create network namespaces: run `cargo xtask test` as root");

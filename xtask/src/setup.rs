@@ -24,6 +24,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("etcd-server", "the real etcd the registry tests run against"),
     ("openssl", "certificates for the test of etcd over TLS"),
     ("iperf3", "the traffic of the bandwidth policing test"),
+    ("prometheus", "promtool for the alert rules' checks, and the end-to-end alerting test"),
+    ("prometheus-alertmanager", "the end-to-end alerting test"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

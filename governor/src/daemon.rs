@@ -507,5 +507,5 @@ fn renew_lease(probes: &mut Probes, lease: Duration) {
 
 /// The monotonic time at which a lease renewed now ends.
 fn lease_until(lease: Duration) -> u64 {
-    crate::pin::monotonic_ns().saturating_add(u64::try_from(lease.as_nanos()).unwrap_or(u64::MAX))
+    http::now().ns.saturating_add(u64::try_from(lease.as_nanos()).unwrap_or(u64::MAX))
 }

@@ -162,15 +162,6 @@ fn bpf(cmd: libc::c_int, attr: *mut libc::c_void, size: usize) -> io::Result<i32
     Ok(i32::try_from(ret).expect("bpf(2) returns an int"))
 }
 
-/// The monotonic clock in nanoseconds: the clock of `bpf_ktime_get_ns`,
-/// which the kernel compares with the lease.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: a valid out pointer; CLOCK_MONOTONIC always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
-    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,6 +5,7 @@
 //!
 //! Traffic goes only to addresses inside namespaces the test created.
 
+pub mod alerting;
 pub mod etcd;
 pub mod governor;
 pub mod helper;

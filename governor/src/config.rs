@@ -10,7 +10,7 @@ use std::{
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 
-mod policy;
+pub(crate) mod policy;
 mod registry;
 
 pub use self::{

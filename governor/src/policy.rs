@@ -230,22 +230,11 @@ mod tests {
 
     fn policy(name: &str, kind: PolicyKind, destination: &str) -> Policy {
         Policy {
-            name: name.to_owned(),
-            kind,
             destination: Some(destination.parse().unwrap()),
-            ports: None,
             rate_per_second: Some(100),
             burst: Some(10),
             max_connections: Some(20),
-            cooldown_seconds: None,
-            cooldown_max_seconds: None,
-            probes: None,
-            listener_ports: None,
-            cgroup: None,
-            bytes_per_second: None,
-            burst_bytes: None,
-            direction: None,
-            dry_run: false,
+            ..crate::config::policy::testing::policy(name, kind)
         }
     }
 

@@ -7,7 +7,7 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use governor_tests::{
-    Etcd, Governor, Netns,
+    Etcd, Netns,
     alerting::{alertmanager, prometheus, wait_alerts},
     registry::{governor_with, wait_listed},
     require_root, series,
@@ -23,7 +23,10 @@ fn a_reset_spike_fires_the_shipped_rule_in_alertmanager_with_its_endpoint_and_re
     let ns = Netns::new("alert-spike");
     ns.add_address("10.235.15.1/32");
     let mut am = alertmanager();
-    let mut gov = Governor::start_with(&[("health.recovery_window_seconds", "1"), ("health.recovery_windows", "2")]);
+    // With a registry on a real etcd, so that every metric the rules query
+    // is registered; short recovery windows (as the registry tests).
+    let etcd = Etcd::start();
+    let mut gov = governor_with(&etcd, "10.235.15.0/24", &[("gozero", "/gozero/", "host_port")], &[]);
     let mut prom = prometheus(gov.addr, &repo_file("deploy/alerts/rules.yml"), am.addr);
     // Prometheus scrapes governor and has loaded every shipped rule.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -41,6 +44,16 @@ fn a_reset_spike_fires_the_shipped_rule_in_alertmanager_with_its_endpoint_and_re
         .map_or(0, |g| g.iter().map(|g| g["rules"].as_array().map_or(0, Vec::len)).sum::<usize>());
     let shipped = std::fs::read_to_string(repo_file("deploy/alerts/rules.yml")).expect("rules");
     assert_eq!(loaded, shipped.matches("- alert:").count(), "every shipped rule is loaded: {rules}");
+    // Every metric the rules query is on this governor's /metrics.
+    let (_, exposed) = gov.get("/metrics").expect("metrics");
+    let queried: std::collections::BTreeSet<&str> = shipped
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("governor_"))
+        .collect();
+    assert!(queried.len() >= 10, "{queried:?}");
+    for name in queried {
+        assert!(exposed.contains(&format!("# HELP {name} ")), "{name} is not on /metrics");
+    }
 
     let name = "10.235.15.1:20180";
     let addr: SocketAddr = name.parse().expect("addr");
@@ -59,8 +72,10 @@ fn a_reset_spike_fires_the_shipped_rule_in_alertmanager_with_its_endpoint_and_re
     wait_alerts(&mut am, "GovernorEndpointResetSpike", Duration::from_secs(90), "the alert resolves", |a| {
         !a.iter().any(|a| a["labels"]["endpoint"] == name)
     });
-    let healthy = series("governor_endpoint_health", &[("endpoint", name), ("state", "healthy")]);
-    assert_eq!(gov.value(&healthy), 1, "resolved because the endpoint is healthy again");
+    for state in ["unhealthy", "recovering"] {
+        let series = series("governor_endpoint_health", &[("endpoint", name), ("state", state)]);
+        assert_eq!(gov.value(&series), 0, "resolved because the endpoint is no longer {state}");
+    }
 }
 
 #[test]

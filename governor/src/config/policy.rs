@@ -396,11 +396,12 @@ impl Check<'_> {
     }
 }
 
+/// A policy of `kind` to 10.0.0.0/8 with no other field set, for tests.
 #[cfg(test)]
-mod tests {
+pub mod testing {
     use super::*;
 
-    fn policy(name: &str, kind: PolicyKind) -> Policy {
+    pub fn policy(name: &str, kind: PolicyKind) -> Policy {
         Policy {
             name: name.to_owned(),
             kind,
@@ -420,6 +421,11 @@ mod tests {
             dry_run: false,
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{testing::policy, *};
 
     #[test]
     fn port_ranges() {

@@ -33,7 +33,7 @@ pub fn gov_sock_ops(ctx: SockOpsContext) -> u32 {
                 // Nobody could give the places back: do not hold them.
                 if ADMITTED.insert(cookie, taken, 0).is_err() {
                     release(taken);
-                } else if ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG.cast_signed()).is_err() {
+                } else if ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG).cast_signed()).is_err() {
                     release_socket(cookie);
                 }
             }

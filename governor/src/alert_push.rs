@@ -55,28 +55,37 @@ impl AlertPush {
     }
 }
 
+/// Posts each batch to every Alertmanager at once: one that does not
+/// answer delays nobody else.
 async fn post_all(urls: Vec<String>, mut rx: mpsc::Receiver<Vec<Alert>>, state: Arc<AppState>) {
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     while let Some(alerts) = rx.recv().await {
         let body = Bytes::from(serde_json::to_vec(&alerts).expect("alerts serialize"));
+        let mut posts = tokio::task::JoinSet::new();
         for url in &urls {
-            let req = axum::http::Request::post(url.as_str())
-                .header("content-type", "application/json")
-                .body(Full::new(body.clone()))
-                .expect("a valid request");
-            let result = match tokio::time::timeout(POST_TIMEOUT, client.request(req)).await {
-                Ok(Ok(response)) if response.status().is_success() => Ok(()),
-                Ok(Ok(response)) => Err(format!("answered {}", response.status())),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err(format!("no answer within {} s", POST_TIMEOUT.as_secs())),
-            };
+            let (client, url, body) = (client.clone(), url.clone(), body.clone());
+            posts.spawn(async move {
+                let req = axum::http::Request::post(url.as_str())
+                    .header("content-type", "application/json")
+                    .body(Full::new(body))
+                    .expect("a valid request");
+                let result = match tokio::time::timeout(POST_TIMEOUT, client.request(req)).await {
+                    Ok(Ok(response)) if response.status().is_success() => Ok(()),
+                    Ok(Ok(response)) => Err(format!("answered {}", response.status())),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err(format!("no answer within {} s", POST_TIMEOUT.as_secs())),
+                };
+                (url, result)
+            });
+        }
+        while let Some(Ok((url, result))) = posts.join_next().await {
             let label = if result.is_ok() { "ok" } else { "error" };
             state
                 .metrics
                 .lock()
                 .expect("metrics lock poisoned")
                 .alertmanager_posts
-                .with_label_values(&[url, label])
+                .with_label_values(&[&url, label])
                 .inc();
             match result {
                 Ok(()) => debug!(%url, alerts = alerts.len(), "alerts posted"),

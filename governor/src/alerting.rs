@@ -32,11 +32,25 @@ pub struct Firing {
     pub annotations: BTreeMap<String, String>,
 }
 
-/// The alerts that are firing, with when each started and was last sent.
+/// How many more times a resolved alert is sent, one re-send interval
+/// apart, in case a post was lost (Alertmanager takes a repeated resolve
+/// as one).
+const RESOLVE_SENDS: u32 = 3;
+
+/// The alerts that are firing, with when each started and was last sent,
+/// and the ones resolved lately.
 #[derive(Debug)]
 pub struct Pusher {
     resend_secs: u64,
     active: HashMap<BTreeMap<String, String>, Active>,
+    resolved: HashMap<BTreeMap<String, String>, Resolved>,
+}
+
+#[derive(Debug)]
+struct Resolved {
+    alert: Alert,
+    sent: u64,
+    left: u32,
 }
 
 #[derive(Debug)]
@@ -48,19 +62,22 @@ struct Active {
 
 impl Pusher {
     pub fn new(resend_secs: u64) -> Self {
-        Self { resend_secs: resend_secs.max(1), active: HashMap::new() }
+        Self { resend_secs: resend_secs.max(1), active: HashMap::new(), resolved: HashMap::new() }
     }
 
     /// What to post at unix time `now`, given the conditions that hold:
     /// new ones, ones not sent for `resend_secs`, and, with `endsAt` now,
-    /// ones that cleared. A firing alert's `endsAt` lies four re-send
-    /// intervals ahead, so Alertmanager resolves it by itself if governor
-    /// stops sending.
+    /// ones that cleared (sent again a few times, a re-send interval
+    /// apart, so that one lost post loses no resolve). A firing alert's
+    /// `endsAt` lies four re-send intervals ahead, so Alertmanager
+    /// resolves it by itself if governor stops sending.
     pub fn step(&mut self, now: u64, holding: Vec<Firing>) -> Vec<Alert> {
         let mut out = Vec::new();
         let mut seen = Vec::with_capacity(holding.len());
         for firing in holding {
             seen.push(firing.labels.clone());
+            // Firing again: a new episode, its old resolve is moot.
+            self.resolved.remove(&firing.labels);
             let active = self.active.entry(firing.labels.clone()).or_insert_with(|| Active {
                 firing: firing.clone(),
                 started: now,
@@ -75,9 +92,19 @@ impl Pusher {
         }
         let cleared: Vec<BTreeMap<String, String>> =
             self.active.keys().filter(|labels| !seen.contains(labels)).cloned().collect();
+        for (labels, resolved) in &mut self.resolved {
+            if now.saturating_sub(resolved.sent) >= self.resend_secs && !cleared.contains(labels) {
+                resolved.sent = now;
+                resolved.left -= 1;
+                out.push(resolved.alert.clone());
+            }
+        }
+        self.resolved.retain(|_, r| r.left > 0);
         for labels in cleared {
             if let Some(active) = self.active.remove(&labels) {
-                out.push(alert(&active.firing, active.started, now));
+                let resolve = alert(&active.firing, active.started, now);
+                out.push(resolve.clone());
+                self.resolved.insert(labels, Resolved { alert: resolve, sent: now, left: RESOLVE_SENDS });
             }
         }
         out.sort_by(|a, b| a.labels.cmp(&b.labels));
@@ -183,9 +210,20 @@ mod tests {
         let resolved = p.step(1_070, vec![]);
         assert_eq!(resolved.len(), 1);
         assert_eq!(resolved[0].ends_at, rfc3339(1_070));
-        assert!(p.step(1_080, vec![]).is_empty(), "resolved once");
-        let back = p.step(1_090, vec![a]);
-        assert_eq!(back[0].starts_at, rfc3339(1_090), "a new episode starts anew");
+        assert!(p.step(1_080, vec![]).is_empty(), "not again within the interval");
+        for at in [1_130, 1_190, 1_250] {
+            assert_eq!(p.step(at, vec![]), resolved, "the same resolve again, in case a post was lost");
+        }
+        assert!(p.step(1_310, vec![]).is_empty(), "three times at most");
+        let back = p.step(1_320, vec![a.clone()]);
+        assert_eq!(back[0].starts_at, rfc3339(1_320), "a new episode starts anew");
+        p.step(1_330, vec![]);
+        let again = p.step(1_340, vec![a]);
+        assert_eq!(again.len(), 1, "firing again drops the pending resolve");
+        assert_eq!(again[0].starts_at, rfc3339(1_340));
+        let later = p.step(1_400, vec![firing("A", "10.0.0.1:80")]);
+        assert_eq!(later.len(), 1);
+        assert_ne!(later[0].ends_at, rfc3339(1_330), "the dropped resolve is not sent");
     }
 
     #[test]

@@ -236,8 +236,9 @@ pub struct Enforcement {
     /// Keep policies in force while the daemon restarts (for upgrades): the
     /// enforcement programs and their maps are pinned under `pin_dir`, and
     /// the next daemon takes them over, counts and open connections
-    /// included. Off: everything is detached when the daemon exits, and
-    /// pins left by an earlier pinned daemon are removed at start.
+    /// included. Off: everything is detached when the daemon exits; pins an
+    /// earlier pinned daemon left are reported at start (they hold until
+    /// their lease ends; `governor unpin` removes them).
     pub pinned: bool,
     /// Where the pins live (on bpffs).
     pub pin_dir: PathBuf,

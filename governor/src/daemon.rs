@@ -61,7 +61,7 @@ pub async fn run(config: Config, path: Option<PathBuf>, dry_run: bool) -> anyhow
         (config.etcd.enabled() && !config.registries.is_empty()).then(|| RegistryMetrics::new(metrics.registry()));
     let health_events = monitor.subscribe();
     let state = AppState::new(metrics, monitor, flows);
-    let mut enforcement = start_enforcement(&mut probes, &config, &state)?;
+    let mut enforcement = start_enforcement(&mut probes, &config, &state, lease)?;
     let mut reloader = Reloader::new(path, dry_run, config.policies.clone());
     let (policy_watch, mut policy_rx) = start_policy_watch(&config);
     let registry = registry_metrics.map(|m| start_registry(&config, &state, m, health_events));
@@ -108,7 +108,7 @@ pub async fn run(config: Config, path: Option<PathBuf>, dry_run: bool) -> anyhow
                     enforcement.step_breakers(&state);
                 }
             }
-            _ = renew.tick(), if config.enforcement.pinned => renew_lease(&mut probes, lease),
+            _ = renew.tick(), if config.enforcement.pinned => renew_lease(&mut probes, lease, &state),
             _ = sighup.recv() => reloader.reload(&mut probes, &mut enforcement, &state, "SIGHUP"),
             Some(value) = policy_rx.recv() => {
                 reloader.etcd_update(&mut probes, &mut enforcement, &state, value.as_deref());
@@ -448,17 +448,30 @@ fn drain_events(events: &mut aya::maps::RingBuf<aya::maps::MapData>, state: &App
 
 /// Puts the config's policies in force; in pinned mode over the state the
 /// previous daemon left.
-fn start_enforcement(probes: &mut Probes, config: &Config, state: &AppState) -> anyhow::Result<Enforcement> {
+///
+/// The lease is renewed only once that succeeded: a pinned daemon that
+/// fails at start (and again, in a crash loop) does not keep the previous
+/// daemon's rules alive.
+fn start_enforcement(
+    probes: &mut Probes,
+    config: &Config,
+    state: &AppState,
+    lease: Duration,
+) -> anyhow::Result<Enforcement> {
     let mut enforcement = Enforcement::new(probes.take_breakers()?);
     if config.enforcement.pinned {
         enforcement.recover(&probes.policy_owners()?, &config.policies);
     }
     enforcement.apply(probes, &config.policies, state)?;
+    if config.enforcement.pinned {
+        probes.renew_lease(lease_until(lease))?;
+    }
     Ok(enforcement)
 }
 
 /// Loads and attaches the programs; in pinned mode over the pinned maps
-/// and links, with the lease renewed before anything else runs.
+/// and links. A lease an earlier daemon left is not extended here; fresh
+/// maps get one at once (0 would mean rules that never lapse).
 fn load_probes(
     config: &Config,
     kernel_config: &governor_common::KernelConfig,
@@ -468,7 +481,7 @@ fn load_probes(
     let pins = pins(&config.enforcement)?;
     let pinned = pins.is_some();
     let mut probes = Probes::load(kernel_config, sizes(config), cgroup, pins)?;
-    if pinned {
+    if pinned && probes.lease()? == 0 {
         probes.renew_lease(lease_until(lease))?;
     }
     Ok(probes)
@@ -499,10 +512,26 @@ fn pins(enforcement: &crate::config::Enforcement) -> anyhow::Result<Option<Pins>
 }
 
 /// Pinned mode: the policies hold for `lease` from now.
-fn renew_lease(probes: &mut Probes, lease: Duration) {
+///
+/// Also notices pinned programs whose pin is gone (`governor unpin`, a
+/// removed cgroup): they no longer run, which
+/// `governor_ebpf_programs_attached` shows.
+fn renew_lease(probes: &mut Probes, lease: Duration, state: &AppState) {
     if let Err(e) = probes.renew_lease(lease_until(lease)) {
         warn!(error = %e, "cannot renew the policies' lease: they lapse if this persists");
     }
+    let running = probes.attached().saturating_sub(probes.unpinned());
+    let metrics = state.metrics.lock().expect("metrics lock poisoned");
+    let before = metrics.programs_attached.get();
+    let now = i64::try_from(running).unwrap_or(i64::MAX);
+    if now < before {
+        warn!(
+            unpinned = probes.unpinned(),
+            "pinned enforcement programs were removed (governor unpin?): their policies are not enforced until \
+             governor restarts"
+        );
+    }
+    metrics.programs_attached.set(now);
 }
 
 /// The monotonic time at which a lease renewed now ends.

@@ -68,8 +68,10 @@ pub struct Probes {
     inbound_caps: bool,
     /// Cgroups (by id) the bandwidth programs are attached at.
     policed: Vec<u64>,
-    /// Pinned mode: where the enforcement maps and links are pinned.
+    /// Pinned mode: where the enforcement maps and links are pinned, and
+    /// the links this daemon runs there.
     pins: Option<Pins>,
+    pinned_links: Vec<PathBuf>,
 }
 
 impl Probes {
@@ -151,6 +153,7 @@ impl Probes {
             inbound_caps: false,
             policed: Vec::new(),
             pins,
+            pinned_links: Vec::new(),
         };
         probes.take_over_pins()?;
         Ok(probes)
@@ -175,7 +178,15 @@ impl Probes {
                 hook: "pinned link".to_owned(),
                 source,
             })?;
-            crate::pin::replace_program(&link.path, fd.as_fd()).map_err(pin_error)?;
+            if let Err(e) = crate::pin::replace_program(&link.path, fd.as_fd()) {
+                // The kernel released the link (its cgroup was removed,
+                // ENOLINK) or it is otherwise unusable: drop the pin; a
+                // policy that still needs the hook attaches it afresh.
+                tracing::warn!(pin = %link.path.display(), error = %e, "removing a pinned link that cannot be taken over");
+                crate::pin::remove(&link.path).map_err(pin_error)?;
+                continue;
+            }
+            self.pinned_links.push(link.path.clone());
             self.attached += 1;
             match name {
                 "gov_connect4" => self.admission = true,
@@ -187,6 +198,14 @@ impl Probes {
             tracing::info!(pin = %link.path.display(), "took over a pinned enforcement program");
         }
         Ok(())
+    }
+
+    /// Pinned mode: the monotonic time until which the policies hold (0:
+    /// always).
+    pub fn lease(&self) -> Result<u64, EbpfError> {
+        let map: Array<&MapData, u64> = Array::try_from(self.map("POLICY_LEASE")?)
+            .map_err(|source| EbpfError::Map { map: "POLICY_LEASE", source })?;
+        map.get(&0, 0).map_err(|source| EbpfError::Map { map: "POLICY_LEASE", source })
     }
 
     /// Pinned mode: the policies hold until the monotonic time `until_ns`
@@ -260,7 +279,7 @@ impl Probes {
             map.set(0, next | if caps { POLICY_HAS_CAPS } else { 0 }, 0)
                 .map_err(|source| EbpfError::Map { map: "POLICY_ACTIVE", source })?;
         }
-        if !self.admission && !compiled.rules.is_empty() {
+        if !self.admission && compiled.rules.iter().any(|r| r.flags & PolicyRule::INBOUND == 0) {
             // The release program first: a socket admitted under a cap
             // must always give its place back.
             for (name, hook) in [
@@ -268,21 +287,18 @@ impl Probes {
                 ("gov_connect4", "cgroup/connect4"),
                 ("gov_connect6", "cgroup/connect6"),
             ] {
-                attach_cgroup(&mut self.ebpf, name, hook, cgroup, self.pins.as_ref())?;
-                self.attached += 1;
+                self.attach(name, hook, cgroup)?;
             }
             self.admission = true;
         }
         if !self.inbound && compiled.rules.iter().any(|r| r.flags & PolicyRule::INBOUND != 0) {
-            attach_cgroup(&mut self.ebpf, "gov_syn_in", "cgroup_skb/ingress", cgroup, self.pins.as_ref())?;
-            self.attached += 1;
+            self.attach("gov_syn_in", "cgroup_skb/ingress", cgroup)?;
             self.inbound = true;
         }
         let inbound_caps =
             compiled.rules.iter().any(|r| r.kind == policy_kind::CONCURRENCY && r.flags & PolicyRule::INBOUND != 0);
         if !self.inbound_caps && inbound_caps {
-            attach_cgroup(&mut self.ebpf, "gov_sock_ops", "sock_ops", cgroup, self.pins.as_ref())?;
-            self.attached += 1;
+            self.attach("gov_sock_ops", "sock_ops", cgroup)?;
             self.inbound_caps = true;
         }
         Ok(())
@@ -296,10 +312,24 @@ impl Probes {
         for (path, key, _) in rules {
             if !self.policed.contains(&key.cgroup_id) {
                 for (name, hook) in [("gov_police_out", "cgroup_skb/egress"), ("gov_police_in", "cgroup_skb/ingress")] {
-                    attach_cgroup(&mut self.ebpf, name, hook, path, self.pins.as_ref())?;
-                    self.attached += 1;
+                    self.attach(name, hook, path)?;
                 }
                 self.policed.push(key.cgroup_id);
+            }
+        }
+        // Pinned mode: cgroups no policy polices any more lose their
+        // programs (and pins), so pins do not pile up as pods come and go.
+        if let Some(pins) = &self.pins {
+            let stale: Vec<u64> =
+                self.policed.iter().copied().filter(|id| !rules.iter().any(|(_, k, _)| k.cgroup_id == *id)).collect();
+            for id in stale {
+                for name in ["gov_police_out", "gov_police_in"] {
+                    let path = pins.link(name, id);
+                    let _ = crate::pin::remove(&path);
+                    self.pinned_links.retain(|p| *p != path);
+                    self.attached = self.attached.saturating_sub(1);
+                }
+                self.policed.retain(|p| *p != id);
             }
         }
         let mut map: HashMap<&mut MapData, BandwidthKey, BandwidthRule> = HashMap::try_from(self.map_mut("BANDWIDTH")?)
@@ -345,6 +375,24 @@ impl Probes {
 
     pub fn attached(&self) -> usize {
         self.attached
+    }
+
+    /// Pinned mode: the programs this daemon pinned whose pin is gone
+    /// (`governor unpin`, or a cgroup removed): they no longer run.
+    pub fn unpinned(&self) -> usize {
+        self.pinned_links.iter().filter(|p| !p.exists()).count()
+    }
+
+    /// Attaches the cgroup program `name` at `cgroup` (see
+    /// `attach_cgroup`) and counts it.
+    fn attach(&mut self, name: &'static str, hook: &'static str, cgroup: &Path) -> Result<(), EbpfError> {
+        if let Some(pin) = attach_cgroup(&mut self.ebpf, name, hook, cgroup, self.pins.as_ref())?
+            && !self.pinned_links.contains(&pin)
+        {
+            self.pinned_links.push(pin);
+        }
+        self.attached += 1;
+        Ok(())
     }
 
     pub fn endpoint_capacity(&self) -> u32 {
@@ -448,7 +496,7 @@ fn attach_cgroup(
     hook: &'static str,
     cgroup: &Path,
     pins: Option<&Pins>,
-) -> Result<(), EbpfError> {
+) -> Result<Option<PathBuf>, EbpfError> {
     let where_ = format!("{hook} on {}", cgroup.display());
     let file =
         std::fs::File::open(cgroup).map_err(|source| EbpfError::PolicyCgroup { path: cgroup.to_path_buf(), source })?;
@@ -460,7 +508,7 @@ fn attach_cgroup(
     if pin.as_ref().is_some_and(|p| p.exists()) {
         // An earlier daemon's link, already running this program (taken
         // over at load).
-        return Ok(());
+        return Ok(pin);
     }
     // In pinned mode the link is taken from the program (which would
     // detach it when dropped) and pinned.
@@ -486,11 +534,11 @@ fn attach_cgroup(
         }
         _ => return Err(EbpfError::Missing { kind: "cgroup program", name }),
     };
-    if let (Some(link), Some(path)) = (link, pin) {
-        let pinned = link.map_err(std::io::Error::other).and_then(|l| l.pin(&path).map_err(std::io::Error::other));
-        pinned.map_err(|source| EbpfError::Pin { path, source })?;
+    if let (Some(link), Some(path)) = (link, &pin) {
+        let pinned = link.map_err(std::io::Error::other).and_then(|l| l.pin(path).map_err(std::io::Error::other));
+        pinned.map_err(|source| EbpfError::Pin { path: path.clone(), source })?;
     }
-    Ok(())
+    Ok(pin)
 }
 
 /// The kernel's open and half-open circuit breakers by endpoint.
@@ -501,7 +549,6 @@ impl BreakerTable {
         self.0.insert(key, entry, 0)
     }
 
-    /// Removes the entry; a missing one is fine.
     /// Removes every entry.
     pub fn clear(&mut self) {
         let keys: Vec<EndpointKey> = self.0.keys().filter_map(Result::ok).collect();
@@ -510,6 +557,7 @@ impl BreakerTable {
         }
     }
 
+    /// Removes the entry; a missing one is fine.
     pub fn remove(&mut self, key: EndpointKey) -> Result<(), aya::maps::MapError> {
         match self.0.remove(&key) {
             Err(aya::maps::MapError::KeyNotFound) => Ok(()),

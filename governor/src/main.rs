@@ -187,12 +187,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Unpin(args) => {
             let dir = args.load()?.enforcement.pin_dir;
-            if !dir.exists() {
+            if governor::pin::unpin(&dir).map_err(|e| anyhow::anyhow!("removing {}: {e}", dir.display()))? {
+                println!("removed the pinned policies at {}", dir.display());
+            } else {
                 println!("nothing pinned at {}", dir.display());
-                return Ok(ExitCode::SUCCESS);
             }
-            governor::pin::remove(&dir).map_err(|e| anyhow::anyhow!("removing {}: {e}", dir.display()))?;
-            println!("removed the pinned policies at {}", dir.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig { file } => {

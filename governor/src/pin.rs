@@ -62,14 +62,13 @@ impl Pins {
     /// are removed (their links detach): the maps they name would be
     /// misread. Returns the removed directories, for the log.
     pub fn prepare(root: &Path) -> io::Result<(Self, Vec<PathBuf>)> {
+        refuse_mount_root(root)?;
         let dir = root.join(format!("v{PIN_LAYOUT}"));
         let mut removed = Vec::new();
-        if let Ok(entries) = std::fs::read_dir(root) {
-            for entry in entries.flatten() {
-                if entry.path() != dir {
-                    remove(&entry.path())?;
-                    removed.push(entry.path());
-                }
+        for layout in layouts(root) {
+            if layout != dir {
+                remove(&layout)?;
+                removed.push(layout);
             }
         }
         std::fs::create_dir_all(dir.join("maps"))?;
@@ -100,6 +99,57 @@ impl Pins {
         links.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(links)
     }
+}
+
+/// The layout directories (`v<n>`) under `root`: governor's pins, and
+/// nothing else there.
+fn layouts(root: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(root) else { return Vec::new() };
+    let mut dirs: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_prefix('v'))
+                .is_some_and(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+/// A pin directory must be governor's own, below the bpffs mount: never
+/// the mount itself, where other tools keep their pins.
+fn refuse_mount_root(root: &Path) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let (Ok(dir), Some(Ok(parent))) = (std::fs::metadata(root), root.parent().map(std::fs::metadata)) else {
+        return Ok(());
+    };
+    if dir.dev() != parent.dev() || root.parent().is_none() {
+        return Err(io::Error::other(format!(
+            "{} is a mount point: enforcement.pin_dir must be a directory of governor's own below it (for example \
+             {}/governor)",
+            root.display(),
+            root.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Removes governor's pins under `root` (the layout directories, then
+/// `root` when that leaves it empty); other entries stay. Their
+/// enforcement stops at once. Returns whether anything was pinned.
+pub fn unpin(root: &Path) -> io::Result<bool> {
+    refuse_mount_root(root)?;
+    let layouts = layouts(root);
+    for layout in &layouts {
+        remove(layout)?;
+    }
+    if std::fs::read_dir(root).is_ok_and(|mut e| e.next().is_none()) {
+        std::fs::remove_dir(root)?;
+    }
+    Ok(!layouts.is_empty())
 }
 
 /// Removes a pin or a directory of pins. Unpinning a link that no process
@@ -171,8 +221,10 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("governor-pins-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("v0/maps")).unwrap();
+        std::fs::create_dir_all(dir.join("other-tool")).unwrap();
         let (pins, removed) = Pins::prepare(&dir).unwrap();
         assert_eq!(removed, [dir.join("v0")], "another layout's pins are removed");
+        assert!(dir.join("other-tool").exists(), "what is not governor's stays");
         std::fs::write(pins.link("gov_connect4", 1), "").unwrap();
         std::fs::write(pins.link("gov_police_out", 4242), "").unwrap();
         std::fs::write(pins.dir.join("links/stray"), "").unwrap();
@@ -181,6 +233,9 @@ mod tests {
         assert_eq!(got, [("gov_connect4", 1), ("gov_police_out", 4242)]);
         let (_, removed) = Pins::prepare(&dir).unwrap();
         assert!(removed.is_empty(), "the same layout is kept");
+        assert!(unpin(&dir).unwrap());
+        assert!(dir.join("other-tool").exists() && !pins.dir.exists());
         std::fs::remove_dir_all(&dir).unwrap();
+        assert!(Pins::prepare(Path::new("/proc")).is_err(), "a mount point is refused");
     }
 }

@@ -357,7 +357,7 @@ impl Probes {
     /// Decisions per policy state entry, `(allowed, denied)` (connects, or
     /// packets for bandwidth); empty while no policy program is attached.
     pub fn policy_decisions(&self) -> Result<Vec<(u64, u64)>, EbpfError> {
-        if !self.admission && self.policed.is_empty() {
+        if !self.admission && !self.inbound && !self.inbound_caps && self.policed.is_empty() {
             return Ok(Vec::new());
         }
         let counts = read_per_cpu(self.map("POLICY_DECISIONS")?, "POLICY_DECISIONS", POLICY_DECISION_SLOTS)?;

@@ -122,6 +122,46 @@ fn pinned_policies_survive_a_killed_daemon_carry_their_counts_to_the_next_and_la
     drop((held, more, listeners));
 }
 
+#[test]
+fn a_policed_cgroup_removed_while_no_daemon_runs_does_not_stop_the_next_one() {
+    require_root();
+    let pins = PinDir(PathBuf::from(format!("/sys/fs/bpf/governor-test-police-{}", std::process::id())));
+    let pin_dir = format!("\"{}\"", pins.0.display());
+    let mounts = governor::host::read_mounts().expect("read mounts");
+    let root = governor::host::cgroup2_root(&mounts).expect("cgroup v2 is mounted").to_path_buf();
+    let name = format!("governor-test-pinned-{}", std::process::id());
+    let cgroup = Cgroup(root.join(&name));
+    std::fs::create_dir(&cgroup.0).expect("create the test cgroup");
+    let id = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&cgroup.0).expect("cgroup"));
+    let policed = format!(
+        r#"[{{ name = "bw", kind = "bandwidth", cgroup = "{name}", bytes_per_second = 1000000, direction = "egress" }}]"#
+    );
+    let pinned = [("enforcement.pinned", "true"), ("enforcement.pin_dir", pin_dir.as_str())];
+    let mut first = Governor::start_with(&[pinned[0], pinned[1], ("policies", policed.as_str())]);
+    let links = pins.0.join("v1/links");
+    let police = [links.join(format!("gov_police_out-{id}")), links.join(format!("gov_police_in-{id}"))];
+    assert!(police.iter().all(|p| p.exists()), "the policing links are pinned");
+    first.kill();
+    // The pod goes away while no daemon runs: its cgroup is removed and the
+    // kernel lets go of the links attached there.
+    std::fs::remove_dir(&cgroup.0).expect("remove the empty test cgroup");
+
+    let second = Governor::start_with(&pinned);
+    assert!(police.iter().all(|p| !p.exists()), "the pins of the gone cgroup are dropped:\n{}", second.log());
+    drop(second);
+    let out = run_to_exit(Command::new(bin()).args(["unpin", "--config"]).arg(first.config_path()));
+    assert!(out.status.success(), "governor unpin: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A test cgroup, removed on drop if it is still there.
+struct Cgroup(PathBuf);
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
 fn ns_refused(result: Result<TcpStream, Option<i32>>) -> bool {
     match result {
         Err(Some(EPERM)) => true,

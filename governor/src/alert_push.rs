@@ -24,6 +24,8 @@ const POST_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct AlertPush {
     pusher: Pusher,
     node: String,
+    /// Added to every alert (`alerting.labels`).
+    labels: std::collections::BTreeMap<String, String>,
     tx: mpsc::Sender<Vec<Alert>>,
 }
 
@@ -36,7 +38,7 @@ impl AlertPush {
         let (tx, rx) = mpsc::channel(16);
         let urls: Vec<String> = config.alertmanagers.iter().map(|u| format!("{}/api/v2/alerts", u.0)).collect();
         tokio::spawn(post_all(urls, rx, Arc::clone(state)));
-        Some(Self { pusher: Pusher::new(config.resend_seconds.get().into()), node, tx })
+        Some(Self { pusher: Pusher::new(config.resend_seconds.get().into()), node, labels: config.labels.clone(), tx })
     }
 
     /// One reading: the quarantined instances and the breakers not closed.
@@ -47,6 +49,11 @@ impl AlertPush {
             holding.extend(quarantine.iter().map(|q| alerting::deregistered(&self.node, q)));
         }
         holding.extend(enforcement.open_breakers().iter().map(|b| alerting::breaker(&self.node, b)));
+        for firing in &mut holding {
+            for (k, v) in &self.labels {
+                firing.labels.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+        }
         let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let alerts = self.pusher.step(unix, holding);
         if !alerts.is_empty() && self.tx.try_send(alerts).is_err() {

@@ -264,11 +264,16 @@ pub struct Alerting {
     pub alertmanagers: Vec<AlertmanagerUrl>,
     /// Seconds between two sends of an alert that still holds.
     pub resend_seconds: Bounded<1, 60>,
+    /// Labels added to every alert governor posts (for example
+    /// `{ namespace = "governor", cluster = "prod-eu" }`, for routes that
+    /// match on them).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for Alerting {
     fn default() -> Self {
-        Self { alertmanagers: Vec::new(), resend_seconds: Bounded(60) }
+        Self { alertmanagers: Vec::new(), resend_seconds: Bounded(60), labels: std::collections::BTreeMap::new() }
     }
 }
 
@@ -577,6 +582,7 @@ lease_seconds = 30
 [alerting]
 alertmanagers = ["http://10.0.0.9:9093/", "http://am:9093/prefix"]
 resend_seconds = 15
+labels = { namespace = "governor" }
 
 [etcd]
 endpoints = ["https://10.0.0.1:2379", "https://10.0.0.2:2379"]
@@ -636,6 +642,7 @@ format = "host_port"
                     AlertmanagerUrl("http://am:9093/prefix".into())
                 ],
                 resend_seconds: Bounded(15),
+                labels: [("namespace".to_owned(), "governor".to_owned())].into(),
             }
         );
         assert_eq!(enforcement, Enforcement { pinned: true, pin_dir: "/b/gov".into(), lease_seconds: Bounded(30) });

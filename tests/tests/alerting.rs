@@ -83,19 +83,24 @@ fn a_deregistration_is_pushed_to_alertmanager_directly_and_resolved_when_the_ins
     require_root();
     let ns = Netns::new("alert-push");
     ns.add_address("10.235.16.1/32");
-    let mut am = alertmanager();
+    // Two Alertmanagers (an HA pair): each gets every alert.
+    let (mut am, mut peer) = (alertmanager(), alertmanager());
     let etcd = Etcd::start();
     let key = "/gozero/billing.rpc/1";
     etcd.put_with_lease(key, "10.235.16.1:20181", 600);
     etcd.put("/gozero/billing.rpc/2", "192.0.2.30:8080");
-    let push = format!("[\"http://{}\"]", am.addr);
+    let push = format!("[\"http://{}\", \"http://{}\"]", am.addr, peer.addr);
     let mut gov = governor_with(
         &etcd,
         "10.235.16.0/24",
         &[("gozero", "/gozero/", "host_port")],
         // Re-sent once a minute: a firing alert's `endsAt` lies four
         // minutes ahead, so only governor's resolve can end it in time.
-        &[("alerting.alertmanagers", &push), ("alerting.resend_seconds", "60")],
+        &[
+            ("alerting.alertmanagers", &push),
+            ("alerting.resend_seconds", "60"),
+            ("alerting.labels", r#"{ namespace = "governor" }"#),
+        ],
     );
     wait_listed(&mut gov, "gozero", "billing.rpc", 2);
 
@@ -105,7 +110,11 @@ fn a_deregistration_is_pushed_to_alertmanager_directly_and_resolved_when_the_ins
         a.iter().any(|a| a["labels"]["key"] == key)
     });
     let alert = &fired[0];
+    wait_alerts(&mut peer, "GovernorDeregistration", Duration::from_mins(1), "pushed to the peer", |a| {
+        a.iter().any(|a| a["labels"]["key"] == key)
+    });
     for (label, value) in [
+        ("namespace", "governor"),
         ("node", "test-node"),
         ("registry", "gozero"),
         ("service", "billing.rpc"),
@@ -126,6 +135,9 @@ fn a_deregistration_is_pushed_to_alertmanager_directly_and_resolved_when_the_ins
         !a.iter().any(|a| a["labels"]["key"] == key)
     });
     assert!(etcd.get(key).is_some(), "resolved because the instance is back");
+    wait_alerts(&mut peer, "GovernorDeregistration", Duration::from_secs(30), "resolved at the peer", |a| {
+        !a.iter().any(|a| a["labels"]["key"] == key)
+    });
     let url = format!("http://{}/api/v2/alerts", am.addr);
     let ok = series("governor_alertmanager_posts_total", &[("alertmanager", &url), ("result", "ok")]);
     assert!(gov.value(&ok) >= 2, "the firing and the resolving post");

@@ -64,3 +64,27 @@ fn the_alert_rules_and_the_dashboard_query_only_registered_metrics() {
         assert!(unknown.is_empty(), "{file} uses metrics governor does not have: {unknown:?}");
     }
 }
+
+#[test]
+fn every_alert_has_its_runbook_section_its_link_and_a_row_in_the_readme() {
+    let rules = repo_file("deploy/alerts/rules.yml");
+    let runbook = repo_file("docs/runbook.md");
+    let readme = repo_file("README.md");
+    let alerts: Vec<&str> = rules.lines().filter_map(|l| l.trim().strip_prefix("- alert: ")).map(str::trim).collect();
+    assert!(alerts.len() >= 10, "{alerts:?}");
+    for alert in &alerts {
+        assert!(runbook.contains(&format!("\n## {alert}\n")), "docs/runbook.md has no section for {alert}");
+        let link = format!("docs/runbook.md#{}", alert.to_lowercase());
+        assert!(rules.contains(&link), "rules.yml does not link {alert} to {link}");
+        assert!(readme.contains(&format!("| `{alert}` |")), "README's Alerts table has no row for {alert}");
+    }
+    // The alerts governor posts itself.
+    for (alert, anchor) in
+        [("GovernorDeregistration", "governorderegistration"), ("GovernorBreakerOpened", "governorbreakeropened")]
+    {
+        assert!(runbook.contains(&format!("\n## {alert}\n")), "docs/runbook.md has no section for {alert}");
+        assert!(governor::alerting::RUNBOOK.ends_with("docs/runbook.md"));
+        let source = repo_file("governor/src/alerting.rs");
+        assert!(source.contains(&format!("#{anchor}")), "alerting.rs does not link {alert} to #{anchor}");
+    }
+}

@@ -121,7 +121,8 @@ impl Enforcement {
         }
         probes.apply_policies(&compiled, &cgroup)?;
         probes.apply_bandwidth(&bandwidth)?;
-        metrics.programs_attached.set(i64::try_from(probes.attached()).unwrap_or(i64::MAX));
+        let running = probes.attached().saturating_sub(probes.unpinned());
+        metrics.programs_attached.set(i64::try_from(running).unwrap_or(i64::MAX));
         self.cgroup = Some(cgroup);
         metrics.set_policies(&compiled.policies);
         for p in &compiled.policies {

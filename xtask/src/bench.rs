@@ -238,9 +238,14 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         "cargo xtask bench --rounds {} --seconds {} --registry-trials {}",
         args.rounds, args.seconds, args.registry.registry_trials
     );
-    let report = report(args, &mut gov, &mut peer, &daemon, &programs)
+    let mut report = report(args, &mut gov, &mut peer, &daemon, &programs)
         + &crate::scale::section(&scale)
         + &crate::deregister::section(&registry, &command, &sh("date -u +%Y-%m-%d"));
+    // The enforcement comparison is measured by `--policies-only` alone:
+    // the report keeps the one it has.
+    if let Some(kept) = std::fs::read_to_string(&path).ok().as_deref().and_then(crate::policy_bench::existing) {
+        report = crate::policy_bench::splice(&report, kept);
+    }
     std::fs::write(&path, report).with_context(|| format!("writing {}", path.display()))?;
     step(&format!(
         "median ratios: governor {:.3} (CPU {:.3}), tcpstates {:.3} (CPU {:.3}); written to {}",

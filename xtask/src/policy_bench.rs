@@ -323,3 +323,26 @@ pub fn section(f: &Figures, command: &str, date: &str) -> String {
 pub fn splice(report: &str, section: &str) -> String {
     crate::deregister::splice_at(report, HEADING, section)
 }
+
+/// The enforcement section of an existing report, if it has one.
+pub fn existing(report: &str) -> Option<&str> {
+    let start = report.find(HEADING)?;
+    let after = start + HEADING.len();
+    let end = report[after..].find("\n## ").map_or(report.len(), |i| after + i + 1);
+    Some(&report[start..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_full_run_keeps_the_enforcement_section() {
+        let old = "# B\n\n## A\n\nold a\n\n## Enforcement compared with nftables\n\nkept\n\n## Z\n\nz\n";
+        let kept = existing(old).unwrap();
+        assert_eq!(kept.trim_end(), "## Enforcement compared with nftables\n\nkept");
+        let new = "# B\n\n## A\n\nnew a\n";
+        assert_eq!(splice(new, kept), "# B\n\n## A\n\nnew a\n\n## Enforcement compared with nftables\n\nkept\n");
+        assert_eq!(existing("# B\n"), None);
+    }
+}

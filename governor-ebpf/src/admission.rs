@@ -107,12 +107,7 @@ pub fn admit(ctx: &SockAddrContext, to: Destination) -> i32 {
 extern "C" fn check_slot(slot: u64, check: *mut c_void) -> i64 {
     // SAFETY: bpf_loop hands back the pointer `admit` gave it.
     let check = unsafe { &mut *check.cast::<Check>() };
-    #[expect(clippy::cast_possible_truncation, reason = "slots are below POLICY_SLOTS")]
-    let Some(rule) = POLICY_RULES.get(check.base + slot as u32) else { return 1 };
-    if rule.kind == policy_kind::NONE {
-        // Rules fill the set from its first slot.
-        return 1;
-    }
+    let Some(rule) = rule_at(check.base, slot) else { return 1 };
     if rule.flags & PolicyRule::INBOUND != 0 || !matches(rule, &check.to) || !in_cgroup(rule) {
         return 0;
     }
@@ -138,6 +133,20 @@ extern "C" fn check_slot(slot: u64, check: *mut c_void) -> i64 {
         return 1;
     }
     0
+}
+
+/// The rule in `slot` of the set at `base`; `None` past the last one
+/// (rules fill a set from its first slot; kind 0 ends it).
+#[inline(always)]
+fn rule_at(base: u32, slot: u64) -> Option<&'static PolicyRule> {
+    #[expect(clippy::cast_possible_truncation, reason = "slots are below POLICY_SLOTS")]
+    POLICY_RULES.get(base + slot as u32).filter(|r| r.kind != policy_kind::NONE)
+}
+
+/// Does the inbound `rule` govern the listener on `port`?
+#[inline(always)]
+fn governs_listener(rule: &PolicyRule, port: u16) -> bool {
+    rule.flags & PolicyRule::INBOUND != 0 && (rule.port_low..=rule.port_high).contains(&port)
 }
 
 /// Is the connecting task in the rule's cgroup (or below it)? Always for
@@ -184,12 +193,8 @@ pub fn admit_syn(port: u16) -> bool {
 extern "C" fn check_inbound(slot: u64, check: *mut c_void) -> i64 {
     // SAFETY: bpf_loop hands back the pointer `admit_syn` gave it.
     let check = unsafe { &mut *check.cast::<Inbound>() };
-    #[expect(clippy::cast_possible_truncation, reason = "slots are below POLICY_SLOTS")]
-    let Some(rule) = POLICY_RULES.get(check.base + slot as u32) else { return 1 };
-    if rule.kind == policy_kind::NONE {
-        return 1;
-    }
-    if rule.flags & PolicyRule::INBOUND == 0 || check.port < rule.port_low || check.port > rule.port_high {
+    let Some(rule) = rule_at(check.base, slot) else { return 1 };
+    if !governs_listener(rule, check.port) {
         return 0;
     }
     let allowed = match rule.kind {
@@ -243,16 +248,8 @@ struct Established {
 extern "C" fn take_inbound(slot: u64, check: *mut c_void) -> i64 {
     // SAFETY: bpf_loop hands back the pointer `established_inbound` gave it.
     let check = unsafe { &mut *check.cast::<Established>() };
-    #[expect(clippy::cast_possible_truncation, reason = "slots are below POLICY_SLOTS")]
-    let Some(rule) = POLICY_RULES.get(check.base + slot as u32) else { return 1 };
-    if rule.kind == policy_kind::NONE {
-        return 1;
-    }
-    if rule.kind != policy_kind::CONCURRENCY
-        || rule.flags & PolicyRule::INBOUND == 0
-        || check.port < rule.port_low
-        || check.port > rule.port_high
-    {
+    let Some(rule) = rule_at(check.base, slot) else { return 1 };
+    if rule.kind != policy_kind::CONCURRENCY || !governs_listener(rule, check.port) {
         return 0;
     }
     if let Some(state) = POLICY_STATE.get_ptr_mut(rule.state) {

@@ -54,8 +54,7 @@ impl AlertPush {
                 firing.labels.entry(k.clone()).or_insert_with(|| v.clone());
             }
         }
-        let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let alerts = self.pusher.step(unix, holding);
+        let alerts = self.pusher.step(crate::registry::unix_now(), holding);
         if !alerts.is_empty() && self.tx.try_send(alerts).is_err() {
             warn!("the Alertmanager posts are behind: a batch of alerts is dropped (sent again at its re-send)");
         }

@@ -520,7 +520,7 @@ fn renew_lease(probes: &mut Probes, lease: Duration, state: &AppState) {
     if let Err(e) = probes.renew_lease(lease_until(lease)) {
         warn!(error = %e, "cannot renew the policies' lease: they lapse if this persists");
     }
-    let running = probes.attached().saturating_sub(probes.unpinned());
+    let running = probes.running();
     let metrics = state.metrics.lock().expect("metrics lock poisoned");
     let before = metrics.programs_attached.get();
     let now = i64::try_from(running).unwrap_or(i64::MAX);

@@ -357,7 +357,7 @@ impl Probes {
     /// Decisions per policy state entry, `(allowed, denied)` (connects, or
     /// packets for bandwidth); empty while no policy program is attached.
     pub fn policy_decisions(&self) -> Result<Vec<(u64, u64)>, EbpfError> {
-        if !self.admission && !self.inbound && !self.inbound_caps && self.policed.is_empty() {
+        if !self.enforcing() {
             return Ok(Vec::new());
         }
         let counts = read_per_cpu(self.map("POLICY_DECISIONS")?, "POLICY_DECISIONS", POLICY_DECISION_SLOTS)?;
@@ -381,6 +381,16 @@ impl Probes {
     /// (`governor unpin`, or a cgroup removed): they no longer run.
     pub fn unpinned(&self) -> usize {
         self.pinned_links.iter().filter(|p| !p.exists()).count()
+    }
+
+    /// The programs attached that still run (`attached` less `unpinned`).
+    pub fn running(&self) -> usize {
+        self.attached.saturating_sub(self.unpinned())
+    }
+
+    /// Is any enforcement program attached?
+    fn enforcing(&self) -> bool {
+        self.admission || self.inbound || self.inbound_caps || !self.policed.is_empty()
     }
 
     /// Attaches the cgroup program `name` at `cgroup` (see

@@ -121,8 +121,7 @@ impl Enforcement {
         }
         probes.apply_policies(&compiled, &cgroup)?;
         probes.apply_bandwidth(&bandwidth)?;
-        let running = probes.attached().saturating_sub(probes.unpinned());
-        metrics.programs_attached.set(i64::try_from(running).unwrap_or(i64::MAX));
+        metrics.programs_attached.set(i64::try_from(probes.running()).unwrap_or(i64::MAX));
         self.cgroup = Some(cgroup);
         metrics.set_policies(&compiled.policies);
         for p in &compiled.policies {

@@ -172,10 +172,6 @@ impl Catalog {
     }
 }
 
-fn register<T: prometheus::core::Collector + Clone + 'static>(catalog: &Catalog, metric: T) -> T {
-    catalog.register(metric)
-}
-
 impl Metrics {
     /// The Prometheus registry, for parts that keep series of their own.
     pub fn registry(&self) -> &Catalog {
@@ -189,12 +185,12 @@ impl Metrics {
     pub fn new(limits: SeriesLimits, reset_reasons: &[(u32, String)]) -> Self {
         let r = Catalog::default();
         let counter_vec = |name: &str, help: &str, labels: &[&str]| {
-            register(&r, IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"))
+            r.register(IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"))
         };
         let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
-            register(&r, IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"))
+            r.register(IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"))
         };
-        let counter = |name: &str, help: &str| register(&r, IntCounter::new(name, help).expect("valid metric"));
+        let counter = |name: &str, help: &str| r.register(IntCounter::new(name, help).expect("valid metric"));
 
         let build_info =
             gauge_vec("governor_build_info", "Always 1; the version of the running governor.", &["version"]);
@@ -217,8 +213,7 @@ impl Metrics {
             "TCP connections whose handshake completed: active (this host connected) or passive (accepted).",
             &["direction"],
         );
-        let handshake = register(
-            &r,
+        let handshake = r.register(
             HistogramVec::new(
                 HistogramOpts::new(
                     "governor_tcp_handshake_duration_seconds",
@@ -272,8 +267,7 @@ impl Metrics {
                 "governor_ebpf_flow_update_failures_total",
                 "Connections the kernel could not add to the per-flow table.",
             ),
-            programs_attached: register(
-                &r,
+            programs_attached: r.register(
                 IntGauge::new("governor_ebpf_programs_attached", "Kernel programs governor has attached.")
                     .expect("valid metric"),
             ),
@@ -312,8 +306,7 @@ impl Metrics {
             ),
             failure_series: SeriesLimiter::new(limits.per_metric, limits.ttl_seconds),
             opened_by_direction,
-            duration: register(
-                &r,
+            duration: r.register(
                 Histogram::with_opts(
                     HistogramOpts::new(
                         "governor_tcp_connection_duration_seconds",

@@ -164,6 +164,15 @@ pub enum Attached {
     Tcpstates,
 }
 
+/// Puts `section` into the report at `path` (made when missing) with
+/// `splice`, the other sections as they are, and prints it.
+fn replace_section(path: &std::path::Path, section: &str, splice: fn(&str, &str) -> String) -> anyhow::Result<()> {
+    let report = std::fs::read_to_string(path).unwrap_or_else(|_| String::from("# Benchmarks\n"));
+    std::fs::write(path, splice(&report, section)).with_context(|| format!("writing {}", path.display()))?;
+    print!("{section}");
+    Ok(())
+}
+
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     if args.scale_only {
         print!("{}", crate::scale::section(&crate::scale::run(args.scale)?));
@@ -174,11 +183,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         let figures = crate::deregister::run(args.registry)?;
         let command = format!("cargo xtask bench --registry-only --registry-trials {}", args.registry.registry_trials);
         let section = crate::deregister::section(&figures, &command, &sh("date -u +%Y-%m-%d"));
-        let report = std::fs::read_to_string(&path).unwrap_or_else(|_| String::from("# Benchmarks\n"));
-        std::fs::write(&path, crate::deregister::splice(&report, &section))
-            .with_context(|| format!("writing {}", path.display()))?;
-        print!("{section}");
-        return Ok(());
+        return replace_section(&path, &section, crate::deregister::splice);
     }
     if args.rounds < 5 {
         bail!("--rounds must be at least 5 for a meaningful median");
@@ -187,11 +192,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         let figures = crate::policy_bench::run(args.rounds, args.seconds)?;
         let command = format!("cargo xtask bench --policies-only --rounds {} --seconds {}", args.rounds, args.seconds);
         let section = crate::policy_bench::section(&figures, &command, &sh("date -u +%Y-%m-%d"));
-        let report = std::fs::read_to_string(&path).unwrap_or_else(|_| String::from("# Benchmarks\n"));
-        std::fs::write(&path, crate::policy_bench::splice(&report, &section))
-            .with_context(|| format!("writing {}", path.display()))?;
-        print!("{section}");
-        return Ok(());
+        return replace_section(&path, &section, crate::policy_bench::splice);
     }
     let ns = Netns::new(format!("govbench{}", std::process::id()))?;
     let config = args.governor_config.as_deref();

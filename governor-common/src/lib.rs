@@ -31,7 +31,7 @@ pub mod counter {
     pub const EVENTS_LOST: u32 = 3;
     /// Endpoint entries that could not be created in the LRU table.
     pub const ENDPOINT_UPDATE_FAILED: u32 = 4;
-    /// Tracepoint records whose fields could not be read.
+    /// Sockets or packets whose fields could not be read.
     pub const READ_ERRORS: u32 = 5;
     /// Sockets the per-socket table could not take.
     pub const SOCKET_UPDATE_FAILED: u32 = 6;
@@ -48,50 +48,47 @@ pub mod counter {
     pub const SLOTS: u32 = 10;
 }
 
-/// The largest part of a tracepoint record a program copies. One copy of the
-/// record costs one helper call; reading field by field costs one per field.
-pub const TP_RECORD_MAX: usize = 128;
+/// The most bytes of a socket a program copies in one helper call. One
+/// copy costs one helper call; reading field by field costs one per field.
+pub const SOCK_COPY_MAX: usize = 64;
 
-/// Where the fields a program needs sit inside one tracepoint's record, as
-/// read from `/sys/kernel/tracing/events/<cat>/<name>/format` at start-up.
+/// Where the fields the programs read sit inside the kernel's `struct sock`
+/// (its first member, `struct sock_common`, holds the addresses), resolved
+/// from the running kernel's BTF at start-up: the raw tracepoints hand the
+/// programs the socket, not a formatted record.
 ///
-/// Offsets are bytes from the start of the record. [`TpLayout::ABSENT`] marks
-/// a field this tracepoint does not have. Some tracepoints store addresses as
-/// `struct sockaddr_in{,6}` (family, big-endian port, address); user space
-/// then points the family/port/address offsets inside those structs and sets
-/// `ports_be`.
+/// Offsets are bytes from the start of the socket.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TpLayout {
+pub struct SockLayout {
+    /// `skc_family` (`unsigned short`).
     pub family: u16,
+    /// `skc_num`: the local port, host order.
     pub sport: u16,
+    /// `skc_dport`: the remote port, network order.
     pub dport: u16,
+    /// `skc_rcv_saddr`, `skc_daddr` (`__be32`).
     pub saddr4: u16,
     pub daddr4: u16,
+    /// `skc_v6_rcv_saddr`, `skc_v6_daddr` (`struct in6_addr`).
     pub saddr6: u16,
     pub daddr6: u16,
-    /// 1 when `sport`/`dport` hold network byte order, 0 for host order.
+    /// Which ports hold network byte order: [`SockLayout::SPORT_BE`],
+    /// [`SockLayout::DPORT_BE`].
     pub ports_be: u16,
-    pub oldstate: u16,
-    pub newstate: u16,
-    pub protocol: u16,
-    /// `enum sk_rst_reason` of `tcp:tcp_send_reset`.
-    pub reason: u16,
+    /// `skc_state` (`unsigned char`).
     pub state: u16,
-    /// `const void *skaddr`: the socket's kernel address, the key of the
-    /// per-socket table.
-    pub skaddr: u16,
-    /// The fields every event needs, copied in one read.
-    pub primary: Span,
-    /// Family, ports and IPv4 addresses.
+    /// `sk_protocol` (`u16`), outside `sock_common`: read on its own.
+    pub protocol: u16,
+    /// Family, ports, state and IPv4 addresses, copied in one read.
     pub addr: Span,
-    /// IPv6 addresses, copied only for IPv6 flows.
+    /// IPv6 addresses, copied only for IPv6 sockets.
     pub addr6: Span,
 }
 
-/// A run of bytes in a tracepoint record that a program copies in one
-/// helper call (at most [`TP_RECORD_MAX`] bytes). The helper's cost grows
-/// with the bytes copied, so programs copy only the spans they need.
+/// A run of bytes in a socket that a program copies in one helper call (at
+/// most [`SOCK_COPY_MAX`] bytes). The helper's cost grows with the bytes
+/// copied, so programs copy only the spans they need.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Span {
@@ -99,24 +96,20 @@ pub struct Span {
     pub len: u16,
 }
 
-impl TpLayout {
-    pub const ABSENT: u16 = u16::MAX;
+impl SockLayout {
+    pub const SPORT_BE: u16 = 1;
+    pub const DPORT_BE: u16 = 2;
     pub const EMPTY: Self = Self {
-        family: Self::ABSENT,
-        sport: Self::ABSENT,
-        dport: Self::ABSENT,
-        saddr4: Self::ABSENT,
-        daddr4: Self::ABSENT,
-        saddr6: Self::ABSENT,
-        daddr6: Self::ABSENT,
+        family: 0,
+        sport: 0,
+        dport: 0,
+        saddr4: 0,
+        daddr4: 0,
+        saddr6: 0,
+        daddr6: 0,
         ports_be: 0,
-        oldstate: Self::ABSENT,
-        newstate: Self::ABSENT,
-        protocol: Self::ABSENT,
-        reason: Self::ABSENT,
-        state: Self::ABSENT,
-        skaddr: Self::ABSENT,
-        primary: Span { start: 0, len: 0 },
+        state: 0,
+        protocol: 0,
         addr: Span { start: 0, len: 0 },
         addr6: Span { start: 0, len: 0 },
     };
@@ -127,19 +120,17 @@ impl TpLayout {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KernelConfig {
-    pub inet_sock_set_state: TpLayout,
-    pub tcp_send_reset: TpLayout,
-    pub tcp_receive_reset: TpLayout,
-    pub tcp_retransmit_skb: TpLayout,
+    /// Where the programs find addresses, ports and state in a socket.
+    pub layout: SockLayout,
     /// Ports in `ephemeral_low..=ephemeral_high` are stored as port 0 in the
     /// endpoint table, so client-side ports do not crowd out services.
     /// `ephemeral_low > ephemeral_high` turns collapsing off.
     pub ephemeral_low: u16,
     pub ephemeral_high: u16,
-    /// `KernelConfig::COUNT_FLOWS` and future switches.
+    /// `KernelConfig::COUNT_FLOWS`, `KernelConfig::RESET_REASON_ARG`.
     pub flags: u32,
-    /// Where fields the tracepoints do not carry sit in the kernel's socket
-    /// structs, from the running kernel's BTF.
+    /// Further fields of the kernel's socket and packet structs, from the
+    /// running kernel's BTF.
     pub sock: SockOffsets,
 }
 
@@ -154,6 +145,12 @@ pub struct SockOffsets {
     /// `struct tcp_sock.srtt_us` (`u32`, smoothed RTT << 3): on a passive
     /// open it holds the SYN-ACK round trip when the handshake completes.
     pub srtt_us: u32,
+    /// `struct sk_buff.head` (`unsigned char *`), `network_header` and
+    /// `transport_header` (`__u16`, offsets from `head`): where a reset sent
+    /// without a socket finds the addresses of the packet it answers.
+    pub skb_head: u32,
+    pub skb_network_header: u32,
+    pub skb_transport_header: u32,
 }
 
 impl SockOffsets {
@@ -164,15 +161,21 @@ impl KernelConfig {
     /// Flag: keep the per-flow table (the `cgroup_skb` programs count into
     /// it).
     pub const COUNT_FLOWS: u32 = 1;
+    /// Flag: `tcp:tcp_send_reset` passes `enum sk_rst_reason` as its third
+    /// argument (Linux 6.10 and later).
+    pub const RESET_REASON_ARG: u32 = 2;
     pub const EMPTY: Self = Self {
-        inet_sock_set_state: TpLayout::EMPTY,
-        tcp_send_reset: TpLayout::EMPTY,
-        tcp_receive_reset: TpLayout::EMPTY,
-        tcp_retransmit_skb: TpLayout::EMPTY,
+        layout: SockLayout::EMPTY,
         ephemeral_low: 1,
         ephemeral_high: 0,
         flags: 0,
-        sock: SockOffsets { sk_err: SockOffsets::ABSENT, srtt_us: SockOffsets::ABSENT },
+        sock: SockOffsets {
+            sk_err: SockOffsets::ABSENT,
+            srtt_us: SockOffsets::ABSENT,
+            skb_head: SockOffsets::ABSENT,
+            skb_network_header: SockOffsets::ABSENT,
+            skb_transport_header: SockOffsets::ABSENT,
+        },
     };
 }
 
@@ -553,12 +556,12 @@ pub const POLICY_DECISION_SLOTS: u32 = POLICY_SLOTS * 2;
 mod pod {
     use super::{
         BandwidthKey, BandwidthRule, BreakerEntry, ConnEvent, EndpointKey, EndpointStats, FlowAddrs, FlowStats,
-        KernelConfig, ListenerInfo, Owner, PolicyRule, PolicyState, SockInfo, SockOffsets, Span, TcpEvent, TpLayout,
+        KernelConfig, ListenerInfo, Owner, PolicyRule, PolicyState, SockInfo, SockLayout, SockOffsets, Span, TcpEvent,
     };
 
     // SAFETY: all of these are #[repr(C)], made of integers with explicit
     // padding fields, so every bit pattern is valid and none has holes.
-    unsafe impl aya::Pod for TpLayout {}
+    unsafe impl aya::Pod for SockLayout {}
     // SAFETY: as above.
     unsafe impl aya::Pod for Span {}
     // SAFETY: as above.
@@ -618,9 +621,9 @@ mod tests {
     #[test]
     fn layouts_are_pinned() {
         assert_eq!((size_of::<Span>(), align_of::<Span>()), (4, 2));
-        assert_eq!((size_of::<TpLayout>(), align_of::<TpLayout>()), (40, 2));
-        assert_eq!((size_of::<KernelConfig>(), align_of::<KernelConfig>()), (176, 4));
-        assert_eq!((size_of::<SockOffsets>(), align_of::<SockOffsets>()), (8, 4));
+        assert_eq!((size_of::<SockLayout>(), align_of::<SockLayout>()), (28, 2));
+        assert_eq!((size_of::<KernelConfig>(), align_of::<KernelConfig>()), (56, 4));
+        assert_eq!((size_of::<SockOffsets>(), align_of::<SockOffsets>()), (20, 4));
         assert_eq!((size_of::<Owner>(), align_of::<Owner>()), (32, 8));
         assert_eq!((size_of::<FlowAddrs>(), align_of::<FlowAddrs>()), (40, 2));
         assert_eq!((size_of::<SockInfo>(), align_of::<SockInfo>()), (112, 8));

@@ -5,8 +5,9 @@
 //! event when a connection opens, enters or leaves `CLOSE_WAIT`, closes or
 //! fails to connect; every other transition only updates the table.
 //!
-//! Fields the tracepoint does not carry (`sk_err`, `srtt_us`) are read from
-//! the socket at offsets user space resolved from the kernel's BTF.
+//! Addresses and ports are read only by the transitions that need them;
+//! like `sk_err` and `srtt_us` they come from the socket at offsets user
+//! space resolved from the kernel's BTF.
 
 #![expect(
     clippy::cast_possible_truncation,
@@ -15,24 +16,18 @@
 )]
 #![expect(clippy::unnecessary_wraps, reason = "every arm has the same try_ shape")]
 
-use core::{ffi::c_void, mem::size_of};
-
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
-        generated::bpf_probe_read_kernel,
-    },
-    programs::TracePointContext,
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
 };
 use governor_common::{
-    ConnEvent, FlowStats, KernelConfig, ListenerInfo, Owner, SockInfo, SockOffsets, TpLayout, counter, direction,
+    ConnEvent, FlowStats, KernelConfig, ListenerInfo, Owner, SockInfo, SockLayout, SockOffsets, counter, direction,
     event_kind,
 };
 
 use crate::{
     maps::{EVENTS, FLOWS, GOVERNOR_CONFIG, LISTENERS, SOCKETS, count},
-    record::{Flow, Record, endpoint},
+    record::{Flow, Record, endpoint, read_kernel},
 };
 
 pub const TCP_ESTABLISHED: i32 = 1;
@@ -44,24 +39,17 @@ pub const TCP_LISTEN: i32 = 10;
 
 /// One transition of the socket at `skaddr`.
 #[inline(always)]
-pub fn transition(
-    ctx: &TracePointContext,
-    r: &mut Record,
-    l: &TpLayout,
-    skaddr: u64,
-    old: i32,
-    new: i32,
-) -> Result<(), i64> {
+pub fn transition(r: &mut Record, l: &SockLayout, skaddr: u64, old: i32, new: i32) -> Result<(), i64> {
     // Each arm is a function of its own (a BPF-to-BPF call): inlined
     // together, their locals overflow the 512-byte stack. They return 0 or
     // a negative error: a `Result` would be returned through memory.
     let rc = match (old, new) {
         (TCP_CLOSE, TCP_SYN_SENT) => active_open(skaddr),
-        (TCP_LISTEN, TCP_SYN_RECV) => passive_open(ctx, r, l, skaddr),
-        (_, TCP_LISTEN) => listen(ctx, r, l, skaddr),
-        (TCP_LISTEN, _) => listen_closed(ctx, r, l, skaddr),
-        (TCP_SYN_SENT, TCP_CLOSE) => connect_failed(ctx, r, l, skaddr),
-        (_, TCP_ESTABLISHED) => established(ctx, r, l, skaddr, old),
+        (TCP_LISTEN, TCP_SYN_RECV) => passive_open(r, l, skaddr),
+        (_, TCP_LISTEN) => listen(r, l, skaddr),
+        (TCP_LISTEN, _) => listen_closed(r, l, skaddr),
+        (TCP_SYN_SENT, TCP_CLOSE) => connect_failed(r, l, skaddr),
+        (_, TCP_ESTABLISHED) => established(r, l, skaddr, old),
         (_, TCP_CLOSE) => closed(skaddr, old),
         (_, TCP_CLOSE_WAIT) => close_wait(skaddr),
         (TCP_CLOSE_WAIT, _) => close_wait_left(skaddr, new),
@@ -119,17 +107,7 @@ fn sock_u32(skaddr: u64, offset: u32) -> u32 {
     if offset == SockOffsets::ABSENT {
         return 0;
     }
-    let mut value: u32 = 0;
-    // SAFETY: the helper copes with any source address and writes exactly
-    // four bytes into `value` or fails.
-    let rc = unsafe {
-        bpf_probe_read_kernel(
-            (&raw mut value).cast::<c_void>(),
-            size_of::<u32>() as u32,
-            (skaddr + u64::from(offset)) as *const c_void,
-        )
-    };
-    if rc == 0 { value } else { 0 }
+    read_kernel(skaddr + u64::from(offset)).unwrap_or(0)
 }
 
 #[inline(always)]
@@ -162,13 +140,13 @@ fn try_active_open(skaddr: u64) -> Result<(), i64> {
 /// A socket created for an incoming connection. Its addresses are still
 /// the listener's at this point, which is exactly the listener's key.
 #[inline(never)]
-fn passive_open(ctx: &TracePointContext, r: &mut Record, l: &TpLayout, skaddr: u64) -> i64 {
-    code(try_passive_open(ctx, r, l, skaddr))
+fn passive_open(r: &mut Record, l: &SockLayout, skaddr: u64) -> i64 {
+    code(try_passive_open(r, l, skaddr))
 }
 
 #[inline(always)]
-fn try_passive_open(ctx: &TracePointContext, r: &mut Record, l: &TpLayout, skaddr: u64) -> Result<(), i64> {
-    let flow = Flow::read(ctx, r, l)?;
+fn try_passive_open(r: &mut Record, l: &SockLayout, skaddr: u64) -> Result<(), i64> {
+    let flow = Flow::read(skaddr, r, l)?;
     let owner = LISTENERS.get_ptr(flow.local_exact()).map_or(Owner::default(), |listener| {
         // SAFETY: a live map value.
         unsafe { (*listener).owner }
@@ -185,13 +163,13 @@ fn try_passive_open(ctx: &TracePointContext, r: &mut Record, l: &TpLayout, skadd
 }
 
 #[inline(never)]
-fn listen(ctx: &TracePointContext, r: &mut Record, l: &TpLayout, skaddr: u64) -> i64 {
-    code(try_listen(ctx, r, l, skaddr))
+fn listen(r: &mut Record, l: &SockLayout, skaddr: u64) -> i64 {
+    code(try_listen(r, l, skaddr))
 }
 
 #[inline(always)]
-fn try_listen(ctx: &TracePointContext, r: &mut Record, l: &TpLayout, skaddr: u64) -> Result<(), i64> {
-    let flow = Flow::read(ctx, r, l)?;
+fn try_listen(r: &mut Record, l: &SockLayout, skaddr: u64) -> Result<(), i64> {
+    let flow = Flow::read(skaddr, r, l)?;
     let owner = current_owner();
     let _ = LISTENERS.insert(flow.local_exact(), ListenerInfo { owner, skaddr }, 0);
     let info = SockInfo { open_ns: now(), owner, addrs: flow.addrs(), state: TCP_LISTEN as u8, ..SockInfo::default() };
@@ -200,13 +178,13 @@ fn try_listen(ctx: &TracePointContext, r: &mut Record, l: &TpLayout, skaddr: u64
 }
 
 #[inline(never)]
-fn listen_closed(ctx: &TracePointContext, r: &mut Record, l: &TpLayout, skaddr: u64) -> i64 {
-    code(try_listen_closed(ctx, r, l, skaddr))
+fn listen_closed(r: &mut Record, l: &SockLayout, skaddr: u64) -> i64 {
+    code(try_listen_closed(r, l, skaddr))
 }
 
 #[inline(always)]
-fn try_listen_closed(ctx: &TracePointContext, r: &mut Record, l: &TpLayout, skaddr: u64) -> Result<(), i64> {
-    let flow = Flow::read(ctx, r, l)?;
+fn try_listen_closed(r: &mut Record, l: &SockLayout, skaddr: u64) -> Result<(), i64> {
+    let flow = Flow::read(skaddr, r, l)?;
     let key = flow.local_exact();
     let mut info = SockInfo { addrs: flow.addrs(), state: TCP_CLOSE as u8, ..SockInfo::default() };
     if let Some(listener) = LISTENERS.get_ptr(key) {
@@ -222,13 +200,13 @@ fn try_listen_closed(ctx: &TracePointContext, r: &mut Record, l: &TpLayout, skad
 }
 
 #[inline(never)]
-fn established(ctx: &TracePointContext, r: &mut Record, l: &TpLayout, skaddr: u64, old: i32) -> i64 {
-    code(try_established(ctx, r, l, skaddr, old))
+fn established(r: &mut Record, l: &SockLayout, skaddr: u64, old: i32) -> i64 {
+    code(try_established(r, l, skaddr, old))
 }
 
 #[inline(always)]
-fn try_established(ctx: &TracePointContext, r: &mut Record, l: &TpLayout, skaddr: u64, old: i32) -> Result<(), i64> {
-    let flow = Flow::read(ctx, r, l)?;
+fn try_established(r: &mut Record, l: &SockLayout, skaddr: u64, old: i32) -> Result<(), i64> {
+    let flow = Flow::read(skaddr, r, l)?;
     let at = now();
     let entry = if let Some(entry) = SOCKETS.get_ptr_mut(skaddr) {
         entry
@@ -291,13 +269,13 @@ fn track_flow(info: &SockInfo) -> i64 {
 /// `SYN_SENT` straight to `CLOSE`: refused (`ECONNREFUSED`), timed out
 /// (`ETIMEDOUT`), unreachable, or abandoned by the caller (no error).
 #[inline(never)]
-fn connect_failed(ctx: &TracePointContext, r: &mut Record, l: &TpLayout, skaddr: u64) -> i64 {
-    code(try_connect_failed(ctx, r, l, skaddr))
+fn connect_failed(r: &mut Record, l: &SockLayout, skaddr: u64) -> i64 {
+    code(try_connect_failed(r, l, skaddr))
 }
 
 #[inline(always)]
-fn try_connect_failed(ctx: &TracePointContext, r: &mut Record, l: &TpLayout, skaddr: u64) -> Result<(), i64> {
-    let flow = Flow::read(ctx, r, l)?;
+fn try_connect_failed(r: &mut Record, l: &SockLayout, skaddr: u64) -> Result<(), i64> {
+    let flow = Flow::read(skaddr, r, l)?;
     let error = sock_u32(skaddr, offsets().sk_err);
     let mut info = match SOCKETS.get_ptr(skaddr) {
         // SAFETY: a live map value.

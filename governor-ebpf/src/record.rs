@@ -1,24 +1,22 @@
-//! Reading tracepoint records at offsets user space found in the
-//! tracepoints' `format` files. Nothing here assumes one kernel's layout.
+//! Reading the kernel's sockets (and, for resets sent without one, the
+//! packet answered) at offsets user space resolved from the running
+//! kernel's BTF. Nothing here assumes one kernel's layout.
 //!
-//! A program copies the record once onto its stack (one helper call) and
-//! picks the fields out of the copy; the bounds checks give the verifier the
-//! limits it needs for the variable offsets.
+//! A program copies a span of the socket onto its stack (one helper call)
+//! and picks the fields out of the copy; the bounds checks give the verifier
+//! the limits it needs for the variable offsets.
 
 use core::{ffi::c_void, mem::MaybeUninit};
 
-use aya_ebpf::{
-    EbpfContext as _,
-    helpers::{bpf_ktime_get_ns, generated::bpf_probe_read_kernel},
-    programs::TracePointContext,
+use aya_ebpf::helpers::{bpf_ktime_get_ns, generated::bpf_probe_read_kernel};
+use governor_common::{
+    AF_INET, AF_INET6, EndpointKey, FlowAddrs, SOCK_COPY_MAX, SockLayout, SockOffsets, Span, TcpEvent,
 };
-use governor_common::{AF_INET, AF_INET6, EndpointKey, FlowAddrs, Span, TP_RECORD_MAX, TcpEvent, TpLayout};
 
 use crate::maps::{EVENTS, GOVERNOR_CONFIG, count};
 
-/// A copy of one span of a tracepoint record. Only the `len` bytes copied
-/// are ever read: zeroing the whole buffer first would cost a memset on
-/// every event.
+/// A copy of one span of a socket. Only the `len` bytes copied are ever
+/// read: zeroing the whole buffer first would cost a memset on every event.
 pub struct Record<'a> {
     bytes: &'a mut Buffer,
     start: usize,
@@ -29,7 +27,7 @@ pub struct Record<'a> {
 /// frame. Inside the `Record` struct, LLVM folds the uninitialised bytes and
 /// the neighbouring fields into one memset of the whole struct, which costs
 /// more than the rest of the program.
-pub type Buffer = MaybeUninit<[u8; TP_RECORD_MAX]>;
+pub type Buffer = MaybeUninit<[u8; SOCK_COPY_MAX]>;
 
 impl<'a> Record<'a> {
     /// An empty copy into `bytes` (one per program: moving a filled buffer
@@ -39,11 +37,12 @@ impl<'a> Record<'a> {
         Self { bytes, start: 0, len: 0 }
     }
 
-    /// Copies `span` of the record, replacing what was copied before.
+    /// Copies `span` of the kernel object at `base` (a socket), replacing
+    /// what was copied before.
     #[inline(always)]
-    pub fn fill(&mut self, ctx: &TracePointContext, span: Span) -> Result<(), i64> {
+    pub fn fill(&mut self, base: u64, span: Span) -> Result<(), i64> {
         let len = usize::from(span.len);
-        if len == 0 || len > TP_RECORD_MAX {
+        if len == 0 || len > SOCK_COPY_MAX {
             return Err(-1);
         }
         self.len = 0;
@@ -53,7 +52,7 @@ impl<'a> Record<'a> {
             bpf_probe_read_kernel(
                 self.bytes.as_mut_ptr().cast::<c_void>(),
                 u32::from(span.len),
-                ctx.as_ptr().cast::<u8>().add(usize::from(span.start)).cast::<c_void>(),
+                (base + u64::from(span.start)) as *const c_void,
             )
         };
         if rc != 0 {
@@ -78,7 +77,9 @@ impl<'a> Record<'a> {
             return Err(-1);
         }
         let at = offset - self.start;
-        if at + N > self.len {
+        // `fill` keeps `len` within the buffer, but the verifier may not
+        // have kept that bound: it checks the one it sees here.
+        if at + N > self.len || self.len > SOCK_COPY_MAX {
             return Err(-1);
         }
         // SAFETY: `at + N <= len`: these bytes were written by `fill`.
@@ -86,27 +87,17 @@ impl<'a> Record<'a> {
     }
 
     #[inline(always)]
+    pub fn u8(&self, offset: u16) -> Result<u8, i64> {
+        self.array::<1>(offset).map(|[b]| b)
+    }
+
+    #[inline(always)]
     pub fn u16(&self, offset: u16) -> Result<u16, i64> {
         self.array(offset).map(u16::from_ne_bytes)
     }
-
-    #[inline(always)]
-    pub fn i32(&self, offset: u16) -> Result<i32, i64> {
-        self.array(offset).map(i32::from_ne_bytes)
-    }
-
-    #[inline(always)]
-    pub fn u32(&self, offset: u16) -> Result<u32, i64> {
-        self.array(offset).map(u32::from_ne_bytes)
-    }
-
-    #[inline(always)]
-    pub fn u64(&self, offset: u16) -> Result<u64, i64> {
-        self.array(offset).map(u64::from_ne_bytes)
-    }
 }
 
-/// Both ends of a connection as the tracepoint reports them.
+/// Both ends of a connection, local first.
 pub struct Flow {
     pub family: u16,
     pub sport: u16,
@@ -116,29 +107,65 @@ pub struct Flow {
 }
 
 impl Flow {
-    /// Reads family, ports and addresses, copying the spans that hold
-    /// them unless `r` already does.
+    /// Reads family, ports and addresses of the socket at `sk`, copying
+    /// the spans that hold them unless `r` already does.
     #[inline(always)]
-    pub fn read(ctx: &TracePointContext, r: &mut Record, l: &TpLayout) -> Result<Self, i64> {
+    pub fn read(sk: u64, r: &mut Record, l: &SockLayout) -> Result<Self, i64> {
         if !r.holds(l.addr) {
-            r.fill(ctx, l.addr)?;
+            r.fill(sk, l.addr)?;
         }
         let family = r.u16(l.family)?;
         let mut sport = r.u16(l.sport)?;
         let mut dport = r.u16(l.dport)?;
-        if l.ports_be != 0 {
+        if l.ports_be & SockLayout::SPORT_BE != 0 {
             sport = u16::from_be(sport);
+        }
+        if l.ports_be & SockLayout::DPORT_BE != 0 {
             dport = u16::from_be(dport);
         }
         let (saddr, daddr) = match family {
             AF_INET => (widen(r.array(l.saddr4)?), widen(r.array(l.daddr4)?)),
             AF_INET6 => {
-                r.fill(ctx, l.addr6)?;
+                r.fill(sk, l.addr6)?;
                 (r.array(l.saddr6)?, r.array(l.daddr6)?)
             }
             _ => return Err(-1),
         };
         Ok(Self { family, sport, dport, saddr, daddr })
+    }
+
+    /// The connection a reset sent without a socket answers, from the
+    /// packet that drew it (`skb`): its destination is the local side.
+    #[inline(always)]
+    pub fn answered(skb: u64, o: &SockOffsets) -> Result<Self, i64> {
+        if o.skb_head == SockOffsets::ABSENT
+            || o.skb_network_header == SockOffsets::ABSENT
+            || o.skb_transport_header == SockOffsets::ABSENT
+        {
+            return Err(-1);
+        }
+        let head: u64 = read_kernel(skb + u64::from(o.skb_head))?;
+        let network: u16 = read_kernel(skb + u64::from(o.skb_network_header))?;
+        let transport: u16 = read_kernel(skb + u64::from(o.skb_transport_header))?;
+        let ports: [u8; 4] = read_kernel(head + u64::from(transport))?;
+        let remote_port = u16::from_be_bytes([ports[0], ports[1]]);
+        let local_port = u16::from_be_bytes([ports[2], ports[3]]);
+        let ip = head + u64::from(network);
+        let version: u8 = read_kernel(ip)?;
+        let (family, remote, local) = match version >> 4 {
+            4 => {
+                let addrs: [u8; 8] = read_kernel(ip + 12)?;
+                let (src, dst) = ([addrs[0], addrs[1], addrs[2], addrs[3]], [addrs[4], addrs[5], addrs[6], addrs[7]]);
+                (AF_INET, widen(src), widen(dst))
+            }
+            6 => {
+                let src: [u8; 16] = read_kernel(ip + 8)?;
+                let dst: [u8; 16] = read_kernel(ip + 24)?;
+                (AF_INET6, src, dst)
+            }
+            _ => return Err(-1),
+        };
+        Ok(Self { family, sport: local_port, dport: remote_port, saddr: local, daddr: remote })
     }
 
     /// The local side as an endpoint key.
@@ -196,6 +223,29 @@ impl Flow {
         // User space drains the ring on a short timer; waking it for every
         // event would cost more than the event itself.
         entry.submit(u64::from(aya_ebpf::bindings::BPF_RB_NO_WAKEUP));
+    }
+}
+
+/// A `T` copied from kernel memory at `addr`.
+#[inline(always)]
+#[expect(clippy::cast_possible_truncation, reason = "T is a few bytes")]
+pub fn read_kernel<T: Copy>(addr: u64) -> Result<T, i64> {
+    let mut value = MaybeUninit::<T>::uninit();
+    // SAFETY: the helper copes with any source address and writes exactly
+    // `size_of::<T>()` bytes into `value` or fails.
+    let rc = unsafe {
+        bpf_probe_read_kernel(
+            value.as_mut_ptr().cast::<c_void>(),
+            core::mem::size_of::<T>() as u32,
+            addr as *const c_void,
+        )
+    };
+    if rc == 0 {
+        // SAFETY: the helper succeeded and wrote every byte; `T` is plain
+        // integers.
+        Ok(unsafe { value.assume_init() })
+    } else {
+        Err(rc)
     }
 }
 

@@ -1,10 +1,8 @@
-//! `tcp:tcp_receive_reset`: a socket of this host receives a RST.
-//!
-//! Fields used: `__u16 family`, `__u16 sport`, `__u16 dport` (host order),
-//! `__u8 saddr[4]`, `daddr[4]`, `saddr_v6[16]`, `daddr_v6[16]`; the source is
-//! the local socket, the destination the peer that reset it.
+//! `tcp:tcp_receive_reset` as a raw tracepoint: a socket of this host
+//! receives a RST. Argument: `struct sock *sk`; the addresses are read from
+//! it, local first, and the peer that reset it is the remote side.
 
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 use governor_common::{counter, event_kind};
 
 use crate::{
@@ -12,22 +10,21 @@ use crate::{
     record::{Buffer, Flow, Record},
 };
 
-#[tracepoint]
-pub fn gov_rst_recv(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "tcp_receive_reset")]
+pub fn gov_rst_recv(ctx: RawTracePointContext) -> i32 {
     if try_gov_rst_recv(&ctx).is_err() {
         count(counter::READ_ERRORS);
     }
     0
 }
 
-fn try_gov_rst_recv(ctx: &TracePointContext) -> Result<(), i64> {
+fn try_gov_rst_recv(ctx: &RawTracePointContext) -> Result<(), i64> {
     // SAFETY: plain read of an immutable global set at load.
-    let l = unsafe { core::ptr::read_volatile(&raw const GOVERNOR_CONFIG.tcp_receive_reset) };
+    let l = unsafe { core::ptr::read_volatile(&raw const GOVERNOR_CONFIG.layout) };
     count(counter::RESETS_RECEIVED);
     let mut buffer = Buffer::uninit();
     let mut r = Record::new(&mut buffer);
-    r.fill(ctx, l.primary)?;
-    let flow = Flow::read(ctx, &mut r, &l)?;
+    let flow = Flow::read(ctx.arg(0), &mut r, &l)?;
     count_endpoint(&flow.remote(), EndpointCounter::ResetsReceived);
     flow.emit(event_kind::RESET_RECEIVED, 0, 0);
     Ok(())

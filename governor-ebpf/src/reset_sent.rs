@@ -1,45 +1,59 @@
-//! `tcp:tcp_send_reset`: this host sends a RST.
-//!
-//! Fields used: `int state`, `enum sk_rst_reason reason`, and the addresses.
-//! Since 6.10 they are `__u8 saddr[28]`/`daddr[28]` holding a
-//! `struct sockaddr_in` or `sockaddr_in6` (user space points the offsets
-//! inside them); older kernels have `sport`/`dport`/`family` fields. The
-//! kernel stores the local side (the sender of the reset) as the source even
-//! when no socket exists and it answers from the packet alone.
+//! `tcp:tcp_send_reset` as a raw tracepoint: this host sends a RST.
+//! Arguments: `const struct sock *sk` (NULL when no socket matched the
+//! packet), `const struct sk_buff *skb` (the packet answered), and since
+//! 6.10 `enum sk_rst_reason` (`KernelConfig::RESET_REASON_ARG`). With a
+//! socket the addresses are its own; without one they come from the
+//! packet, whose destination is the local side.
 
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use governor_common::{counter, event_kind};
+#![expect(clippy::cast_possible_truncation, reason = "the reason is a C enum passed in a 64-bit argument slot")]
+
+use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
+use governor_common::{KernelConfig, counter, event_kind};
 
 use crate::{
     maps::{EndpointCounter, GOVERNOR_CONFIG, count, count_endpoint, count_reset_reason},
     record::{Buffer, Flow, Record},
 };
 
-#[tracepoint]
-pub fn gov_rst_sent(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "tcp_send_reset")]
+pub fn gov_rst_sent(ctx: RawTracePointContext) -> i32 {
     if try_gov_rst_sent(&ctx).is_err() {
         count(counter::READ_ERRORS);
     }
     0
 }
 
-fn try_gov_rst_sent(ctx: &TracePointContext) -> Result<(), i64> {
-    // SAFETY: plain read of an immutable global set at load.
-    let l = unsafe { core::ptr::read_volatile(&raw const GOVERNOR_CONFIG.tcp_send_reset) };
+fn try_gov_rst_sent(ctx: &RawTracePointContext) -> Result<(), i64> {
+    // SAFETY: plain reads of an immutable global set at load.
+    let (l, flags) = unsafe {
+        (
+            core::ptr::read_volatile(&raw const GOVERNOR_CONFIG.layout),
+            core::ptr::read_volatile(&raw const GOVERNOR_CONFIG.flags),
+        )
+    };
     count(counter::RESETS_SENT);
-    let mut buffer = Buffer::uninit();
-    let mut r = Record::new(&mut buffer);
-    r.fill(ctx, l.primary)?;
-    // Before Flow::read: an IPv6 flow replaces the copy with its addresses.
-    let state = r.i32(l.state).unwrap_or(0);
-    // Kernels before 6.10 have no reason field: nothing to count then.
-    let reason = r.u32(l.reason);
-    if let Ok(reason) = reason {
+    // Kernels before 6.10 pass no reason: nothing to count then.
+    let reason = if flags & KernelConfig::RESET_REASON_ARG != 0 {
+        let reason = ctx.arg::<u64>(2) as u32;
         count_reset_reason(reason);
-    }
-    let reason = reason.unwrap_or(0);
-    let flow = Flow::read(ctx, &mut r, &l)?;
+        reason
+    } else {
+        0
+    };
+    let sk: u64 = ctx.arg(0);
+    let (flow, state) = if sk == 0 {
+        // SAFETY: plain read of an immutable global set at load.
+        let offsets = unsafe { core::ptr::read_volatile(&raw const GOVERNOR_CONFIG.sock) };
+        (Flow::answered(ctx.arg(1), &offsets)?, 0)
+    } else {
+        let mut buffer = Buffer::uninit();
+        let mut r = Record::new(&mut buffer);
+        // The state first: an IPv6 flow replaces the copy that holds it.
+        r.fill(sk, l.addr)?;
+        let state = r.u8(l.state).unwrap_or(0);
+        (Flow::read(sk, &mut r, &l)?, state)
+    };
     count_endpoint(&flow.local(), EndpointCounter::ResetsSent);
-    flow.emit(event_kind::RESET_SENT, u16::try_from(state).unwrap_or(0), reason);
+    flow.emit(event_kind::RESET_SENT, u16::from(state), reason);
     Ok(())
 }

@@ -1,10 +1,8 @@
-//! `tcp:tcp_retransmit_skb`: a segment (data or SYN) is sent again.
-//!
-//! Fields used: `__u16 family`, `__u16 sport`, `__u16 dport` (host order),
-//! `__u8 saddr[4]`, `daddr[4]`, `saddr_v6[16]`, `daddr_v6[16]`. The layout
-//! changed in 6.17 (an `err` field was added), hence the run-time offsets.
+//! `tcp:tcp_retransmit_skb` as a raw tracepoint: a segment (data or SYN) is
+//! sent again. Arguments: `const struct sock *sk`, the segment, and since
+//! 6.17 an error code; only the socket is used.
 
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 use governor_common::counter;
 
 use crate::{
@@ -12,22 +10,21 @@ use crate::{
     record::{Buffer, Flow, Record},
 };
 
-#[tracepoint]
-pub fn gov_retrans(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "tcp_retransmit_skb")]
+pub fn gov_retrans(ctx: RawTracePointContext) -> i32 {
     if try_gov_retrans(&ctx).is_err() {
         count(counter::READ_ERRORS);
     }
     0
 }
 
-fn try_gov_retrans(ctx: &TracePointContext) -> Result<(), i64> {
+fn try_gov_retrans(ctx: &RawTracePointContext) -> Result<(), i64> {
     // SAFETY: plain read of an immutable global set at load.
-    let l = unsafe { core::ptr::read_volatile(&raw const GOVERNOR_CONFIG.tcp_retransmit_skb) };
+    let l = unsafe { core::ptr::read_volatile(&raw const GOVERNOR_CONFIG.layout) };
     count(counter::RETRANSMITS);
     let mut buffer = Buffer::uninit();
     let mut r = Record::new(&mut buffer);
-    r.fill(ctx, l.primary)?;
-    let flow = Flow::read(ctx, &mut r, &l)?;
+    let flow = Flow::read(ctx.arg(0), &mut r, &l)?;
     count_endpoint(&flow.remote(), EndpointCounter::Retransmits);
     Ok(())
 }

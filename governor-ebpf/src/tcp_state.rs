@@ -1,40 +1,41 @@
-//! `sock:inet_sock_set_state`: every TCP state change on the host.
-//!
-//! Fields used (offsets from the format file): `const void *skaddr`,
-//! `int oldstate`, `int newstate`, `__u16 protocol`, `__u16 family`,
-//! `__u16 sport`, `__u16 dport` (host order), `__u8 saddr[4]`, `daddr[4]`,
-//! `saddr_v6[16]`, `daddr_v6[16]`. What each transition does with the
-//! per-socket table is in `connection.rs`.
+//! `sock:inet_sock_set_state` as a raw tracepoint: every TCP state change
+//! on the host. Arguments: `const struct sock *sk`, `int oldstate`,
+//! `int newstate` (checked against the kernel's BTF at start-up). Fields
+//! are read from the socket at BTF offsets only by the transitions that
+//! need them; what each transition does with the per-socket table is in
+//! `connection.rs`.
 
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+#![expect(clippy::cast_possible_truncation, reason = "the states are C ints passed in 64-bit argument slots")]
+
+use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 use governor_common::{IPPROTO_TCP, counter};
 
 use crate::{
     connection,
     maps::{GOVERNOR_CONFIG, count, count_transition},
-    record::{Buffer, Record},
+    record::{Buffer, Record, read_kernel},
 };
 
-#[tracepoint]
-pub fn gov_state(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn gov_state(ctx: RawTracePointContext) -> i32 {
     if try_gov_state(&ctx).is_err() {
         count(counter::READ_ERRORS);
     }
     0
 }
 
-fn try_gov_state(ctx: &TracePointContext) -> Result<(), i64> {
+fn try_gov_state(ctx: &RawTracePointContext) -> Result<(), i64> {
     // SAFETY: plain read of an immutable global set at load.
-    let l = unsafe { core::ptr::read_volatile(&raw const GOVERNOR_CONFIG.inet_sock_set_state) };
-    let mut buffer = Buffer::uninit();
-    let mut r = Record::new(&mut buffer);
-    r.fill(ctx, l.primary)?;
-    if r.u16(l.protocol)? != IPPROTO_TCP {
+    let l = unsafe { core::ptr::read_volatile(&raw const GOVERNOR_CONFIG.layout) };
+    let sk: u64 = ctx.arg(0);
+    let protocol: u16 = read_kernel(sk + u64::from(l.protocol))?;
+    if protocol != IPPROTO_TCP {
         return Ok(());
     }
-    let old = r.i32(l.oldstate)?;
-    let new = r.i32(l.newstate)?;
+    let old = ctx.arg::<u64>(1) as i32;
+    let new = ctx.arg::<u64>(2) as i32;
     count_transition(old.cast_unsigned(), new.cast_unsigned());
-    let skaddr = r.u64(l.skaddr)?;
-    connection::transition(ctx, &mut r, &l, skaddr, old, new)
+    let mut buffer = Buffer::uninit();
+    let mut r = Record::new(&mut buffer);
+    connection::transition(&mut r, &l, sk, old, new)
 }

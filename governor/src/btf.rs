@@ -17,6 +17,10 @@ const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
 const KIND_ENUM: u32 = 6;
 const KIND_ENUM64: u32 = 19;
+const KIND_INT: u32 = 1;
+const KIND_PTR: u32 = 2;
+const KIND_TYPEDEF: u32 = 8;
+const KIND_FUNC_PROTO: u32 = 13;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BtfError {
@@ -32,6 +36,8 @@ pub enum BtfError {
     NoStruct(String),
     #[error("struct {strukt} has no member {member} in this kernel's BTF")]
     NoMember { strukt: String, member: String },
+    #[error("this kernel's BTF has no tracepoint {0} (no btf_trace_{0} prototype)")]
+    NoTracepoint(String),
     #[error("struct {strukt} member {member} is a bit field")]
     BitField { strukt: String, member: String },
 }
@@ -164,6 +170,52 @@ impl Btf {
         None
     }
 
+    /// The arguments a raw tracepoint program gets from the tracepoint
+    /// `name`, as C types (`struct sock *`, `int`, `enum sk_rst_reason`,
+    /// qualifiers left out), from its `btf_trace_<name>` prototype (whose
+    /// first parameter, the tracepoint's private data, is not passed).
+    pub fn tracepoint_args(&self, name: &str) -> Result<Vec<String>, BtfError> {
+        let index = self.index()?;
+        let typedef = format!("btf_trace_{name}");
+        let missing = || BtfError::NoTracepoint(name.to_owned());
+        let at = index
+            .iter()
+            .copied()
+            .find(|&at| {
+                (self.u32(at + 4).unwrap_or(0) >> 24) & 0x1f == KIND_TYPEDEF
+                    && self.name(self.u32(at).unwrap_or(0)) == typedef
+            })
+            .ok_or_else(missing)?;
+        let ptr = self.resolve(&index, self.u32(at + 8).ok_or_else(missing)?).ok_or_else(missing)?;
+        if (self.u32(ptr + 4).unwrap_or(0) >> 24) & 0x1f != KIND_PTR {
+            return Err(missing());
+        }
+        let proto = self.resolve(&index, self.u32(ptr + 8).ok_or_else(missing)?).ok_or_else(missing)?;
+        let info = self.u32(proto + 4).unwrap_or(0);
+        if (info >> 24) & 0x1f != KIND_FUNC_PROTO {
+            return Err(missing());
+        }
+        let params = (info & 0xffff) as usize;
+        Ok((1..params).map(|i| self.describe(&index, self.u32(proto + 12 + 8 * i + 4).unwrap_or(0), 0)).collect())
+    }
+
+    /// A type as C spells it, without qualifiers.
+    fn describe(&self, index: &[usize], id: u32, depth: usize) -> String {
+        if id == 0 {
+            return "void".to_owned();
+        }
+        let Some(at) = self.resolve(index, id) else { return "?".to_owned() };
+        let (name, info) = (self.name(self.u32(at).unwrap_or(0)), self.u32(at + 4).unwrap_or(0));
+        match (info >> 24) & 0x1f {
+            KIND_PTR if depth < 4 => format!("{} *", self.describe(index, self.u32(at + 8).unwrap_or(0), depth + 1)),
+            KIND_STRUCT => format!("struct {name}"),
+            KIND_UNION => format!("union {name}"),
+            KIND_ENUM | KIND_ENUM64 => format!("enum {name}"),
+            KIND_INT => name.to_owned(),
+            _ => "?".to_owned(),
+        }
+    }
+
     /// The type a chain of typedefs and qualifiers ends at.
     fn resolve(&self, index: &[usize], mut id: u32) -> Option<usize> {
         for _ in 0..32 {
@@ -233,14 +285,75 @@ pub fn reset_reason_names(btf: &Btf) -> Result<Vec<(u32, String)>, BtfError> {
         .collect())
 }
 
-/// Offsets of the socket fields the kernel programs read; a field this
-/// kernel lacks is `SockOffsets::ABSENT`.
+/// Offsets of further socket and packet fields the kernel programs read; a
+/// field this kernel lacks is `SockOffsets::ABSENT` (the program then goes
+/// without it).
 pub fn sock_offsets(btf: &Btf) -> governor_common::SockOffsets {
     let absent = governor_common::SockOffsets::ABSENT;
     governor_common::SockOffsets {
         sk_err: btf.member_offset("sock", "sk_err").unwrap_or(absent),
         srtt_us: btf.member_offset("tcp_sock", "srtt_us").unwrap_or(absent),
+        skb_head: btf.member_offset("sk_buff", "head").unwrap_or(absent),
+        skb_network_header: btf.member_offset("sk_buff", "network_header").unwrap_or(absent),
+        skb_transport_header: btf.member_offset("sk_buff", "transport_header").unwrap_or(absent),
     }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LayoutError {
+    #[error(transparent)]
+    Btf(#[from] BtfError),
+    #[error("struct sock does not start with struct sock_common in this kernel's BTF")]
+    NotSockCommon,
+    #[error("the {what} fields of struct sock_common span {len} bytes, more than the {max} governor copies at once")]
+    SpanTooLarge { what: &'static str, len: u32, max: usize },
+}
+
+/// Where addresses, ports, state and protocol sit in `struct sock`. The
+/// IPv6 addresses are optional (a kernel without IPv6 lacks them: IPv6
+/// sockets then count as read errors, there are none).
+pub fn sock_layout(btf: &Btf) -> Result<governor_common::SockLayout, LayoutError> {
+    use governor_common::{SOCK_COPY_MAX, SockLayout, Span};
+    if btf.member_offset("sock", "__sk_common")? != 0 {
+        return Err(LayoutError::NotSockCommon);
+    }
+    let common = |member: &str| btf.member_offset("sock_common", member);
+    let (family, sport, dport) = (common("skc_family")?, common("skc_num")?, common("skc_dport")?);
+    let (saddr4, daddr4, state) = (common("skc_rcv_saddr")?, common("skc_daddr")?, common("skc_state")?);
+    let protocol = btf.member_offset("sock", "sk_protocol")?;
+    let span = |what: &'static str, fields: &[(u32, u32)]| -> Result<Span, LayoutError> {
+        let start = fields.iter().map(|f| f.0).min().unwrap_or(0);
+        let end = fields.iter().map(|f| f.0 + f.1).max().unwrap_or(0);
+        let len = end - start;
+        if len as usize > SOCK_COPY_MAX {
+            return Err(LayoutError::SpanTooLarge { what, len, max: SOCK_COPY_MAX });
+        }
+        Ok(Span { start: narrow(start), len: narrow(len) })
+    };
+    let addr = span("address", &[(family, 2), (sport, 2), (dport, 2), (saddr4, 4), (daddr4, 4), (state, 1)])?;
+    let (saddr6, daddr6, addr6) = match (common("skc_v6_rcv_saddr"), common("skc_v6_daddr")) {
+        (Ok(s), Ok(d)) => (s, d, span("IPv6 address", &[(s, 16), (d, 16)])?),
+        _ => (0, 0, Span::default()),
+    };
+    Ok(SockLayout {
+        family: narrow(family),
+        sport: narrow(sport),
+        dport: narrow(dport),
+        saddr4: narrow(saddr4),
+        daddr4: narrow(daddr4),
+        saddr6: narrow(saddr6),
+        daddr6: narrow(daddr6),
+        ports_be: SockLayout::DPORT_BE,
+        state: narrow(state),
+        protocol: narrow(protocol),
+        addr,
+        addr6,
+    })
+}
+
+/// Offsets into `struct sock` are far below 64 KiB.
+fn narrow(v: u32) -> u16 {
+    u16::try_from(v).unwrap_or(u16::MAX)
 }
 
 #[cfg(test)]

@@ -92,11 +92,12 @@ pub struct Ebpf {
     pub ring_buffer_bytes: RingBufferBytes,
     /// How often the event ring buffer is drained, in milliseconds.
     pub event_drain_interval_ms: Bounded<10, 1000>,
-    /// Where tracefs is (or gets) mounted.
+    /// Not used since the programs became raw tracepoints, which need no
+    /// tracefs; accepted so that older config files still load.
     pub tracefs: PathBuf,
     /// Where bpffs is (or gets) mounted.
     pub bpffs: PathBuf,
-    /// Mount tracefs and bpffs when they are missing.
+    /// Mount bpffs when it is missing.
     pub mount_missing: bool,
 }
 

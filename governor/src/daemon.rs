@@ -23,7 +23,7 @@ use crate::{
     ebpf::{Event, Probes, Sizes, decode_event},
     enforce::Enforcement,
     health::Engine,
-    host::{self, BPFFS, MountOutcome, TRACEFS},
+    host::{self, BPFFS, MountOutcome},
     http::{self, AppState},
     labels,
     metrics::{Metrics, SeriesLimits},
@@ -31,7 +31,7 @@ use crate::{
     pin::Pins,
     registry::{self, Controller, RegistryMetrics},
     stats::Aggregator,
-    tracefs,
+    tracepoints,
 };
 
 /// Runs the daemon until SIGTERM or SIGINT. `path` is the config file
@@ -142,19 +142,19 @@ pub async fn run(config: Config, path: Option<PathBuf>, dry_run: bool) -> anyhow
     Ok(())
 }
 
-/// Checks the host, mounts what is missing, and reads what the kernel
-/// programs need from it: tracepoint layouts, BTF offsets (and the reset
-/// reasons' names, returned), the ephemeral port range.
+/// Checks the host, mounts bpffs when it is missing, and reads what the
+/// kernel programs need from it: tracepoint arguments and socket offsets
+/// from BTF (and the reset reasons' names, returned), the ephemeral port
+/// range.
 fn prepare_host(config: &Config) -> anyhow::Result<(governor_common::KernelConfig, Vec<(u32, String)>)> {
     host::check_root()?;
     host::check_btf()?;
-    for (fs, path) in [(TRACEFS, &config.ebpf.tracefs), (BPFFS, &config.ebpf.bpffs)] {
-        if host::ensure_mounted(fs, path, config.ebpf.mount_missing)? == MountOutcome::Mounted {
-            info!(fs = fs.name, path = %path.display(), "mounted");
-        }
+    if host::ensure_mounted(BPFFS, &config.ebpf.bpffs, config.ebpf.mount_missing)? == MountOutcome::Mounted {
+        info!(fs = BPFFS.name, path = %config.ebpf.bpffs.display(), "mounted");
     }
-    let mut kernel_config = tracefs::read_layouts(&config.ebpf.tracefs)?;
-    let reasons = read_btf(&mut kernel_config);
+    let btf = btf::Btf::read(Path::new(btf::VMLINUX))?;
+    let mut kernel_config = tracepoints::kernel_config(&btf)?;
+    let reasons = read_btf(&btf, &kernel_config.sock);
     if config.metrics.collapse_ephemeral_ports {
         let (low, high) = host::ephemeral_port_range()?;
         kernel_config.ephemeral_low = low;
@@ -321,33 +321,22 @@ fn flow_cgroup(config: &Config) -> Option<std::path::PathBuf> {
     root
 }
 
-/// Reads the kernel's BTF: names of its reset reasons (returned) and the
-/// offsets of the socket fields the programs read (into `kernel_config`).
-/// Without BTF governor runs with less detail.
-fn read_btf(kernel_config: &mut governor_common::KernelConfig) -> Vec<(u32, String)> {
-    // Names for the kernel's reset reasons and the socket fields the
-    // tracepoints lack; without them governor runs with less detail.
-    let btf = btf::Btf::read(Path::new(btf::VMLINUX));
-    let reasons =
-        btf.as_ref().map_err(ToString::to_string).and_then(|b| btf::reset_reason_names(b).map_err(|e| e.to_string()));
-    let reasons = reasons.unwrap_or_else(|e| {
+/// Names of the kernel's reset reasons, and warnings for the socket fields
+/// this kernel lacks: without them governor runs with less detail.
+fn read_btf(btf: &btf::Btf, offsets: &governor_common::SockOffsets) -> Vec<(u32, String)> {
+    let reasons = btf::reset_reason_names(btf).unwrap_or_else(|e| {
         warn!(error = %e, "reset reasons will be shown as numbers");
         Vec::new()
     });
-    match btf.as_ref().map_err(ToString::to_string).map(btf::sock_offsets) {
-        Ok(offsets) => {
-            for (field, missing) in [("sock.sk_err", offsets.sk_err), ("tcp_sock.srtt_us", offsets.srtt_us)] {
-                if missing == governor_common::SockOffsets::ABSENT {
-                    warn!(
-                        field,
-                        "not in this kernel's BTF: connect failure reasons or passive handshake times lose detail"
-                    );
-                }
-            }
-            kernel_config.sock = offsets;
-        }
-        Err(e) => {
-            warn!(error = %e, "socket fields unavailable: failure reasons and passive handshake times lose detail");
+    for (field, missing, loses) in [
+        ("sock.sk_err", offsets.sk_err, "connect failure reasons"),
+        ("tcp_sock.srtt_us", offsets.srtt_us, "passive handshake times"),
+        ("sk_buff.head", offsets.skb_head, "addresses of resets sent without a socket"),
+        ("sk_buff.network_header", offsets.skb_network_header, "addresses of resets sent without a socket"),
+        ("sk_buff.transport_header", offsets.skb_transport_header, "addresses of resets sent without a socket"),
+    ] {
+        if missing == governor_common::SockOffsets::ABSENT {
+            warn!(field, loses, "not in this kernel's BTF: governor goes without it");
         }
     }
     reasons

@@ -6,7 +6,7 @@ use std::{fmt::Write as _, path::Path};
 
 use aya::{maps::MapType, programs::ProgramType};
 
-use crate::{config::Config, host, tracefs};
+use crate::{btf, config::Config, host, tracepoints};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -61,7 +61,8 @@ pub fn checks(config: &Config) -> Vec<Check> {
 
     let mounts = host::read_mounts().unwrap_or_default();
     let mount_missing = config.ebpf.mount_missing;
-    for (fs, path) in [(host::TRACEFS, &config.ebpf.tracefs), (host::BPFFS, &config.ebpf.bpffs)] {
+    {
+        let (fs, path) = (host::BPFFS, &config.ebpf.bpffs);
         let name = format!("{} mount", fs.name);
         out.push(if host::mounted_at(&mounts, fs.fstype, path) {
             Check::pass(name, path.display().to_string())
@@ -88,28 +89,24 @@ pub fn checks(config: &Config) -> Vec<Check> {
         ),
     });
 
-    let tracefs_root = tracefs_root(config, &mounts);
-    for tp in &tracefs::TRACEPOINTS {
+    let kernel = btf::Btf::read(Path::new(btf::VMLINUX));
+    for tp in &tracepoints::TRACEPOINTS {
         let name = format!("tracepoint {tp}");
-        out.push(match &tracefs_root {
-            None => {
-                Check::not(Outcome::Fail, name, "tracefs is not mounted, cannot inspect", "mount tracefs (see above)")
-            }
-            Some(root) => {
-                let path = root.join("events").join(tp.category).join(tp.name).join("format");
-                match std::fs::read_to_string(&path)
-                    .map_err(|e| e.to_string())
-                    .and_then(|text| tracefs::parse_format(&tp.to_string(), &text).map_err(|e| e.to_string()))
-                    .and_then(|fields| tracefs::layout_for(tp, &fields).map_err(|e| e.to_string()))
-                {
-                    Ok(_) => Check::pass(name, "present, layout understood"),
-                    Err(e) => {
-                        Check::not(Outcome::Fail, name, e, "use a kernel with this tracepoint (Linux 4.16 or later)")
-                    }
-                }
-            }
+        out.push(match kernel.as_ref().map_err(ToString::to_string) {
+            Err(e) => Check::not(Outcome::Fail, name, e, "use a kernel built with CONFIG_DEBUG_INFO_BTF=y"),
+            Ok(b) => match tracepoints::check(b, tp) {
+                Ok(args) => Check::pass(name, format!("passes ({})", args.join(", "))),
+                Err(e) => Check::not(Outcome::Fail, name, e.to_string(), "use Linux 5.15 or later"),
+            },
         });
     }
+    out.push(match kernel.as_ref().map_err(ToString::to_string) {
+        Err(e) => Check::not(Outcome::Fail, "socket layout", e, "use a kernel built with CONFIG_DEBUG_INFO_BTF=y"),
+        Ok(b) => match btf::sock_layout(b) {
+            Ok(_) => Check::pass("socket layout", "struct sock fields found in BTF"),
+            Err(e) => Check::not(Outcome::Fail, "socket layout", e.to_string(), "use Linux 5.15 or later"),
+        },
+    });
 
     out.extend(kernel_support());
     out
@@ -119,7 +116,7 @@ pub fn checks(config: &Config) -> Vec<Check> {
 fn kernel_support() -> Vec<Check> {
     let mut out = Vec::new();
     for (label, kind, missing, fix) in [
-        ("program type tracepoint", ProgramType::TracePoint, Outcome::Fail, "enable CONFIG_BPF_EVENTS"),
+        ("program type raw_tracepoint", ProgramType::RawTracePoint, Outcome::Fail, "enable CONFIG_BPF_EVENTS"),
         (
             "program type cgroup_skb",
             ProgramType::CgroupSkb,
@@ -159,14 +156,6 @@ fn kernel_support() -> Vec<Check> {
     out
 }
 
-/// The configured tracefs if it is mounted there, else any tracefs mount.
-fn tracefs_root(config: &Config, mounts: &[host::Mount]) -> Option<std::path::PathBuf> {
-    if config.ebpf.tracefs.join("events").is_dir() {
-        return Some(config.ebpf.tracefs.clone());
-    }
-    mounts.iter().find(|m| m.fstype == "tracefs").map(|m| m.mount_point.clone())
-}
-
 /// The table, one check per line.
 pub fn render(checks: &[Check]) -> String {
     let width = checks.iter().map(|c| c.name.len()).max().unwrap_or(0);
@@ -198,14 +187,14 @@ mod tests {
     fn table_has_a_remedy_under_each_failure() {
         let checks = vec![
             Check::pass("kernel BTF", "/sys/kernel/btf/vmlinux"),
-            Check::not(Outcome::Fail, "tracefs mount", "not mounted", "mount -t tracefs tracefs /sys/kernel/tracing"),
+            Check::not(Outcome::Fail, "bpffs mount", "not mounted", "mount -t bpf bpf /sys/fs/bpf"),
         ];
         assert_eq!(
             render(&checks),
-            "CHECK          RESULT  DETAIL\n\
-             kernel BTF     pass    /sys/kernel/btf/vmlinux\n\
-             tracefs mount  FAIL    not mounted\n\
-             \x20                      fix: mount -t tracefs tracefs /sys/kernel/tracing\n"
+            "CHECK        RESULT  DETAIL\n\
+             kernel BTF   pass    /sys/kernel/btf/vmlinux\n\
+             bpffs mount  FAIL    not mounted\n\
+             \x20                    fix: mount -t bpf bpf /sys/fs/bpf\n"
         );
         assert!(!all_required_pass(&checks));
         assert!(all_required_pass(&checks[..1]));

@@ -9,7 +9,7 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, Program, TracePoint, links::FdLink},
+    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, Program, RawTracePoint, links::FdLink},
 };
 use governor_common::{
     BandwidthKey, BandwidthRule, BreakerEntry, ConnEvent, EndpointKey, EndpointStats, FlowAddrs, FlowStats,
@@ -17,7 +17,7 @@ use governor_common::{
     SockInfo, TRANSITION_SLOTS, TcpEvent, counter, event_kind, policy_kind,
 };
 
-use crate::{pin::Pins, policy::Compiled, stats::KernelSnapshot, tracefs::TRACEPOINTS};
+use crate::{pin::Pins, policy::Compiled, stats::KernelSnapshot, tracepoints::TRACEPOINTS};
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/governor"));
 
@@ -111,14 +111,14 @@ impl Probes {
         let mut ebpf = loader.load(OBJECT)?;
         let mut attached = 0;
         for tp in &TRACEPOINTS {
-            let program: &mut TracePoint = ebpf
+            let program: &mut RawTracePoint = ebpf
                 .program_mut(tp.program)
                 .ok_or(EbpfError::Missing { kind: "program", name: tp.program })?
                 .try_into()
                 .map_err(|source| EbpfError::Program { program: tp.program, hook: tp.to_string(), source })?;
             let fail = |source| EbpfError::Program { program: tp.program, hook: tp.to_string(), source };
             program.load().map_err(fail)?;
-            program.attach(tp.category, tp.name).map_err(fail)?;
+            program.attach(tp.name).map_err(fail)?;
             attached += 1;
         }
         if let Some(cgroup) = cgroup {

@@ -28,4 +28,4 @@ pub mod policy;
 pub mod policy_watch;
 pub mod registry;
 pub mod stats;
-pub mod tracefs;
+pub mod tracepoints;

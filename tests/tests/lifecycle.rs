@@ -30,13 +30,22 @@ fn ready_then_sigterm_exits_zero_and_detaches_everything() {
     assert_eq!(gov.value(r#"governor_ebpf_map_capacity{map="endpoints"}"#), 16384);
 
     let ours: HashSet<u32> = governor_program_ids().difference(&before).copied().collect();
-    assert_eq!(ours.len(), 6, "the daemon loaded its four tracepoint and two cgroup_skb programs");
+    assert_eq!(ours.len(), 6, "the daemon loaded its four raw tracepoint and two cgroup_skb programs");
 
     let (status, took) = gov.terminate();
     eprintln!("governor exited {status} {took:?} after SIGTERM");
     assert_eq!(status.code(), Some(0), "exit status after SIGTERM");
-    let left: Vec<u32> = governor_program_ids().intersection(&ours).copied().collect();
-    assert!(left.is_empty(), "programs still loaded after exit: {left:?}");
+    // The kernel frees a detached raw tracepoint program after a grace
+    // period, shortly after the daemon is gone: wait for it, bounded.
+    let mut left: Vec<u32> = Vec::new();
+    for _ in 0..50 {
+        left = governor_program_ids().intersection(&ours).copied().collect();
+        if left.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(left.is_empty(), "programs still loaded 10 s after exit: {left:?}");
 }
 
 #[test]
@@ -81,16 +90,16 @@ fn without_root_it_says_so_in_one_line() {
 }
 
 #[test]
-fn a_missing_tracefs_is_named_with_the_fix() {
+fn a_missing_bpffs_is_named_with_the_fix() {
     require_root();
-    let dir = TempDir::new("notracefs");
+    let dir = TempDir::new("nobpffs");
     let config = dir.0.join("c.toml");
-    fs::write(&config, format!("[ebpf]\ntracefs = \"{}\"\nmount_missing = false\n", dir.0.display())).expect("write");
+    fs::write(&config, format!("[ebpf]\nbpffs = \"{}\"\nmount_missing = false\n", dir.0.display())).expect("write");
     let out = run_to_exit(Command::new(bin()).args(["run", "--metrics-addr", "127.0.0.1:0", "--config"]).arg(&config));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
-        stderr.contains(&format!("tracefs is not mounted at {0}: run `mount -t tracefs tracefs {0}`", dir.0.display())),
+        stderr.contains(&format!("bpffs is not mounted at {0}: run `mount -t bpf bpf {0}`", dir.0.display())),
         "{stderr}"
     );
 }
@@ -105,7 +114,8 @@ fn doctor_passes_on_this_host() {
         "tracepoint tcp:tcp_send_reset",
         "tracepoint sock:inet_sock_set_state",
         "kernel BTF",
-        "program type tracepoint",
+        "program type raw_tracepoint",
+        "socket layout",
         "program type cgroup_skb",
         "cgroup v2",
     ] {

@@ -1,7 +1,7 @@
 //! Installs what the build and the tests need, when it is missing:
 //! Debian packages (LLVM 22 for bpf-linker, bpftool, nftables, iproute2,
 //! libbpf-tools, protoc and etcd for the registry), rust-src, clippy and rustfmt for the nightly toolchain, bpf-linker 0.13.0 built
-//! against LLVM 22, and the tracefs and bpffs mounts.
+//! against LLVM 22, and the tracefs (for the benchmark peer) and bpffs mounts.
 
 use std::{path::Path, process::Command};
 
@@ -113,7 +113,8 @@ fn bpf_linker() -> anyhow::Result<()> {
     .context("installing bpf-linker failed: is llvm-22-dev installed?")
 }
 
-/// tracefs and bpffs; without root this only warns (building needs neither).
+/// tracefs (the benchmark's `tcpstates` peer needs it; governor does not) and
+/// bpffs; without root this only warns (building needs neither).
 fn mounts() {
     for (fstype, target) in [("tracefs", "/sys/kernel/tracing"), ("bpf", "/sys/fs/bpf")] {
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();

@@ -41,8 +41,8 @@ pub mod counter {
     /// Flows the per-flow table could not take.
     pub const FLOW_UPDATE_FAILED: u32 = 8;
     /// Closes of established connections whose flow entry was gone
-    /// (evicted from the full table): their last bytes were not counted
-    /// per flow (the endpoint totals have them).
+    /// (evicted from the full table): their bytes since the flow sampler
+    /// last ran are not counted, per flow or per endpoint.
     pub const FLOW_UNTRACKED: u32 = 9;
     /// Size of the array.
     pub const SLOTS: u32 = 10;
@@ -151,6 +151,17 @@ pub struct SockOffsets {
     pub skb_head: u32,
     pub skb_network_header: u32,
     pub skb_transport_header: u32,
+    /// `struct tcp_sock` counters the flow table copies: `bytes_sent`,
+    /// `bytes_retrans`, `bytes_received` (`u64`), `data_segs_out`,
+    /// `data_segs_in` (`u32`).
+    pub bytes_sent: u32,
+    pub bytes_retrans: u32,
+    pub bytes_received: u32,
+    pub data_segs_out: u32,
+    pub data_segs_in: u32,
+    /// `struct sock.sk_shutdown` (`u8`): `RCV_SHUTDOWN` once a FIN arrived,
+    /// whose sequence number `bytes_received` counts as a byte.
+    pub sk_shutdown: u32,
 }
 
 impl SockOffsets {
@@ -158,8 +169,7 @@ impl SockOffsets {
 }
 
 impl KernelConfig {
-    /// Flag: keep the per-flow table (the `cgroup_skb` programs count into
-    /// it).
+    /// Flag: keep the per-flow table.
     pub const COUNT_FLOWS: u32 = 1;
     /// Flag: `tcp:tcp_send_reset` passes `enum sk_rst_reason` as its third
     /// argument (Linux 6.10 and later).
@@ -175,6 +185,12 @@ impl KernelConfig {
             skb_head: SockOffsets::ABSENT,
             skb_network_header: SockOffsets::ABSENT,
             skb_transport_header: SockOffsets::ABSENT,
+            bytes_sent: SockOffsets::ABSENT,
+            bytes_retrans: SockOffsets::ABSENT,
+            bytes_received: SockOffsets::ABSENT,
+            data_segs_out: SockOffsets::ABSENT,
+            data_segs_in: SockOffsets::ABSENT,
+            sk_shutdown: SockOffsets::ABSENT,
         },
     };
 }
@@ -212,10 +228,15 @@ pub struct EndpointStats {
 pub const FLOW_RATE_WINDOW_NS: u64 = 1_000_000_000;
 
 /// One established connection in the per-flow table, keyed by its
-/// [`FlowAddrs`] (local side first). Created when the handshake completes,
-/// counted by the `cgroup_skb` programs for every packet, removed when the
-/// connection closes. Byte counts are TCP payload (no headers); packets are
-/// wire segments (a GSO packet counts as its segments).
+/// [`FlowAddrs`] (local side first). Created when the handshake completes
+/// and removed when the connection closes. Nothing counts per packet: the
+/// kernel already counts every TCP socket's bytes and segments
+/// (`struct tcp_sock`), and the flow sampler (`flow_sample.rs`, run by user
+/// space) and the close copy them here, adding what grew to the endpoint's
+/// totals. Bytes are TCP payload, each byte once: sent (`bytes_sent` less
+/// `bytes_retrans`) and received in order (`bytes_received`, less the
+/// FIN's sequence number); packets are the segments that carried data
+/// (`data_segs_out`, `data_segs_in`, retransmissions included).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowStats {
@@ -239,32 +260,11 @@ pub struct FlowStats {
     pub last_window_ns: u64,
     pub last_sent: u64,
     pub last_received: u64,
-    /// The sequence number after the highest payload byte counted each
-    /// way, so that retransmitted and duplicate segments are not counted
-    /// twice; valid once `seq_seen` has `SEQ_SENT` / `SEQ_RECEIVED` set.
-    pub sent_end: u32,
-    pub received_end: u32,
+    /// The socket's kernel address, where the sampler reads its counts.
+    pub skaddr: u64,
     /// `direction::ACTIVE` or `direction::PASSIVE`.
     pub direction: u8,
-    pub seq_seen: u8,
-    pub pad: [u8; 6],
-}
-
-impl FlowStats {
-    pub const SEQ_SENT: u8 = 1;
-    pub const SEQ_RECEIVED: u8 = 2;
-}
-
-/// How far a segment `[seq, seq + len)` takes the stream beyond `end`, the
-/// sequence number after the highest byte counted so far (compared modulo
-/// 2^32, as TCP does): 0 for a retransmission of what was counted. A gap
-/// before the segment counts too: its bytes come later, out of order, and
-/// then count nothing, so every byte of the stream counts once.
-#[inline]
-#[must_use]
-pub fn new_bytes(end: u32, seq: u32, len: u32) -> u32 {
-    let ahead = seq.wrapping_add(len).wrapping_sub(end);
-    if ahead.cast_signed() > 0 { ahead } else { 0 }
+    pub pad: [u8; 7],
 }
 
 /// Kinds of ring buffer events. Every event starts with
@@ -605,25 +605,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn each_byte_of_the_stream_counts_once() {
-        // In order, then a retransmission, then a partial overlap.
-        assert_eq!(new_bytes(1000, 1000, 100), 100);
-        assert_eq!(new_bytes(1100, 1000, 100), 0);
-        assert_eq!(new_bytes(1100, 1050, 100), 50);
-        // Out of order: the later segment counts the gap, the late one
-        // nothing; together exactly their bytes.
-        assert_eq!(new_bytes(1000, 1100, 100) + new_bytes(1200, 1000, 100), 200);
-        // Across the wrap of the sequence space.
-        assert_eq!(new_bytes(u32::MAX - 9, u32::MAX - 9, 30), 30);
-        assert_eq!(new_bytes(20, u32::MAX - 9, 30), 0);
-    }
-
-    #[test]
     fn layouts_are_pinned() {
         assert_eq!((size_of::<Span>(), align_of::<Span>()), (4, 2));
         assert_eq!((size_of::<SockLayout>(), align_of::<SockLayout>()), (28, 2));
-        assert_eq!((size_of::<KernelConfig>(), align_of::<KernelConfig>()), (56, 4));
-        assert_eq!((size_of::<SockOffsets>(), align_of::<SockOffsets>()), (20, 4));
+        assert_eq!((size_of::<KernelConfig>(), align_of::<KernelConfig>()), (80, 4));
+        assert_eq!((size_of::<SockOffsets>(), align_of::<SockOffsets>()), (44, 4));
         assert_eq!((size_of::<Owner>(), align_of::<Owner>()), (32, 8));
         assert_eq!((size_of::<FlowAddrs>(), align_of::<FlowAddrs>()), (40, 2));
         assert_eq!((size_of::<SockInfo>(), align_of::<SockInfo>()), (112, 8));

@@ -21,11 +21,12 @@ use aya_ebpf::{
     helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
 };
 use governor_common::{
-    ConnEvent, FlowStats, KernelConfig, ListenerInfo, Owner, SockInfo, SockLayout, SockOffsets, counter, direction,
-    event_kind,
+    ConnEvent, FlowAddrs, FlowStats, KernelConfig, ListenerInfo, Owner, SockInfo, SockLayout, SockOffsets, counter,
+    direction, event_kind,
 };
 
 use crate::{
+    flow,
     maps::{EVENTS, FLOWS, GOVERNOR_CONFIG, LISTENERS, SOCKETS, count},
     record::{Flow, Record, endpoint, read_kernel},
 };
@@ -237,15 +238,15 @@ fn try_established(r: &mut Record, l: &SockLayout, skaddr: u64, old: i32) -> Res
     info.state = TCP_ESTABLISHED as u8;
     emit(event_kind::OPENED, skaddr, info, 0);
     if counting_flows() {
-        track_flow(info);
+        track_flow(skaddr, info);
     }
     Ok(())
 }
 
-/// Starts counting the bytes of an established connection: the
-/// `cgroup_skb` programs add to the entry made here.
+/// Starts counting the bytes of an established connection: the flow
+/// sampler and the close copy the socket's counts into the entry made here.
 #[inline(never)]
-fn track_flow(info: &SockInfo) -> i64 {
+fn track_flow(skaddr: u64, info: &SockInfo) -> i64 {
     let a = &info.addrs;
     let endpoint = if info.direction == direction::ACTIVE {
         endpoint(a.family, a.daddr, a.dport)
@@ -257,6 +258,7 @@ fn track_flow(info: &SockInfo) -> i64 {
         endpoint,
         established_ns: info.established_ns,
         window_start_ns: info.established_ns,
+        skaddr,
         direction: info.direction,
         ..FlowStats::default()
     };
@@ -309,12 +311,25 @@ fn try_closed(skaddr: u64, old: i32) -> Result<(), i64> {
         // An incoming connection that never completed its handshake.
         return Ok(());
     }
-    if counting_flows() && FLOWS.remove(info.addrs).is_err() {
-        count(counter::FLOW_UNTRACKED);
+    if counting_flows() {
+        end_flow(&info.addrs);
     }
     info.state = old as u8;
     emit(event_kind::CLOSED, skaddr, &info, sock_u32(skaddr, offsets().sk_err));
     Ok(())
+}
+
+/// The last copy of a closing connection's counts (its endpoint gets the
+/// bytes since the sampler last ran), then its entry goes.
+#[inline(never)]
+fn end_flow(addrs: &FlowAddrs) -> i64 {
+    let Some(flow) = FLOWS.get_ptr_mut(addrs) else {
+        count(counter::FLOW_UNTRACKED);
+        return 0;
+    };
+    flow::sample(flow);
+    let _ = FLOWS.remove(addrs);
+    0
 }
 
 #[inline(never)]

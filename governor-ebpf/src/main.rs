@@ -19,8 +19,7 @@ mod record;
 
 mod connect4;
 mod connect6;
-mod flow_egress;
-mod flow_ingress;
+mod flow_sample;
 mod police_egress;
 mod police_ingress;
 mod reset_received;

@@ -213,6 +213,25 @@ pub fn fetch_add(field: *mut u64, n: u64) -> u64 {
     v
 }
 
+/// Stores `new` in a value shared by all CPUs and returns the value
+/// before, in one atomic exchange (`BPF_XCHG`, kernel 5.12+; written out
+/// like [`fetch_add`]).
+#[inline(always)]
+pub fn swap(field: *mut u64, new: u64) -> u64 {
+    let mut v = new;
+    // SAFETY: callers pass an 8-byte aligned field of a live map value;
+    // other CPUs only touch it atomically. The instruction reads and
+    // writes only that field and the register.
+    unsafe {
+        core::arch::asm!(
+            "{v} = xchg_64({p} + 0, {v})",
+            p = in(reg) field,
+            v = inout(reg) v,
+        );
+    }
+    v
+}
+
 /// Do the policies hold now? Always, unless pinned mode gave them a lease
 /// (`POLICY_LEASE`) that ran out: then every program lets everything
 /// through, as if no policy were loaded.

@@ -296,6 +296,12 @@ pub fn sock_offsets(btf: &Btf) -> governor_common::SockOffsets {
         skb_head: btf.member_offset("sk_buff", "head").unwrap_or(absent),
         skb_network_header: btf.member_offset("sk_buff", "network_header").unwrap_or(absent),
         skb_transport_header: btf.member_offset("sk_buff", "transport_header").unwrap_or(absent),
+        bytes_sent: btf.member_offset("tcp_sock", "bytes_sent").unwrap_or(absent),
+        bytes_retrans: btf.member_offset("tcp_sock", "bytes_retrans").unwrap_or(absent),
+        bytes_received: btf.member_offset("tcp_sock", "bytes_received").unwrap_or(absent),
+        data_segs_out: btf.member_offset("tcp_sock", "data_segs_out").unwrap_or(absent),
+        data_segs_in: btf.member_offset("tcp_sock", "data_segs_in").unwrap_or(absent),
+        sk_shutdown: btf.member_offset("sock", "sk_shutdown").unwrap_or(absent),
     }
 }
 

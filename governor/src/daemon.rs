@@ -38,16 +38,19 @@ use crate::{
 /// (reloaded on SIGHUP or a change); `dry_run` holds across reloads.
 pub async fn run(config: Config, path: Option<PathBuf>, dry_run: bool) -> anyhow::Result<()> {
     let (kernel_config, reasons) = prepare_host(&config)?;
-    let cgroup = flow_cgroup(&config);
+    let flows = config.ebpf.count_flows;
+    if !flows {
+        info!("ebpf.count_flows is off: no per-flow bytes");
+    }
     let addr = config.daemon.metrics_addr;
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}: choose another address with --metrics-addr"))?;
 
     let lease = Duration::from_secs(config.enforcement.lease_seconds.get().into());
-    let mut probes = load_probes(&config, &kernel_config, cgroup.as_deref(), lease)?;
+    let mut probes = load_probes(&config, &kernel_config, flows, lease)?;
     let mut events = probes.take_events()?;
-    let flows = if cgroup.is_some() { Some(probes.take_flows()?) } else { None };
+    let flows = if flows { Some(probes.take_flows()?) } else { None };
     info!(programs = probes.attached(), "eBPF programs attached");
     let metrics = daemon_metrics(&config, &probes, &reasons, flows.is_some());
     let monitor = Monitor::new(
@@ -305,22 +308,6 @@ impl Reloader {
     }
 }
 
-/// Where the per-flow programs attach: the cgroup v2 root, so every socket
-/// of the host is counted. `None` (no per-flow bytes) when the config turns
-/// flows off or cgroup v2 is not mounted.
-fn flow_cgroup(config: &Config) -> Option<std::path::PathBuf> {
-    if !config.ebpf.count_flows {
-        info!("ebpf.count_flows is off: no per-flow bytes");
-        return None;
-    }
-    let mounts = host::read_mounts().unwrap_or_default();
-    let root = host::cgroup2_root(&mounts).map(Path::to_path_buf);
-    if root.is_none() {
-        warn!("cgroup v2 is not mounted: no per-flow bytes (flows, governor_endpoint_bytes_total)");
-    }
-    root
-}
-
 /// Names of the kernel's reset reasons, and warnings for the socket fields
 /// this kernel lacks: without them governor runs with less detail.
 fn read_btf(btf: &btf::Btf, offsets: &governor_common::SockOffsets) -> Vec<(u32, String)> {
@@ -334,6 +321,12 @@ fn read_btf(btf: &btf::Btf, offsets: &governor_common::SockOffsets) -> Vec<(u32,
         ("sk_buff.head", offsets.skb_head, "addresses of resets sent without a socket"),
         ("sk_buff.network_header", offsets.skb_network_header, "addresses of resets sent without a socket"),
         ("sk_buff.transport_header", offsets.skb_transport_header, "addresses of resets sent without a socket"),
+        ("tcp_sock.bytes_sent", offsets.bytes_sent, "bytes sent per flow and endpoint"),
+        ("tcp_sock.bytes_retrans", offsets.bytes_retrans, "retransmitted bytes counted once"),
+        ("tcp_sock.bytes_received", offsets.bytes_received, "bytes received per flow and endpoint"),
+        ("tcp_sock.data_segs_out", offsets.data_segs_out, "bytes and packets sent per flow and endpoint"),
+        ("tcp_sock.data_segs_in", offsets.data_segs_in, "bytes and packets received per flow and endpoint"),
+        ("sock.sk_shutdown", offsets.sk_shutdown, "received bytes without the FIN"),
     ] {
         if missing == governor_common::SockOffsets::ABSENT {
             warn!(field, loses, "not in this kernel's BTF: governor goes without it");
@@ -464,12 +457,12 @@ fn start_enforcement(
 fn load_probes(
     config: &Config,
     kernel_config: &governor_common::KernelConfig,
-    cgroup: Option<&std::path::Path>,
+    flows: bool,
     lease: Duration,
 ) -> anyhow::Result<Probes> {
     let pins = pins(&config.enforcement)?;
     let pinned = pins.is_some();
-    let mut probes = Probes::load(kernel_config, sizes(config), cgroup, pins)?;
+    let mut probes = Probes::load(kernel_config, sizes(config), flows, pins)?;
     if pinned && probes.lease()? == 0 {
         probes.renew_lease(lease_until(lease))?;
     }

@@ -85,7 +85,7 @@ pub fn checks(config: &Config) -> Vec<Check> {
             Outcome::Warn,
             "cgroup v2",
             "no cgroup2 mount in /proc/self/mountinfo",
-            "mount -t cgroup2 none /sys/fs/cgroup (per-flow bytes and enforcement attach there)",
+            "mount -t cgroup2 none /sys/fs/cgroup (policies attach there)",
         ),
     });
 
@@ -121,7 +121,7 @@ fn kernel_support() -> Vec<Check> {
             "program type cgroup_skb",
             ProgramType::CgroupSkb,
             Outcome::Warn,
-            "enable CONFIG_CGROUP_BPF, or set ebpf.count_flows = false (no per-flow bytes)",
+            "enable CONFIG_CGROUP_BPF: inbound and bandwidth policies ([[policies]]) need it",
         ),
         (
             "program type cgroup_sock_addr",

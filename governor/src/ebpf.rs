@@ -9,7 +9,7 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, Program, RawTracePoint, links::FdLink},
+    programs::{CgroupAttachMode, CgroupSkbAttachType, Program, RawTracePoint, links::FdLink},
 };
 use governor_common::{
     BandwidthKey, BandwidthRule, BreakerEntry, ConnEvent, EndpointKey, EndpointStats, FlowAddrs, FlowStats,
@@ -31,19 +31,13 @@ pub enum EbpfError {
     Missing { kind: &'static str, name: &'static str },
     #[error("map {map}: {source}")]
     Map { map: &'static str, source: aya::maps::MapError },
-    #[error("cannot open the cgroup {path} to attach the per-flow programs: {source}")]
-    Cgroup { path: PathBuf, source: std::io::Error },
+    #[error("running the flow sampler: {0}")]
+    Sampler(std::io::Error),
     #[error("cannot open the cgroup {path} to attach the admission programs: {source}")]
     PolicyCgroup { path: PathBuf, source: std::io::Error },
     #[error("pinned mode: {path}: {source}")]
     Pin { path: PathBuf, source: std::io::Error },
 }
-
-/// The per-packet programs, attached at the cgroup v2 root.
-const FLOW_PROGRAMS: [(&str, CgroupSkbAttachType, &str); 2] = [
-    ("gov_flow_in", CgroupSkbAttachType::Ingress, "cgroup_skb/ingress"),
-    ("gov_flow_out", CgroupSkbAttachType::Egress, "cgroup_skb/egress"),
-];
 
 /// Sizes chosen by the operator.
 #[derive(Clone, Copy, Debug)]
@@ -72,6 +66,8 @@ pub struct Probes {
     /// the links this daemon runs there.
     pins: Option<Pins>,
     pinned_links: Vec<PathBuf>,
+    /// The flow sampler, when flows are counted.
+    sampler: Option<FlowSampler>,
 }
 
 impl Probes {
@@ -84,13 +80,7 @@ impl Probes {
     /// when they exist (an earlier daemon's rules, counts and open
     /// connections) and are pinned when not, and the programs of the
     /// pinned links are replaced by this object's at once.
-    pub fn load(
-        config: &KernelConfig,
-        sizes: Sizes,
-        cgroup: Option<&Path>,
-        pins: Option<Pins>,
-    ) -> Result<Self, EbpfError> {
-        let flows = cgroup.is_some();
+    pub fn load(config: &KernelConfig, sizes: Sizes, flows: bool, pins: Option<Pins>) -> Result<Self, EbpfError> {
         let mut config = *config;
         if flows {
             config.flags |= KernelConfig::COUNT_FLOWS;
@@ -121,28 +111,7 @@ impl Probes {
             program.attach(tp.name).map_err(fail)?;
             attached += 1;
         }
-        if let Some(cgroup) = cgroup {
-            let root = std::fs::File::open(cgroup)
-                .map_err(|source| EbpfError::Cgroup { path: cgroup.to_path_buf(), source })?;
-            for (name, attach_type, hook) in FLOW_PROGRAMS {
-                let fail = |source| EbpfError::Program {
-                    program: name,
-                    hook: format!("{hook} on {}", cgroup.display()),
-                    source,
-                };
-                let program: &mut CgroupSkb = ebpf
-                    .program_mut(name)
-                    .ok_or(EbpfError::Missing { kind: "program", name })?
-                    .try_into()
-                    .map_err(fail)?;
-                program.load().map_err(fail)?;
-                // aya attaches through a BPF link (kernel 5.7+): link_create
-                // takes no flags, and a cgroup link always runs beside the
-                // programs other tools attached to the same cgroup.
-                program.attach(&root, attach_type, CgroupAttachMode::Single).map_err(fail)?;
-                attached += 1;
-            }
-        }
+        let sampler = if flows { Some(FlowSampler::load(&mut ebpf)?) } else { None };
         let mut probes = Self {
             ebpf,
             attached,
@@ -154,6 +123,7 @@ impl Probes {
             policed: Vec::new(),
             pins,
             pinned_links: Vec::new(),
+            sampler,
         };
         probes.take_over_pins()?;
         Ok(probes)
@@ -422,10 +392,13 @@ impl Probes {
     }
 
     /// Takes the per-flow table out, for readers outside the daemon loop;
-    /// call once.
+    /// call once, with flows counted.
     pub fn take_flows(&mut self) -> Result<FlowTable, EbpfError> {
         let map = self.ebpf.take_map("FLOWS").ok_or(EbpfError::Missing { kind: "map", name: "FLOWS" })?;
-        HashMap::try_from(map).map(FlowTable).map_err(|source| EbpfError::Map { map: "FLOWS", source })
+        let sampler = self.sampler.clone().ok_or(EbpfError::Missing { kind: "program", name: "gov_flow_sample" })?;
+        HashMap::try_from(map)
+            .map(|map| FlowTable { map, sampler })
+            .map_err(|source| EbpfError::Map { map: "FLOWS", source })
     }
 
     /// Takes the circuit breaker table out, for the breaker driver; call
@@ -449,8 +422,12 @@ impl Probes {
         self.ebpf.map_mut(name).ok_or(EbpfError::Missing { kind: "map", name })
     }
 
-    /// Reads every counter map once.
+    /// Reads every counter map once, after the flow sampler brought the
+    /// endpoints' byte counts up to date.
     pub fn read(&self) -> Result<KernelSnapshot, EbpfError> {
+        if let Some(sampler) = &self.sampler {
+            sampler.run()?;
+        }
         Ok(KernelSnapshot {
             transitions: read_per_cpu(self.map("TRANSITIONS")?, "TRANSITIONS", TRANSITION_SLOTS)?,
             counters: read_per_cpu(self.map("COUNTERS")?, "COUNTERS", counter::SLOTS)?,
@@ -578,13 +555,42 @@ impl BreakerTable {
 
 /// The kernel's per-flow table (established connections with their byte
 /// counts).
-pub struct FlowTable(HashMap<MapData, FlowAddrs, FlowStats>);
+pub struct FlowTable {
+    map: HashMap<MapData, FlowAddrs, FlowStats>,
+    sampler: FlowSampler,
+}
 
 impl FlowTable {
-    /// Every entry: two system calls per flow, so read on demand only.
-    pub fn read(&self) -> Vec<(FlowAddrs, FlowStats)> {
+    /// Every entry, counts brought up to date first: two system calls per
+    /// flow, so read on demand only.
+    pub fn read(&self) -> Result<Vec<(FlowAddrs, FlowStats)>, EbpfError> {
+        self.sampler.run()?;
         // Connections close while we walk: skip what vanished.
-        self.0.iter().filter_map(Result::ok).collect()
+        Ok(self.map.iter().filter_map(Result::ok).collect())
+    }
+}
+
+/// The flow sampler program (`gov_flow_sample`), attached to nothing: each
+/// run copies every flow's counts from its socket into the flow table.
+/// Runs are serialised: two at once could add the same bytes twice.
+#[derive(Clone)]
+pub struct FlowSampler(std::sync::Arc<std::sync::Mutex<std::os::fd::OwnedFd>>);
+
+impl FlowSampler {
+    fn load(ebpf: &mut Ebpf) -> Result<Self, EbpfError> {
+        let name = "gov_flow_sample";
+        let fail = |source| EbpfError::Program { program: name, hook: "run by governor".to_owned(), source };
+        let program: &mut RawTracePoint =
+            ebpf.program_mut(name).ok_or(EbpfError::Missing { kind: "program", name })?.try_into().map_err(fail)?;
+        program.load().map_err(fail)?;
+        let fd = program.fd().map_err(fail)?.as_fd().try_clone_to_owned().map_err(EbpfError::Sampler)?;
+        Ok(Self(std::sync::Arc::new(std::sync::Mutex::new(fd))))
+    }
+
+    /// One run (`BPF_PROG_TEST_RUN`).
+    pub fn run(&self) -> Result<(), EbpfError> {
+        let fd = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        crate::pin::test_run(fd.as_fd()).map_err(EbpfError::Sampler)
     }
 }
 

@@ -133,11 +133,9 @@ mod tests {
             last_window_ns: SECOND,
             last_sent,
             last_received: 0,
-            sent_end: 0,
-            received_end: 0,
+            skaddr: 0,
             direction: direction::ACTIVE,
-            seq_seen: 0,
-            pad: [0; 6],
+            pad: [0; 7],
         }
     }
 

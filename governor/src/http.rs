@@ -177,12 +177,11 @@ async fn flows(State(state): State<Arc<AppState>>, query: Result<Query<FlowQuery
     }
     // Walking the kernel table takes two system calls per flow: off the
     // async workers.
-    let table = tokio::task::spawn_blocking(move || state.flows.as_ref().map(FlowTable::read).unwrap_or_default());
+    let table = tokio::task::spawn_blocking(move || state.flows.as_ref().map_or(Ok(Vec::new()), FlowTable::read));
     match table.await {
-        Ok(table) => Json(flows::top(&table, query, now().ns)).into_response(),
-        Err(e) => {
-            (StatusCode::INTERNAL_SERVER_ERROR, Json(serde_json::json!({ "error": e.to_string() }))).into_response()
-        }
+        Ok(Ok(table)) => Json(flows::top(&table, query, now().ns)).into_response(),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     }
 }
 

@@ -28,6 +28,7 @@ use governor_common::PIN_LAYOUT;
 /// `bpf(2)` commands (`enum bpf_cmd`; the libc crate has none).
 const BPF_OBJ_GET: libc::c_int = 7;
 const BPF_LINK_UPDATE: libc::c_int = 29;
+const BPF_PROG_TEST_RUN: libc::c_int = 10;
 
 /// The maps the enforcement programs keep their rules and state in.
 pub const MAPS: [&str; 10] = [
@@ -178,6 +179,38 @@ pub fn replace_program(link: &Path, program: BorrowedFd<'_>) -> io::Result<()> {
     // SAFETY: `attr` is the `link_update` member of `union bpf_attr`, and
     // the size passed is its size (the kernel zero-fills the rest).
     bpf(BPF_LINK_UPDATE, (&raw mut attr).cast(), size_of::<LinkUpdate>()).map(drop)
+}
+
+/// `BPF_PROG_TEST_RUN` of a program that takes no input (a raw
+/// tracepoint program run on its own, as the flow sampler is); aya has no
+/// API for it.
+pub fn test_run(program: BorrowedFd<'_>) -> io::Result<()> {
+    #[repr(C)]
+    #[derive(Default)]
+    struct TestRun {
+        prog_fd: u32,
+        retval: u32,
+        data_size_in: u32,
+        data_size_out: u32,
+        data_in: u64,
+        data_out: u64,
+        repeat: u32,
+        duration: u32,
+        ctx_size_in: u32,
+        ctx_size_out: u32,
+        ctx_in: u64,
+        ctx_out: u64,
+        flags: u32,
+        cpu: u32,
+        batch_size: u32,
+        /// Spelled out: the kernel refuses non-zero bytes past the last
+        /// field, and padding would be left uninitialised.
+        pad: u32,
+    }
+    let mut attr = TestRun { prog_fd: fd_u32(program.as_raw_fd()), ..TestRun::default() };
+    // SAFETY: `attr` is the `test` member of `union bpf_attr`, and the size
+    // passed is its size; no buffers are passed.
+    bpf(BPF_PROG_TEST_RUN, (&raw mut attr).cast(), size_of::<TestRun>()).map(drop)
 }
 
 /// `BPF_OBJ_GET`: opens the pinned object at `path`.

@@ -1,6 +1,6 @@
-//! Per-flow bytes and packets, counted by the `cgroup_skb` programs on the
-//! cgroup v2 root: a transfer of a known size between two namespaces
-//! joined by a veth pair.
+//! Per-flow bytes and packets, copied from the kernel's own per-socket
+//! counts by the flow sampler and at close: transfers of a known size
+//! between two namespaces joined by a veth pair.
 
 use std::{
     io::{Read as _, Write as _},
@@ -135,11 +135,55 @@ fn retransmitted_segments_are_counted_once() {
     assert!(now > retransmits, "no segment was retransmitted: the test proves nothing ({retransmits} -> {now})");
 }
 
+/// Is a flow sampler program loaded (by the one daemon the test runs)?
+fn sampler_loaded() -> bool {
+    aya::programs::loaded_programs().filter_map(Result::ok).any(|p| p.name() == b"gov_flow_sample")
+}
+
 #[test]
-fn without_flow_counting_the_per_packet_programs_stay_detached() {
+fn connections_that_close_are_counted_exactly_at_their_endpoint() {
+    const CONNECTIONS: u64 = 5;
+    const EACH: u64 = 1 << 20;
+    require_root();
+    let (client_ns, server_ns) = (Netns::new("flow-xc"), Netns::new("flow-xs"));
+    client_ns.link(&server_ns, &["10.218.0.1/24"], &["10.218.0.2/24"]);
+    let mut gov = Governor::start();
+    assert!(sampler_loaded());
+    let server_addr: SocketAddr = "10.218.0.2:20164".parse().expect("addr");
+    let listener = server_ns.run(move || TcpListener::bind(server_addr).expect("listen"));
+    // Five short connections of 1 MiB each way, each closed before the
+    // next: most of their bytes reach the endpoint through the copy made
+    // at close, whatever the sampler saw meanwhile.
+    let server = thread::spawn(move || {
+        for _ in 0..CONNECTIONS {
+            let (mut stream, _) = listener.accept().expect("accept");
+            receive_exactly(&mut stream, EACH);
+            send_all(&mut stream, EACH);
+            // Wait for the client's close, so that everything was acknowledged.
+            assert_eq!(stream.read(&mut [0_u8; 1]).expect("end"), 0);
+        }
+    });
+    for _ in 0..CONNECTIONS {
+        let mut client = client_ns.run(move || TcpStream::connect(server_addr).expect("connect"));
+        send_all(&mut client, EACH);
+        receive_exactly(&mut client, EACH);
+    }
+    server.join().expect("server thread");
+    // Both ends are on this host: each direction counts every byte twice.
+    for direction in ["sent", "received"] {
+        let name =
+            series("governor_endpoint_bytes_total", &[("direction", direction), ("endpoint", "10.218.0.2:20164")]);
+        assert_eq!(gov.settle(&name, 2 * CONNECTIONS * EACH), 2 * CONNECTIONS * EACH, "{name}");
+    }
+    assert_eq!(gov.value("governor_ebpf_flows_untracked_total"), 0);
+}
+
+#[test]
+fn without_flow_counting_no_sampler_is_loaded() {
     require_root();
     let mut gov = Governor::start_with(&[("ebpf.count_flows", "false")]);
     assert_eq!(gov.value("governor_ebpf_programs_attached"), 4);
+    assert!(!sampler_loaded(), "the flow sampler is loaded without flow counting");
     let (status, body) = gov.get("/api/v1/flows").expect("answer");
     assert_eq!(status, 404, "{body}");
     assert!(body.contains("ebpf.count_flows"), "{body}");

@@ -8,7 +8,7 @@ use governor_tests::{
     require_root,
 };
 
-const PROGRAMS: [&str; 6] = ["gov_state", "gov_rst_sent", "gov_rst_recv", "gov_retrans", "gov_flow_in", "gov_flow_out"];
+const PROGRAMS: [&str; 5] = ["gov_state", "gov_rst_sent", "gov_rst_recv", "gov_retrans", "gov_flow_sample"];
 
 /// Ids of loaded programs with governor's names.
 fn governor_program_ids() -> HashSet<u32> {
@@ -26,11 +26,11 @@ fn ready_then_sigterm_exits_zero_and_detaches_everything() {
     let mut gov = Governor::start();
     assert_eq!(gov.get("/readyz").map(|r| r.0), Some(200));
     assert_eq!(gov.get("/healthz"), Some((200, "ok\n".to_owned())));
-    assert_eq!(gov.value("governor_ebpf_programs_attached"), 6);
+    assert_eq!(gov.value("governor_ebpf_programs_attached"), 4);
     assert_eq!(gov.value(r#"governor_ebpf_map_capacity{map="endpoints"}"#), 16384);
 
     let ours: HashSet<u32> = governor_program_ids().difference(&before).copied().collect();
-    assert_eq!(ours.len(), 6, "the daemon loaded its four raw tracepoint and two cgroup_skb programs");
+    assert_eq!(ours.len(), 5, "the daemon loaded its four raw tracepoint programs and the flow sampler");
 
     let (status, took) = gov.terminate();
     eprintln!("governor exited {status} {took:?} after SIGTERM");

@@ -38,14 +38,8 @@ pub mod counter {
     /// Closes of established sockets the per-socket table did not know
     /// (opened before governor started, or evicted from the full table).
     pub const SOCKET_UNTRACKED: u32 = 7;
-    /// Flows the per-flow table could not take.
-    pub const FLOW_UPDATE_FAILED: u32 = 8;
-    /// Closes of established connections whose flow entry was gone
-    /// (evicted from the full table): their bytes since the flow sampler
-    /// last ran are not counted, per flow or per endpoint.
-    pub const FLOW_UNTRACKED: u32 = 9;
     /// Size of the array.
-    pub const SLOTS: u32 = 10;
+    pub const SLOTS: u32 = 8;
 }
 
 /// The most bytes of a socket a program copies in one helper call. One
@@ -224,29 +218,22 @@ pub struct EndpointStats {
     pub bytes_received: u64,
 }
 
-/// Length of the rate window of [`FlowStats`].
+/// Length of the rate window of [`FlowCounts`].
 pub const FLOW_RATE_WINDOW_NS: u64 = 1_000_000_000;
 
-/// One established connection in the per-flow table, keyed by its
-/// [`FlowAddrs`] (local side first). Created when the handshake completes
-/// and removed when the connection closes. Nothing counts per packet: the
-/// kernel already counts every TCP socket's bytes and segments
-/// (`struct tcp_sock`), and the flow sampler (`flow_sample.rs`, run by user
-/// space) and the close copy them here, adding what grew to the endpoint's
+/// The byte and packet counts of one connection, kept beside its
+/// [`SockInfo`] in the per-socket table (no table of its own, so nothing
+/// is inserted or removed for them). Nothing counts per packet: the kernel
+/// already counts every TCP socket's bytes and segments (`struct
+/// tcp_sock`), and the flow sampler (`flow_sample.rs`, run by user space)
+/// and the close copy them here, adding what grew to the endpoint's
 /// totals. Bytes are TCP payload, each byte once: sent (`bytes_sent` less
 /// `bytes_retrans`) and received in order (`bytes_received`, less the
 /// FIN's sequence number); packets are the segments that carried data
 /// (`data_segs_out`, `data_segs_in`, retransmissions included).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FlowStats {
-    pub owner: Owner,
-    /// The service endpoint the flow belongs to: the remote side of an
-    /// active open, the local listener of a passive one (ephemeral ports
-    /// collapsed as in the endpoint table).
-    pub endpoint: EndpointKey,
-    /// `bpf_ktime_get_ns()` when the handshake completed.
-    pub established_ns: u64,
+pub struct FlowCounts {
     pub bytes_sent: u64,
     pub bytes_received: u64,
     pub packets_sent: u64,
@@ -260,11 +247,14 @@ pub struct FlowStats {
     pub last_window_ns: u64,
     pub last_sent: u64,
     pub last_received: u64,
-    /// The socket's kernel address, where the sampler reads its counts.
-    pub skaddr: u64,
-    /// `direction::ACTIVE` or `direction::PASSIVE`.
-    pub direction: u8,
-    pub pad: [u8; 7],
+}
+
+/// A value of the per-socket table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockEntry {
+    pub info: SockInfo,
+    pub flow: FlowCounts,
 }
 
 /// Kinds of ring buffer events. Every event starts with
@@ -555,8 +545,8 @@ pub const POLICY_DECISION_SLOTS: u32 = POLICY_SLOTS * 2;
 #[cfg(feature = "user")]
 mod pod {
     use super::{
-        BandwidthKey, BandwidthRule, BreakerEntry, ConnEvent, EndpointKey, EndpointStats, FlowAddrs, FlowStats,
-        KernelConfig, ListenerInfo, Owner, PolicyRule, PolicyState, SockInfo, SockLayout, SockOffsets, Span, TcpEvent,
+        BandwidthKey, BandwidthRule, BreakerEntry, ConnEvent, EndpointKey, EndpointStats, FlowAddrs, KernelConfig,
+        ListenerInfo, Owner, PolicyRule, PolicyState, SockEntry, SockInfo, SockLayout, SockOffsets, Span, TcpEvent,
     };
 
     // SAFETY: all of these are #[repr(C)], made of integers with explicit
@@ -585,7 +575,7 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for ConnEvent {}
     // SAFETY: as above.
-    unsafe impl aya::Pod for FlowStats {}
+    unsafe impl aya::Pod for SockEntry {}
     // SAFETY: as above.
     unsafe impl aya::Pod for PolicyRule {}
     // SAFETY: as above.
@@ -617,7 +607,8 @@ mod tests {
         assert_eq!((size_of::<ConnEvent>(), align_of::<ConnEvent>()), (136, 8));
         assert_eq!((size_of::<EndpointKey>(), align_of::<EndpointKey>()), (24, 4));
         assert_eq!((size_of::<EndpointStats>(), align_of::<EndpointStats>()), (40, 8));
-        assert_eq!((size_of::<FlowStats>(), align_of::<FlowStats>()), (160, 8));
+        assert_eq!((size_of::<FlowCounts>(), align_of::<FlowCounts>()), (80, 8));
+        assert_eq!((size_of::<SockEntry>(), align_of::<SockEntry>()), (192, 8));
         assert_eq!((size_of::<TcpEvent>(), align_of::<TcpEvent>()), (56, 8));
         assert_eq!((size_of::<PolicyRule>(), align_of::<PolicyRule>()), (80, 8));
         assert_eq!((size_of::<PolicyState>(), align_of::<PolicyState>()), (16, 8));

@@ -21,14 +21,14 @@ use aya_ebpf::{
     helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
 };
 use governor_common::{
-    ConnEvent, FlowAddrs, FlowStats, KernelConfig, ListenerInfo, Owner, SockInfo, SockLayout, SockOffsets, counter,
+    ConnEvent, FlowCounts, KernelConfig, ListenerInfo, Owner, SockEntry, SockInfo, SockLayout, SockOffsets, counter,
     direction, event_kind,
 };
 
 use crate::{
     flow,
-    maps::{EVENTS, FLOWS, GOVERNOR_CONFIG, LISTENERS, SOCKETS, count},
-    record::{Flow, Record, endpoint, read_kernel},
+    maps::{EVENTS, GOVERNOR_CONFIG, LISTENERS, SOCKETS, count},
+    record::{Flow, Record, read_kernel},
 };
 
 pub const TCP_ESTABLISHED: i32 = 1;
@@ -112,8 +112,8 @@ fn sock_u32(skaddr: u64, offset: u32) -> u32 {
 }
 
 #[inline(always)]
-fn insert(skaddr: u64, info: &SockInfo) {
-    if SOCKETS.insert(skaddr, info, 0).is_err() {
+fn insert(skaddr: u64, info: SockInfo) {
+    if SOCKETS.insert(skaddr, SockEntry { info, flow: FlowCounts::default() }, 0).is_err() {
         count(counter::SOCKET_UPDATE_FAILED);
     }
 }
@@ -134,7 +134,7 @@ fn try_active_open(skaddr: u64) -> Result<(), i64> {
         state: TCP_SYN_SENT as u8,
         ..SockInfo::default()
     };
-    insert(skaddr, &info);
+    insert(skaddr, info);
     Ok(())
 }
 
@@ -159,7 +159,7 @@ fn try_passive_open(r: &mut Record, l: &SockLayout, skaddr: u64) -> Result<(), i
         state: TCP_SYN_RECV as u8,
         ..SockInfo::default()
     };
-    insert(skaddr, &info);
+    insert(skaddr, info);
     Ok(())
 }
 
@@ -215,8 +215,8 @@ fn try_established(r: &mut Record, l: &SockLayout, skaddr: u64, old: i32) -> Res
         // Evicted, or opened before the programs were attached: track it
         // from here without an owner.
         let direction = if old == TCP_SYN_SENT { direction::ACTIVE } else { direction::PASSIVE };
-        let _ =
-            SOCKETS.insert(skaddr, SockInfo { open_ns: at, direction, ..SockInfo::default() }, u64::from(BPF_NOEXIST));
+        let info = SockInfo { open_ns: at, direction, ..SockInfo::default() };
+        let _ = SOCKETS.insert(skaddr, SockEntry { info, flow: FlowCounts::default() }, u64::from(BPF_NOEXIST));
         let Some(entry) = SOCKETS.get_ptr_mut(skaddr) else {
             count(counter::SOCKET_UPDATE_FAILED);
             return Ok(());
@@ -225,7 +225,7 @@ fn try_established(r: &mut Record, l: &SockLayout, skaddr: u64, old: i32) -> Res
     };
     // SAFETY: a live map value; only this socket's transitions write it and
     // the kernel serialises those under the socket lock.
-    let info = unsafe { &mut *entry };
+    let (info, counts) = unsafe { (&mut (*entry).info, &mut (*entry).flow) };
     let srtt = if old == TCP_SYN_RECV { sock_u32(skaddr, offsets().srtt_us) } else { 0 };
     info.handshake_ns = if srtt > 0 {
         // srtt_us holds the RTT in microseconds << 3.
@@ -236,36 +236,11 @@ fn try_established(r: &mut Record, l: &SockLayout, skaddr: u64, old: i32) -> Res
     info.established_ns = at;
     info.addrs = flow.addrs();
     info.state = TCP_ESTABLISHED as u8;
+    // The flow's first rate window; its counts start at zero, as the
+    // socket's own do.
+    counts.window_start_ns = at;
     emit(event_kind::OPENED, skaddr, info, 0);
-    if counting_flows() {
-        track_flow(skaddr, info);
-    }
     Ok(())
-}
-
-/// Starts counting the bytes of an established connection: the flow
-/// sampler and the close copy the socket's counts into the entry made here.
-#[inline(never)]
-fn track_flow(skaddr: u64, info: &SockInfo) -> i64 {
-    let a = &info.addrs;
-    let endpoint = if info.direction == direction::ACTIVE {
-        endpoint(a.family, a.daddr, a.dport)
-    } else {
-        endpoint(a.family, a.saddr, a.sport)
-    };
-    let flow = FlowStats {
-        owner: info.owner,
-        endpoint,
-        established_ns: info.established_ns,
-        window_start_ns: info.established_ns,
-        skaddr,
-        direction: info.direction,
-        ..FlowStats::default()
-    };
-    if FLOWS.insert(a, flow, 0).is_err() {
-        count(counter::FLOW_UPDATE_FAILED);
-    }
-    0
 }
 
 /// `SYN_SENT` straight to `CLOSE`: refused (`ECONNREFUSED`), timed out
@@ -281,7 +256,7 @@ fn try_connect_failed(r: &mut Record, l: &SockLayout, skaddr: u64) -> Result<(),
     let error = sock_u32(skaddr, offsets().sk_err);
     let mut info = match SOCKETS.get_ptr(skaddr) {
         // SAFETY: a live map value.
-        Some(entry) => unsafe { *entry },
+        Some(entry) => unsafe { (*entry).info },
         None => SockInfo { direction: direction::ACTIVE, ..SockInfo::default() },
     };
     let _ = SOCKETS.remove(skaddr);
@@ -298,38 +273,29 @@ fn closed(skaddr: u64, old: i32) -> i64 {
 
 #[inline(always)]
 fn try_closed(skaddr: u64, old: i32) -> Result<(), i64> {
-    let Some(entry) = SOCKETS.get_ptr(skaddr) else {
+    let Some(entry) = SOCKETS.get_ptr_mut(skaddr) else {
         if old != TCP_SYN_RECV && old != TCP_CLOSE {
             count(counter::SOCKET_UNTRACKED);
         }
         return Ok(());
     };
     // SAFETY: a live map value.
-    let mut info = unsafe { *entry };
+    let established = unsafe { (*entry).info.established_ns } != 0;
+    if established && counting_flows() {
+        // The last copy of the counts: the endpoint gets the bytes since
+        // the sampler last ran.
+        flow::sample(entry, skaddr);
+    }
+    // SAFETY: a live map value.
+    let mut info = unsafe { (*entry).info };
     let _ = SOCKETS.remove(skaddr);
-    if info.established_ns == 0 {
+    if !established {
         // An incoming connection that never completed its handshake.
         return Ok(());
-    }
-    if counting_flows() {
-        end_flow(&info.addrs);
     }
     info.state = old as u8;
     emit(event_kind::CLOSED, skaddr, &info, sock_u32(skaddr, offsets().sk_err));
     Ok(())
-}
-
-/// The last copy of a closing connection's counts (its endpoint gets the
-/// bytes since the sampler last ran), then its entry goes.
-#[inline(never)]
-fn end_flow(addrs: &FlowAddrs) -> i64 {
-    let Some(flow) = FLOWS.get_ptr_mut(addrs) else {
-        count(counter::FLOW_UNTRACKED);
-        return 0;
-    };
-    flow::sample(flow);
-    let _ = FLOWS.remove(addrs);
-    0
 }
 
 #[inline(never)]
@@ -341,7 +307,7 @@ fn close_wait(skaddr: u64) -> i64 {
 fn try_close_wait(skaddr: u64) -> Result<(), i64> {
     if let Some(entry) = SOCKETS.get_ptr_mut(skaddr) {
         // SAFETY: a live map value, written under the socket lock.
-        let info = unsafe { &mut *entry };
+        let info = unsafe { &mut (*entry).info };
         info.close_wait_ns = now();
         info.state = TCP_CLOSE_WAIT as u8;
         emit(event_kind::CLOSE_WAIT, skaddr, info, 0);
@@ -358,7 +324,7 @@ fn close_wait_left(skaddr: u64, new: i32) -> i64 {
 fn try_close_wait_left(skaddr: u64, new: i32) -> Result<(), i64> {
     if let Some(entry) = SOCKETS.get_ptr_mut(skaddr) {
         // SAFETY: a live map value, written under the socket lock.
-        let info = unsafe { &mut *entry };
+        let info = unsafe { &mut (*entry).info };
         info.state = new as u8;
         emit(event_kind::CLOSE_WAIT_LEFT, skaddr, info, 0);
         info.close_wait_ns = 0;
@@ -370,7 +336,7 @@ fn try_close_wait_left(skaddr: u64, new: i32) -> Result<(), i64> {
 fn set_state(skaddr: u64, new: i32) -> i64 {
     if let Some(entry) = SOCKETS.get_ptr_mut(skaddr) {
         // SAFETY: a live map value, written under the socket lock.
-        unsafe { (*entry).state = new as u8 };
+        unsafe { (*entry).info.state = new as u8 };
     }
     0
 }

@@ -1,35 +1,34 @@
 //! Bytes and packets per established connection, without a program per
-//! packet: the kernel already counts them for every TCP socket
-//! (`struct tcp_sock`), so they are copied from the socket into the flow
-//! table when user space runs the flow sampler (`flow_sample.rs`) and once
-//! more when the connection closes (`connection.rs`). What grew since the
-//! last copy is added to the flow's rate window and to its endpoint's
-//! totals.
+//! packet and without a table of their own: the kernel already counts them
+//! for every TCP socket (`struct tcp_sock`), so they are copied from the
+//! socket into its entry of the per-socket table when user space runs the
+//! flow sampler (`flow_sample.rs`) and once more when the connection closes
+//! (`connection.rs`). What grew since the last copy is added to the flow's
+//! rate window and to its endpoint's totals.
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
-use governor_common::{FLOW_RATE_WINDOW_NS, FlowStats, SockOffsets};
+use governor_common::{FLOW_RATE_WINDOW_NS, FlowCounts, SockEntry, SockOffsets, direction};
 
 use crate::{
     maps::{GOVERNOR_CONFIG, add, endpoint_entry, swap},
-    record::read_kernel,
+    record::{endpoint, read_kernel},
 };
 
 /// `RCV_SHUTDOWN` in `sk_shutdown`.
 const RCV_SHUTDOWN: u8 = 1;
 
-/// Copies the socket's counts into `flow` and adds what grew to its window
+/// Copies the counts of the socket at `sk` into its `entry` and adds what grew to its window
 /// and its endpoint. The data segment counts are read first: a direction
 /// whose count did not move carried no new payload, so idle flows (and
 /// connections that never carried data) cost two reads. The byte totals
 /// are swapped in atomically, so the sampler and a close racing on one
 /// flow add each byte once.
 #[inline(always)]
-pub fn sample(flow: *mut FlowStats) {
+pub fn sample(entry: *mut SockEntry, sk: u64) {
     // SAFETY: plain read of an immutable global set at load.
     let o = unsafe { core::ptr::read_volatile(&raw const GOVERNOR_CONFIG.sock) };
-    // SAFETY: `flow` is a live map value; the fields below stay inside it.
-    let f = unsafe { &mut *flow };
-    let sk = f.skaddr;
+    // SAFETY: `entry` is a live map value; the fields below stay inside it.
+    let f = unsafe { &mut (*entry).flow };
     let mut grew = [0u64; 2];
     let segs_out = field::<u32>(sk, o.data_segs_out);
     if segs_out.is_some_and(|n| u64::from(n) != f.packets_sent) {
@@ -56,7 +55,17 @@ pub fn sample(flow: *mut FlowStats) {
     roll_window(f);
     add(&raw mut f.window_sent, grew[0]);
     add(&raw mut f.window_received, grew[1]);
-    if let Some(endpoint) = endpoint_entry(&f.endpoint) {
+    // SAFETY: a live map value.
+    let info = unsafe { &(*entry).info };
+    let a = &info.addrs;
+    // The service side: the remote end of an active open, the local
+    // listener of a passive one.
+    let key = if info.direction == direction::ACTIVE {
+        endpoint(a.family, a.daddr, a.dport)
+    } else {
+        endpoint(a.family, a.saddr, a.sport)
+    };
+    if let Some(endpoint) = endpoint_entry(&key) {
         // SAFETY: a live map value.
         unsafe {
             add(&raw mut (*endpoint).bytes_sent, grew[0]);
@@ -86,7 +95,7 @@ fn field<T: Copy>(sk: u64, offset: u32) -> Option<T> {
 /// Closes the rate window when it is over: its bytes become the last
 /// complete window's.
 #[inline(always)]
-fn roll_window(f: &mut FlowStats) {
+fn roll_window(f: &mut FlowCounts) {
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     let elapsed = now.wrapping_sub(f.window_start_ns);

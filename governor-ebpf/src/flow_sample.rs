@@ -1,5 +1,6 @@
 //! The flow sampler: copies every established connection's byte and
-//! packet counts from its socket into the flow table (`flow.rs`). It is
+//! packet counts from its socket into its entry of the per-socket table
+//! (`flow.rs`). It is
 //! attached to nothing: user space runs it (`BPF_PROG_TEST_RUN`) before it
 //! reads the flow or endpoint tables, so the cost follows how often
 //! governor looks, not how much traffic the host carries. The section
@@ -8,9 +9,9 @@
 use core::{ffi::c_void, ptr};
 
 use aya_ebpf::{helpers::generated::bpf_for_each_map_elem, macros::raw_tracepoint, programs::RawTracePointContext};
-use governor_common::FlowStats;
+use governor_common::SockEntry;
 
-use crate::{flow::sample, maps::FLOWS};
+use crate::{flow::sample, maps::SOCKETS};
 
 #[raw_tracepoint(tracepoint = "governor_flow_sample")]
 pub fn gov_flow_sample(_ctx: RawTracePointContext) -> i32 {
@@ -18,7 +19,7 @@ pub fn gov_flow_sample(_ctx: RawTracePointContext) -> i32 {
     // the callback has the signature the helper expects.
     unsafe {
         bpf_for_each_map_elem(
-            (&raw const FLOWS).cast_mut().cast::<c_void>(),
+            (&raw const SOCKETS).cast_mut().cast::<c_void>(),
             sample_one as *mut c_void,
             ptr::null_mut(),
             0,
@@ -27,9 +28,15 @@ pub fn gov_flow_sample(_ctx: RawTracePointContext) -> i32 {
     0
 }
 
-/// One entry of the walk; 0 goes on to the next.
+/// One entry of the walk (key: the socket's address); 0 goes on to the
+/// next. Sockets still in their handshake have no counts yet.
 #[inline(never)]
-extern "C" fn sample_one(_map: *mut c_void, _key: *mut c_void, value: *mut c_void, _ctx: *mut c_void) -> i64 {
-    sample(value.cast::<FlowStats>());
+extern "C" fn sample_one(_map: *mut c_void, key: *mut c_void, value: *mut c_void, _ctx: *mut c_void) -> i64 {
+    let entry = value.cast::<SockEntry>();
+    // SAFETY: the helper passes a live key and value of this map.
+    let (sk, established) = unsafe { (*key.cast::<u64>(), (*entry).info.established_ns != 0) };
+    if established {
+        sample(entry, sk);
+    }
     0
 }

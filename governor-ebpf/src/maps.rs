@@ -10,9 +10,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use governor_common::{
-    BandwidthKey, BandwidthRule, BreakerEntry, EndpointKey, EndpointStats, FlowAddrs, FlowStats, KernelConfig,
-    ListenerInfo, POLICY_DECISION_SLOTS, POLICY_RULE_ENTRIES, POLICY_SLOTS, PolicyRule, PolicyState,
-    RESET_REASON_SLOTS, SockInfo, TRANSITION_SLOTS, counter,
+    BandwidthKey, BandwidthRule, BreakerEntry, EndpointKey, EndpointStats, KernelConfig, ListenerInfo,
+    POLICY_DECISION_SLOTS, POLICY_RULE_ENTRIES, POLICY_SLOTS, PolicyRule, PolicyState, RESET_REASON_SLOTS, SockEntry,
+    TRANSITION_SLOTS, counter,
 };
 
 /// Tracepoint field offsets and the ephemeral port range; set by user space.
@@ -36,21 +36,17 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::S
 #[map]
 pub static ENDPOINTS: LruHashMap<EndpointKey, EndpointStats> = LruHashMap::with_max_entries(16_384, 0);
 
-/// Every TCP socket the programs saw open, keyed by its kernel address.
-/// Bounded: when it is full the least recently used socket is evicted, and
-/// its close is counted as untracked. Resized at load time.
+/// Every TCP socket the programs saw open, keyed by its kernel address,
+/// with its byte and packet counts once established. Bounded: when it is
+/// full the least recently used socket is evicted, and its close is
+/// counted as untracked. Resized at load time.
 #[map]
-pub static SOCKETS: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(65_536, 0);
+pub static SOCKETS: LruHashMap<u64, SockEntry> = LruHashMap::with_max_entries(65_536, 0);
 
 /// Owners of listening sockets by local address and port (no ephemeral
 /// collapsing), so that accepted connections take their listener's owner.
 #[map]
 pub static LISTENERS: LruHashMap<EndpointKey, ListenerInfo> = LruHashMap::with_max_entries(4096, 0);
-
-/// Established connections with their byte and packet counts, keyed by
-/// both ends (local first). Bounded; resized at load time.
-#[map]
-pub static FLOWS: LruHashMap<FlowAddrs, FlowStats> = LruHashMap::with_max_entries(65_536, 0);
 
 /// Outbound admission rules: two sets of `POLICY_SLOTS` (`admission.rs`).
 #[map]

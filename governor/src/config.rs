@@ -81,11 +81,11 @@ pub struct Ebpf {
     /// TCP socket of the host, both ends of local connections counted;
     /// closes of evicted sockets are counted as untracked.
     pub socket_table_entries: Bounded<1024, 4_194_304>,
-    /// Count bytes and packets per connection (two `cgroup_skb` programs on
-    /// the cgroup v2 root that run for every packet of the host).
+    /// Count bytes and packets per connection (copied from the kernel's
+    /// own per-socket counts; nothing runs per packet).
     pub count_flows: bool,
-    /// Size of the per-flow table in the kernel (LRU): one entry per
-    /// established connection, both ends of local connections counted.
+    /// Not used since flows live in the per-socket table; accepted so that
+    /// older config files still load.
     pub flow_table_entries: Bounded<1024, 4_194_304>,
     /// Size of the event ring buffer in bytes: a power of two, at least one
     /// page (4096).

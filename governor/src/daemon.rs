@@ -50,9 +50,9 @@ pub async fn run(config: Config, path: Option<PathBuf>, dry_run: bool) -> anyhow
     let lease = Duration::from_secs(config.enforcement.lease_seconds.get().into());
     let mut probes = load_probes(&config, &kernel_config, flows, lease)?;
     let mut events = probes.take_events()?;
-    let flows = if flows { Some(probes.take_flows()?) } else { None };
+    let flows = if flows { Some(probes.flows()?) } else { None };
     info!(programs = probes.attached(), "eBPF programs attached");
-    let metrics = daemon_metrics(&config, &probes, &reasons, flows.is_some());
+    let metrics = daemon_metrics(&config, &probes, &reasons);
     let monitor = Monitor::new(
         Engine::new(config.health.engine_config()),
         Attributor::new(config.attribution.cgroup_root.clone(), Some(config.attribution.pod_log_dir.clone())),
@@ -170,12 +170,11 @@ fn sizes(config: &Config) -> Sizes {
     Sizes {
         endpoint_table_entries: config.ebpf.endpoint_table_entries.get(),
         socket_table_entries: config.ebpf.socket_table_entries.get(),
-        flow_table_entries: config.ebpf.flow_table_entries.get(),
         ring_buffer_bytes: config.ebpf.ring_buffer_bytes.0,
     }
 }
 
-fn daemon_metrics(config: &Config, probes: &Probes, reasons: &[(u32, String)], flows: bool) -> Metrics {
+fn daemon_metrics(config: &Config, probes: &Probes, reasons: &[(u32, String)]) -> Metrics {
     let limits = SeriesLimits {
         per_metric: config.metrics.max_endpoint_series.get() as usize,
         budget: config.metrics.max_series_total.get() as usize,
@@ -185,9 +184,6 @@ fn daemon_metrics(config: &Config, probes: &Probes, reasons: &[(u32, String)], f
     metrics.programs_attached.set(i64::try_from(probes.attached()).unwrap_or(i64::MAX));
     metrics.map_capacity.with_label_values(&["endpoints"]).set(i64::from(probes.endpoint_capacity()));
     metrics.map_capacity.with_label_values(&["sockets"]).set(i64::from(probes.socket_capacity()));
-    if flows {
-        metrics.map_capacity.with_label_values(&["flows"]).set(i64::from(config.ebpf.flow_table_entries.get()));
-    }
     metrics
 }
 

@@ -12,8 +12,8 @@ use aya::{
     programs::{CgroupAttachMode, CgroupSkbAttachType, Program, RawTracePoint, links::FdLink},
 };
 use governor_common::{
-    BandwidthKey, BandwidthRule, BreakerEntry, ConnEvent, EndpointKey, EndpointStats, FlowAddrs, FlowStats,
-    KernelConfig, POLICY_DECISION_SLOTS, POLICY_HAS_CAPS, POLICY_SLOTS, PolicyRule, PolicyState, RESET_REASON_SLOTS,
+    BandwidthKey, BandwidthRule, BreakerEntry, ConnEvent, EndpointKey, EndpointStats, KernelConfig,
+    POLICY_DECISION_SLOTS, POLICY_HAS_CAPS, POLICY_SLOTS, PolicyRule, PolicyState, RESET_REASON_SLOTS, SockEntry,
     SockInfo, TRANSITION_SLOTS, TcpEvent, counter, event_kind, policy_kind,
 };
 
@@ -44,7 +44,6 @@ pub enum EbpfError {
 pub struct Sizes {
     pub endpoint_table_entries: u32,
     pub socket_table_entries: u32,
-    pub flow_table_entries: u32,
     pub ring_buffer_bytes: u32,
 }
 
@@ -68,6 +67,8 @@ pub struct Probes {
     pinned_links: Vec<PathBuf>,
     /// The flow sampler, when flows are counted.
     sampler: Option<FlowSampler>,
+    /// What the programs were loaded with.
+    config: KernelConfig,
 }
 
 impl Probes {
@@ -90,8 +91,6 @@ impl Probes {
             .override_global("GOVERNOR_CONFIG", &config, true)
             .map_max_entries("ENDPOINTS", sizes.endpoint_table_entries)
             .map_max_entries("SOCKETS", sizes.socket_table_entries)
-            // Unused without flows: keep the preallocated table small.
-            .map_max_entries("FLOWS", if flows { sizes.flow_table_entries } else { 1 })
             .map_max_entries("EVENTS", sizes.ring_buffer_bytes);
         if let Some(pins) = &pins {
             for name in crate::pin::MAPS {
@@ -124,6 +123,7 @@ impl Probes {
             pins,
             pinned_links: Vec::new(),
             sampler,
+            config,
         };
         probes.take_over_pins()?;
         Ok(probes)
@@ -385,20 +385,24 @@ impl Probes {
 
     /// Every entry of the kernel's per-socket table (after lost events).
     pub fn sockets(&self) -> Result<Vec<(u64, SockInfo)>, EbpfError> {
-        let map: HashMap<&MapData, u64, SockInfo> =
+        let map: HashMap<&MapData, u64, SockEntry> =
             HashMap::try_from(self.map("SOCKETS")?).map_err(|source| EbpfError::Map { map: "SOCKETS", source })?;
         // Sockets close while we walk: skip what vanished.
-        Ok(map.iter().filter_map(Result::ok).collect())
+        Ok(map.iter().filter_map(Result::ok).map(|(k, e)| (k, e.info)).collect())
     }
 
-    /// Takes the per-flow table out, for readers outside the daemon loop;
-    /// call once, with flows counted.
-    pub fn take_flows(&mut self) -> Result<FlowTable, EbpfError> {
-        let map = self.ebpf.take_map("FLOWS").ok_or(EbpfError::Missing { kind: "map", name: "FLOWS" })?;
+    /// The flows, for readers outside the daemon loop: a second handle on
+    /// the per-socket table and the sampler. With flows counted only.
+    pub fn flows(&self) -> Result<FlowTable, EbpfError> {
         let sampler = self.sampler.clone().ok_or(EbpfError::Missing { kind: "program", name: "gov_flow_sample" })?;
-        HashMap::try_from(map)
-            .map(|map| FlowTable { map, sampler })
-            .map_err(|source| EbpfError::Map { map: "FLOWS", source })
+        let fail = |source| EbpfError::Map { map: "SOCKETS", source };
+        let fd = match self.map("SOCKETS")? {
+            aya::maps::Map::LruHashMap(data) => data.fd().as_fd().try_clone_to_owned().map_err(EbpfError::Sampler)?,
+            _ => return Err(EbpfError::Missing { kind: "LRU hash map", name: "SOCKETS" }),
+        };
+        let map = HashMap::try_from(aya::maps::Map::LruHashMap(MapData::from_fd(fd).map_err(fail)?)).map_err(fail)?;
+        let ephemeral = (self.config.ephemeral_low, self.config.ephemeral_high);
+        Ok(FlowTable { map, sampler, ephemeral })
     }
 
     /// Takes the circuit breaker table out, for the breaker driver; call
@@ -553,20 +557,28 @@ impl BreakerTable {
     }
 }
 
-/// The kernel's per-flow table (established connections with their byte
-/// counts).
+/// The established connections of the kernel's per-socket table with
+/// their byte counts.
 pub struct FlowTable {
-    map: HashMap<MapData, FlowAddrs, FlowStats>,
+    map: HashMap<MapData, u64, SockEntry>,
     sampler: FlowSampler,
+    /// The client port range the kernel collapses in endpoint keys.
+    pub ephemeral: (u16, u16),
 }
 
 impl FlowTable {
-    /// Every entry, counts brought up to date first: two system calls per
-    /// flow, so read on demand only.
-    pub fn read(&self) -> Result<Vec<(FlowAddrs, FlowStats)>, EbpfError> {
+    /// Every established connection, counts brought up to date first: two
+    /// system calls per socket, so read on demand only.
+    pub fn read(&self) -> Result<Vec<crate::flows::FlowRow>, EbpfError> {
         self.sampler.run()?;
         // Connections close while we walk: skip what vanished.
-        Ok(self.map.iter().filter_map(Result::ok).collect())
+        Ok(self
+            .map
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, e)| e.info.established_ns != 0)
+            .map(|(_, e)| crate::flows::FlowRow { info: e.info, counts: e.flow })
+            .collect())
     }
 }
 

@@ -1,7 +1,8 @@
-//! Top talkers: turning the kernel's per-flow table into
-//! `/api/v1/flows`. Pure: the table is read elsewhere (`ebpf::FlowTable`).
+//! Top talkers: turning the established connections of the kernel's
+//! per-socket table, with their byte counts, into `/api/v1/flows`. Pure:
+//! the table is read elsewhere (`ebpf::FlowTable`).
 
-use governor_common::{FLOW_RATE_WINDOW_NS, FlowAddrs, FlowStats};
+use governor_common::{EndpointKey, FLOW_RATE_WINDOW_NS, FlowCounts, SockInfo, direction};
 use serde::Deserialize;
 
 use crate::{api, attribution::command_name, labels};
@@ -43,14 +44,33 @@ impl FlowSort {
     }
 }
 
+/// One established connection: its socket entry and byte counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowRow {
+    pub info: SockInfo,
+    pub counts: FlowCounts,
+}
+
+/// The service endpoint a connection belongs to, as the kernel keys its
+/// byte totals: the remote side of an active open, the local listener of a
+/// passive one, ports in `ephemeral` (the host's client port range)
+/// collapsed to 0.
+pub fn endpoint_key(info: &SockInfo, ephemeral: (u16, u16)) -> EndpointKey {
+    let a = &info.addrs;
+    let (addr, port) = if info.direction == direction::ACTIVE { (a.daddr, a.dport) } else { (a.saddr, a.sport) };
+    let port = if (ephemeral.0..=ephemeral.1).contains(&port) { 0 } else { port };
+    EndpointKey { addr, port, family: a.family, pad: 0 }
+}
+
 /// Bytes per second sent and received by a flow at `now_ns` (the kernel's
 /// monotonic clock).
 ///
-/// The kernel closes a window when the first packet after its end arrives.
+/// The kernel closes a window when the first sample after its end finds
+/// new bytes.
 /// While the current window runs, the rate is the last complete window's;
 /// once it is over without a packet closing it, the bytes in it are spread
 /// over the time since it began, so an idle flow's rate decays to zero.
-pub fn rates(f: &FlowStats, now_ns: u64) -> (u64, u64) {
+pub fn rates(f: &FlowCounts, now_ns: u64) -> (u64, u64) {
     let elapsed = now_ns.saturating_sub(f.window_start_ns);
     let (sent, received, over) = if elapsed < FLOW_RATE_WINDOW_NS && f.last_window_ns > 0 {
         (f.last_sent, f.last_received, f.last_window_ns)
@@ -66,9 +86,10 @@ fn per_second(bytes: u64, over_ns: u64) -> u64 {
 }
 
 /// The busiest `query.limit` flows of `table`, busiest first (ties broken
-/// by the addresses, so the order is stable).
-pub fn top(table: &[(FlowAddrs, FlowStats)], query: FlowQuery, now_ns: u64) -> api::Flows {
-    let mut flows: Vec<api::Flow> = table.iter().map(|(addrs, stats)| flow(addrs, stats, now_ns)).collect();
+/// by the addresses, so the order is stable); `ephemeral` as for
+/// [`endpoint_key`].
+pub fn top(table: &[FlowRow], query: FlowQuery, now_ns: u64, ephemeral: (u16, u16)) -> api::Flows {
+    let mut flows: Vec<api::Flow> = table.iter().map(|row| flow(row, now_ns, ephemeral)).collect();
     let busy = |f: &api::Flow| match query.sort {
         FlowSort::Rate => f.sent_bytes_per_second.saturating_add(f.received_bytes_per_second),
         FlowSort::Bytes => f.bytes_sent.saturating_add(f.bytes_received),
@@ -78,16 +99,18 @@ pub fn top(table: &[(FlowAddrs, FlowStats)], query: FlowQuery, now_ns: u64) -> a
     api::Flows { total: table.len() as u64, sort: query.sort.as_str().to_owned(), flows }
 }
 
-fn flow(a: &FlowAddrs, s: &FlowStats, now_ns: u64) -> api::Flow {
+fn flow(row: &FlowRow, now_ns: u64, ephemeral: (u16, u16)) -> api::Flow {
+    let (i, s) = (&row.info, &row.counts);
+    let a = &i.addrs;
     let (sent_rate, received_rate) = rates(s, now_ns);
     api::Flow {
         local: labels::endpoint_of(a.family, &a.saddr, a.sport),
         remote: labels::endpoint_of(a.family, &a.daddr, a.dport),
-        endpoint: labels::endpoint(&s.endpoint),
-        direction: labels::direction_name(s.direction).to_owned(),
-        pid: s.owner.tgid,
-        command: command_name(&s.owner.comm),
-        age_seconds: now_ns.saturating_sub(s.established_ns) / 1_000_000_000,
+        endpoint: labels::endpoint(&endpoint_key(i, ephemeral)),
+        direction: labels::direction_name(i.direction).to_owned(),
+        pid: i.owner.tgid,
+        command: command_name(&i.owner.comm),
+        age_seconds: now_ns.saturating_sub(i.established_ns) / 1_000_000_000,
         bytes_sent: s.bytes_sent,
         bytes_received: s.bytes_received,
         packets_sent: s.packets_sent,
@@ -99,12 +122,14 @@ fn flow(a: &FlowAddrs, s: &FlowStats, now_ns: u64) -> api::Flow {
 
 #[cfg(test)]
 mod tests {
-    use governor_common::{AF_INET, EndpointKey, Owner, direction};
+    use governor_common::{AF_INET, FlowAddrs, Owner, direction};
     use proptest::prelude::*;
 
     use super::*;
 
     const SECOND: u64 = 1_000_000_000;
+    /// A client port range that leaves the ports below alone.
+    const EPHEMERAL: (u16, u16) = (32768, 60999);
 
     fn addrs(last: u8, sport: u16) -> FlowAddrs {
         let mut saddr = [0; 16];
@@ -114,15 +139,8 @@ mod tests {
         FlowAddrs { saddr, daddr, family: AF_INET, sport, dport: 443, pad: 0 }
     }
 
-    fn stats(sent: u64, received: u64, last_sent: u64) -> FlowStats {
-        let mut comm = [0; 16];
-        comm[..4].copy_from_slice(b"curl");
-        let mut addr = [0; 16];
-        addr[..4].copy_from_slice(&[10, 0, 1, 1]);
-        FlowStats {
-            owner: Owner { tgid: 42, pid: 43, comm, cgroup_id: 1 },
-            endpoint: EndpointKey { addr, port: 443, family: AF_INET, pad: 0 },
-            established_ns: 10 * SECOND,
+    fn counts(sent: u64, received: u64, last_sent: u64) -> FlowCounts {
+        FlowCounts {
             bytes_sent: sent,
             bytes_received: received,
             packets_sent: 3,
@@ -133,24 +151,35 @@ mod tests {
             last_window_ns: SECOND,
             last_sent,
             last_received: 0,
-            skaddr: 0,
-            direction: direction::ACTIVE,
-            pad: [0; 7],
         }
+    }
+
+    fn row(addrs: FlowAddrs, counts: FlowCounts) -> FlowRow {
+        let mut comm = [0; 16];
+        comm[..4].copy_from_slice(b"curl");
+        let info = SockInfo {
+            owner: Owner { tgid: 42, pid: 43, comm, cgroup_id: 1 },
+            established_ns: 10 * SECOND,
+            addrs,
+            direction: direction::ACTIVE,
+            state: 1,
+            ..SockInfo::default()
+        };
+        FlowRow { info, counts }
     }
 
     #[test]
     fn rate_is_the_last_window_while_the_current_one_runs() {
-        let s = FlowStats { window_sent: 500, ..stats(0, 0, 2000) };
+        let s = FlowCounts { window_sent: 500, ..counts(0, 0, 2000) };
         assert_eq!(rates(&s, 20 * SECOND + SECOND / 2), (2000, 0));
         // The last window lasted two seconds (an idle gap closed it late).
-        let s = FlowStats { last_window_ns: 2 * SECOND, ..s };
+        let s = FlowCounts { last_window_ns: 2 * SECOND, ..s };
         assert_eq!(rates(&s, 20 * SECOND), (1000, 0));
     }
 
     #[test]
     fn an_unclosed_window_decays_with_time() {
-        let s = FlowStats { window_sent: 4000, window_received: 1000, ..stats(0, 0, 2000) };
+        let s = FlowCounts { window_sent: 4000, window_received: 1000, ..counts(0, 0, 2000) };
         assert_eq!(rates(&s, 21 * SECOND), (4000, 1000));
         assert_eq!(rates(&s, 24 * SECOND), (1000, 250));
         assert_eq!(rates(&s, 8020 * SECOND), (0, 0));
@@ -158,7 +187,7 @@ mod tests {
 
     #[test]
     fn a_new_flow_without_a_complete_window_uses_its_first_window() {
-        let s = FlowStats { last_window_ns: 0, last_sent: 0, window_sent: 300, ..stats(0, 0, 0) };
+        let s = FlowCounts { last_window_ns: 0, last_sent: 0, window_sent: 300, ..counts(0, 0, 0) };
         // Less than a window old: spread over a whole window.
         assert_eq!(rates(&s, 20 * SECOND + SECOND / 10), (300, 0));
     }
@@ -166,17 +195,17 @@ mod tests {
     #[test]
     fn top_sorts_by_rate_or_bytes_and_cuts() {
         let table = vec![
-            (addrs(1, 40_000), stats(100, 0, 10)),
-            (addrs(2, 40_001), stats(5, 0, 900)),
-            (addrs(3, 40_002), stats(50, 60, 20)),
+            row(addrs(1, 40_000), counts(100, 0, 10)),
+            row(addrs(2, 40_001), counts(5, 0, 900)),
+            row(addrs(3, 40_002), counts(50, 60, 20)),
         ];
         let now = 20 * SECOND + 1;
-        let by_rate = top(&table, FlowQuery { sort: FlowSort::Rate, limit: 2 }, now);
+        let by_rate = top(&table, FlowQuery { sort: FlowSort::Rate, limit: 2 }, now, EPHEMERAL);
         assert_eq!(by_rate.total, 3);
         assert_eq!(by_rate.sort, "rate");
         let locals: Vec<&str> = by_rate.flows.iter().map(|f| f.local.as_str()).collect();
         assert_eq!(locals, ["10.0.0.2:40001", "10.0.0.3:40002"]);
-        let by_bytes = top(&table, FlowQuery { sort: FlowSort::Bytes, limit: 10 }, now);
+        let by_bytes = top(&table, FlowQuery { sort: FlowSort::Bytes, limit: 10 }, now, EPHEMERAL);
         let locals: Vec<&str> = by_bytes.flows.iter().map(|f| f.local.as_str()).collect();
         assert_eq!(locals, ["10.0.0.3:40002", "10.0.0.1:40000", "10.0.0.2:40001"]);
         let f = &by_bytes.flows[1];
@@ -185,6 +214,16 @@ mod tests {
             ("10.0.1.1:443", "10.0.1.1:443", "active", 42, "curl")
         );
         assert_eq!((f.age_seconds, f.packets_sent, f.packets_received, f.sent_bytes_per_second), (10, 3, 4, 10));
+    }
+
+    #[test]
+    fn the_endpoint_is_the_service_side_with_client_ports_collapsed() {
+        let mut r = row(addrs(1, 40_000), counts(0, 0, 0));
+        assert_eq!(labels::endpoint(&endpoint_key(&r.info, EPHEMERAL)), "10.0.1.1:443");
+        r.info.direction = direction::PASSIVE;
+        assert_eq!(labels::endpoint(&endpoint_key(&r.info, EPHEMERAL)), "10.0.0.1:ephemeral");
+        r.info.addrs.sport = 8080;
+        assert_eq!(labels::endpoint(&endpoint_key(&r.info, EPHEMERAL)), "10.0.0.1:8080");
     }
 
     #[test]
@@ -203,7 +242,7 @@ mod tests {
         fn rates_are_bounded_by_window_bytes(
             window in 0u64..1 << 40, last in 0u64..1 << 40, last_ns in 0u64..10 * SECOND, ahead in 0u64..100 * SECOND,
         ) {
-            let s = FlowStats { window_sent: window, last_sent: last, last_window_ns: last_ns, ..stats(0, 0, 0) };
+            let s = FlowCounts { window_sent: window, last_sent: last, last_window_ns: last_ns, ..counts(0, 0, 0) };
             let (sent, _) = rates(&s, s.window_start_ns + ahead);
             let bound = window.max(per_second(last, last_ns));
             prop_assert!(sent <= bound, "{sent} > {bound}");

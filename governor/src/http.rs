@@ -177,9 +177,10 @@ async fn flows(State(state): State<Arc<AppState>>, query: Result<Query<FlowQuery
     }
     // Walking the kernel table takes two system calls per flow: off the
     // async workers.
+    let ephemeral = state.flows.as_ref().map_or((1, 0), |f| f.ephemeral);
     let table = tokio::task::spawn_blocking(move || state.flows.as_ref().map_or(Ok(Vec::new()), FlowTable::read));
     match table.await {
-        Ok(Ok(table)) => Json(flows::top(&table, query, now().ns)).into_response(),
+        Ok(Ok(table)) => Json(flows::top(&table, query, now().ns, ephemeral)).into_response(),
         Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     }

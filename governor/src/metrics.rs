@@ -58,8 +58,6 @@ pub struct Metrics {
     endpoint_retransmits: IntCounterVec,
     endpoint_bytes: IntCounterVec,
     bytes_series: SeriesLimiter,
-    flows_untracked: IntCounter,
-    flow_update_failures: IntCounter,
     pub programs_attached: IntGauge,
     events_lost: IntCounter,
     /// One counter per entry of `EVENT_KINDS`, resolved once: the drain
@@ -259,14 +257,6 @@ impl Metrics {
                 &["endpoint", "direction"],
             ),
             bytes_series: SeriesLimiter::new(limits.per_metric, limits.ttl_seconds),
-            flows_untracked: counter(
-                "governor_ebpf_flows_untracked_total",
-                "Closes of established connections whose entry the full per-flow table had evicted.",
-            ),
-            flow_update_failures: counter(
-                "governor_ebpf_flow_update_failures_total",
-                "Connections the kernel could not add to the per-flow table.",
-            ),
             programs_attached: r.register(
                 IntGauge::new("governor_ebpf_programs_attached", "Kernel programs governor has attached.")
                     .expect("valid metric"),
@@ -504,8 +494,6 @@ impl Metrics {
         self.endpoint_update_failures.inc_by(c(counter::ENDPOINT_UPDATE_FAILED));
         self.sockets_untracked.inc_by(c(counter::SOCKET_UNTRACKED));
         self.socket_update_failures.inc_by(c(counter::SOCKET_UPDATE_FAILED));
-        self.flows_untracked.inc_by(c(counter::FLOW_UNTRACKED));
-        self.flow_update_failures.inc_by(c(counter::FLOW_UPDATE_FAILED));
 
         // Several kernel keys can share a label (IPv4-mapped IPv6), so sum
         // by label first.

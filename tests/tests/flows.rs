@@ -55,7 +55,7 @@ fn a_transfer_between_two_namespaces_is_counted_per_flow_and_per_endpoint() {
     for (server, label) in [("10.216.0.2:20161", "10.216.0.2:20161"), ("[fd00:216::2]:20162", "[fd00:216::2]:20162")] {
         transfer_is_counted(&mut gov, &client_ns, &server_ns, server.parse().expect("addr"), label);
     }
-    assert_eq!(gov.value("governor_ebpf_flow_update_failures_total"), 0);
+    assert_eq!(gov.value("governor_ebpf_socket_update_failures_total"), 0);
 }
 
 /// 10 MiB each way between a client in `client_ns` and a server at
@@ -175,7 +175,7 @@ fn connections_that_close_are_counted_exactly_at_their_endpoint() {
             series("governor_endpoint_bytes_total", &[("direction", direction), ("endpoint", "10.218.0.2:20164")]);
         assert_eq!(gov.settle(&name, 2 * CONNECTIONS * EACH), 2 * CONNECTIONS * EACH, "{name}");
     }
-    assert_eq!(gov.value("governor_ebpf_flows_untracked_total"), 0);
+    assert_eq!(gov.value("governor_ebpf_sockets_untracked_total"), 0);
 }
 
 #[test]

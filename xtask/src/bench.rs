@@ -322,8 +322,7 @@ impl Drop for BpfStats {
 /// run with the kernel's run-time statistics on (they add a little cost of
 /// their own, so this run is not one of the ratio runs).
 fn profile(ns: &Netns, seconds: u64) -> anyhow::Result<Vec<(&'static str, f64, f64)>> {
-    const PROGRAMS: [&str; 6] =
-        ["gov_state", "gov_rst_sent", "gov_rst_recv", "gov_retrans", "gov_flow_in", "gov_flow_out"];
+    const PROGRAMS: [&str; 5] = ["gov_state", "gov_rst_sent", "gov_rst_recv", "gov_retrans", "gov_flow_sample"];
     let _stats = BpfStats::enable()?;
     let _governor = start_governor()?;
     let (_, connections) = loadgen_in(ns, seconds)?;
@@ -427,15 +426,17 @@ fn report(
          ## Cost per kernel program\n\n\
          One further run with `kernel.bpf_stats_enabled=1` (the statistics add a\n\
          little cost of their own). Calls per connection show how often each\n\
-         hook fires in this loop.\n\n\
+         hook fires in this loop (the flow sampler runs once per reading of\n\
+         the tables, not per connection).\n\n\
          | program | ns per call | calls per connection |\n|---|---|---|\n{per_program}\n\
          Time inside governor's programs: **{in_programs:.0} ns per connection**.\n\
-         The rest of the overhead is the kernel's work for classic tracepoints\n\
-         whenever any program is attached to them: for every hit it reserves a\n\
-         perf trace buffer and fills the whole record (addresses converted, ports\n\
-         swapped) before the program runs. Raw tracepoints skip that and hand\n\
-         the program the kernel's own arguments; they need the socket fields'\n\
-         offsets from the kernel's BTF instead of the format files.\n",
+         The programs are raw tracepoints (the kernel formats no record for\n\
+         them) and nothing runs per packet. Most of their time goes to the\n\
+         per-socket table (an LRU hash: one insert, lookups and one delete per\n\
+         socket) and the ring buffer (one event per opened and closed socket,\n\
+         one per reset); the rest of the overhead is the daemon reading those\n\
+         events (its CPU above) and what both do to the caches of a machine\n\
+         whose two CPUs the loop keeps busy.\n",
         rounds = args.rounds,
         seconds = args.seconds,
         date = sh("date -u +%Y-%m-%d"),

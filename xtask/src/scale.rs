@@ -79,7 +79,7 @@ fn table_entries(connections: u64) -> u64 {
 /// loopback is two sockets).
 fn config(connections: u64) -> String {
     let entries = table_entries(connections);
-    format!("[ebpf]\nsocket_table_entries = {entries}\nflow_table_entries = {entries}\n")
+    format!("[ebpf]\nsocket_table_entries = {entries}\n")
 }
 
 pub fn run(args: ScaleArgs) -> anyhow::Result<ScaleFigures> {
@@ -346,9 +346,9 @@ pub fn section(f: &ScaleFigures) -> String {
     format!(
         "\n## Scale: {connections} connections open, {rate} new connections per second\n\n\
          Produced by the same command, after the rounds above. governor runs with\n\
-         its defaults except the kernel tables, sized for both ends of every\n\
-         connection (`ebpf.socket_table_entries` and `ebpf.flow_table_entries` =\n\
-         {entries}). The loads run in network namespaces of their own, on loopback.\n\n\
+         its defaults except the kernel's socket table, sized for both ends of\n\
+         every connection (`ebpf.socket_table_entries` = {entries}; flows live\n\
+         in it). The loads run in network namespaces of their own, on loopback.\n\n\
          - **Open connections**: {opened} connections opened (file limit raised,\n\
          \x20 client port range widened inside the namespace) in {open_s:.1} s, then\n\
          \x20 held for {secs} s. governor's table held {tracked} sockets at the end\n\
@@ -391,7 +391,7 @@ mod tests {
 
     #[test]
     fn tables_hold_both_ends_of_every_connection() {
-        assert_eq!(config(100_000), "[ebpf]\nsocket_table_entries = 262144\nflow_table_entries = 262144\n");
-        assert_eq!(config(10), "[ebpf]\nsocket_table_entries = 32768\nflow_table_entries = 32768\n");
+        assert_eq!(config(100_000), "[ebpf]\nsocket_table_entries = 262144\n");
+        assert_eq!(config(10), "[ebpf]\nsocket_table_entries = 32768\n");
     }
 }

@@ -247,6 +247,10 @@ pub struct FlowCounts {
     pub last_window_ns: u64,
     pub last_sent: u64,
     pub last_received: u64,
+    /// The socket's own `bytes_sent` and `bytes_received` when last read:
+    /// a sample reads the rest only when one of them moved.
+    pub seen_sent: u64,
+    pub seen_received: u64,
 }
 
 /// A value of the per-socket table.
@@ -607,8 +611,8 @@ mod tests {
         assert_eq!((size_of::<ConnEvent>(), align_of::<ConnEvent>()), (136, 8));
         assert_eq!((size_of::<EndpointKey>(), align_of::<EndpointKey>()), (24, 4));
         assert_eq!((size_of::<EndpointStats>(), align_of::<EndpointStats>()), (40, 8));
-        assert_eq!((size_of::<FlowCounts>(), align_of::<FlowCounts>()), (80, 8));
-        assert_eq!((size_of::<SockEntry>(), align_of::<SockEntry>()), (192, 8));
+        assert_eq!((size_of::<FlowCounts>(), align_of::<FlowCounts>()), (96, 8));
+        assert_eq!((size_of::<SockEntry>(), align_of::<SockEntry>()), (208, 8));
         assert_eq!((size_of::<TcpEvent>(), align_of::<TcpEvent>()), (56, 8));
         assert_eq!((size_of::<PolicyRule>(), align_of::<PolicyRule>()), (80, 8));
         assert_eq!((size_of::<PolicyState>(), align_of::<PolicyState>()), (16, 8));

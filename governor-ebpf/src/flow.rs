@@ -17,10 +17,12 @@ use crate::{
 /// `RCV_SHUTDOWN` in `sk_shutdown`.
 const RCV_SHUTDOWN: u8 = 1;
 
-/// Copies the counts of the socket at `sk` into its `entry` and adds what grew to its window
-/// and its endpoint. The data segment counts are read first: a direction
-/// whose count did not move carried no new payload, so idle flows (and
-/// connections that never carried data) cost two reads. The byte totals
+/// Copies the counts of the socket at `sk` into its `entry` and adds what
+/// grew to its window and its endpoint. The socket's two byte counts are
+/// read first: the rest is read only for a direction whose count moved, so
+/// idle flows (and connections that never carried data) cost two reads.
+/// (The kernel moves a segment count before the byte count it goes with,
+/// so only the byte counts tell reliably that nothing changed.) The totals
 /// are swapped in atomically, so the sampler and a close racing on one
 /// flow add each byte once.
 #[inline(always)]
@@ -30,22 +32,25 @@ pub fn sample(entry: *mut SockEntry, sk: u64) {
     // SAFETY: `entry` is a live map value; the fields below stay inside it.
     let f = unsafe { &mut (*entry).flow };
     let mut grew = [0u64; 2];
-    let segs_out = field::<u32>(sk, o.data_segs_out);
-    if segs_out.is_some_and(|n| u64::from(n) != f.packets_sent) {
-        f.packets_sent = u64::from(segs_out.unwrap_or(0));
+    if let Some(raw) = field::<u64>(sk, o.bytes_sent)
+        && raw != f.seen_sent
+    {
+        f.seen_sent = raw;
+        f.packets_sent = u64::from(field::<u32>(sk, o.data_segs_out).unwrap_or(0));
         // Each byte once: retransmissions are counted apart.
-        let sent = field::<u64>(sk, o.bytes_sent).unwrap_or(0).saturating_sub(field(sk, o.bytes_retrans).unwrap_or(0));
+        let sent = raw.saturating_sub(field(sk, o.bytes_retrans).unwrap_or(0));
         grew[0] = grown(&raw mut f.bytes_sent, sent);
     }
-    let segs_in = field::<u32>(sk, o.data_segs_in);
-    if segs_in.is_some_and(|n| u64::from(n) != f.packets_received) {
-        f.packets_received = u64::from(segs_in.unwrap_or(0));
+    if let Some(raw) = field::<u64>(sk, o.bytes_received)
+        && raw != f.seen_received
+    {
+        f.seen_received = raw;
+        f.packets_received = u64::from(field::<u32>(sk, o.data_segs_in).unwrap_or(0));
         // `bytes_received` counts a FIN's sequence number too; a reset
         // (`sk_err` set) also shuts the receive side without one.
         let fin = field::<u8>(sk, o.sk_shutdown).unwrap_or(0) & RCV_SHUTDOWN != 0
             && field::<u32>(sk, o.sk_err).unwrap_or(0) == 0;
-        let received = field::<u64>(sk, o.bytes_received).unwrap_or(0).saturating_sub(u64::from(fin));
-        grew[1] = grown(&raw mut f.bytes_received, received);
+        grew[1] = grown(&raw mut f.bytes_received, raw.saturating_sub(u64::from(fin)));
     }
     if grew == [0, 0] {
         return;

@@ -87,6 +87,10 @@ pub struct Ebpf {
     /// Not used since flows live in the per-socket table; accepted so that
     /// older config files still load.
     pub flow_table_entries: Bounded<1024, 4_194_304>,
+    /// How often the daemon copies every connection's byte counts from the
+    /// kernel's sockets (the endpoints' byte totals move in these steps;
+    /// `/api/v1/flows` copies them at each request, a close at once).
+    pub flow_sample_interval_ms: Bounded<1000, 60_000>,
     /// Size of the event ring buffer in bytes: a power of two, at least one
     /// page (4096).
     pub ring_buffer_bytes: RingBufferBytes,
@@ -108,6 +112,7 @@ impl Default for Ebpf {
             socket_table_entries: Bounded(65_536),
             count_flows: true,
             flow_table_entries: Bounded(65_536),
+            flow_sample_interval_ms: Bounded(5000),
             ring_buffer_bytes: RingBufferBytes(4 << 20),
             event_drain_interval_ms: Bounded(100),
             tracefs: PathBuf::from("/sys/kernel/tracing"),
@@ -546,6 +551,7 @@ endpoint_table_entries = 1024
 socket_table_entries = 2048
 count_flows = false
 flow_table_entries = 4096
+flow_sample_interval_ms = 2000
 ring_buffer_bytes = 65536
 event_drain_interval_ms = 50
 tracefs = "/t"
@@ -726,6 +732,7 @@ format = "host_port"
                 socket_table_entries: Bounded(2048),
                 count_flows: false,
                 flow_table_entries: Bounded(4096),
+                flow_sample_interval_ms: Bounded(2000),
                 ring_buffer_bytes: RingBufferBytes(65536),
                 event_drain_interval_ms: Bounded(50),
                 tracefs: "/t".into(),

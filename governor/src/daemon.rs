@@ -168,6 +168,7 @@ fn prepare_host(config: &Config) -> anyhow::Result<(governor_common::KernelConfi
 
 fn sizes(config: &Config) -> Sizes {
     Sizes {
+        flow_sample_interval: Duration::from_millis(config.ebpf.flow_sample_interval_ms.get().into()),
         endpoint_table_entries: config.ebpf.endpoint_table_entries.get(),
         socket_table_entries: config.ebpf.socket_table_entries.get(),
         ring_buffer_bytes: config.ebpf.ring_buffer_bytes.0,

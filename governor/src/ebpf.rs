@@ -39,9 +39,12 @@ pub enum EbpfError {
     Pin { path: PathBuf, source: std::io::Error },
 }
 
-/// Sizes chosen by the operator.
+/// Sizes (and the flow sampling interval) chosen by the operator.
 #[derive(Clone, Copy, Debug)]
 pub struct Sizes {
+    /// How often the daemon's readings sweep the flows (`/api/v1/flows`
+    /// always does).
+    pub flow_sample_interval: std::time::Duration,
     pub endpoint_table_entries: u32,
     pub socket_table_entries: u32,
     pub ring_buffer_bytes: u32,
@@ -110,7 +113,7 @@ impl Probes {
             program.attach(tp.name).map_err(fail)?;
             attached += 1;
         }
-        let sampler = if flows { Some(FlowSampler::load(&mut ebpf)?) } else { None };
+        let sampler = if flows { Some(FlowSampler::load(&mut ebpf, sizes.flow_sample_interval)?) } else { None };
         let mut probes = Self {
             ebpf,
             attached,
@@ -402,7 +405,7 @@ impl Probes {
         };
         let map = HashMap::try_from(aya::maps::Map::LruHashMap(MapData::from_fd(fd).map_err(fail)?)).map_err(fail)?;
         let ephemeral = (self.config.ephemeral_low, self.config.ephemeral_high);
-        Ok(FlowTable { map, sampler, ephemeral })
+        Ok(FlowTable { map, sampler, capacity: self.socket_capacity, ephemeral })
     }
 
     /// Takes the circuit breaker table out, for the breaker driver; call
@@ -430,7 +433,7 @@ impl Probes {
     /// endpoints' byte counts up to date.
     pub fn read(&self) -> Result<KernelSnapshot, EbpfError> {
         if let Some(sampler) = &self.sampler {
-            sampler.run()?;
+            sampler.run_if_due(self.socket_capacity)?;
         }
         Ok(KernelSnapshot {
             transitions: read_per_cpu(self.map("TRANSITIONS")?, "TRANSITIONS", TRANSITION_SLOTS)?,
@@ -562,6 +565,8 @@ impl BreakerTable {
 pub struct FlowTable {
     map: HashMap<MapData, u64, SockEntry>,
     sampler: FlowSampler,
+    /// Size of the per-socket table.
+    capacity: u32,
     /// The client port range the kernel collapses in endpoint keys.
     pub ephemeral: (u16, u16),
 }
@@ -570,7 +575,7 @@ impl FlowTable {
     /// Every established connection, counts brought up to date first: two
     /// system calls per socket, so read on demand only.
     pub fn read(&self) -> Result<Vec<crate::flows::FlowRow>, EbpfError> {
-        self.sampler.run()?;
+        self.sampler.run(self.capacity)?;
         // Connections close while we walk: skip what vanished.
         Ok(self
             .map
@@ -583,26 +588,67 @@ impl FlowTable {
 }
 
 /// The flow sampler program (`gov_flow_sample`), attached to nothing: each
-/// run copies every flow's counts from its socket into the flow table.
-/// Runs are serialised: two at once could add the same bytes twice.
+/// sweep copies every flow's counts from its socket into the socket table.
+/// Sweeps are serialised: two at once could add the same bytes twice.
 #[derive(Clone)]
-pub struct FlowSampler(std::sync::Arc<std::sync::Mutex<std::os::fd::OwnedFd>>);
+pub struct FlowSampler(std::sync::Arc<std::sync::Mutex<SamplerState>>);
+
+struct SamplerState {
+    fd: std::os::fd::OwnedFd,
+    interval: std::time::Duration,
+    last: Option<std::time::Instant>,
+}
 
 impl FlowSampler {
-    fn load(ebpf: &mut Ebpf) -> Result<Self, EbpfError> {
+    fn load(ebpf: &mut Ebpf, interval: std::time::Duration) -> Result<Self, EbpfError> {
         let name = "gov_flow_sample";
         let fail = |source| EbpfError::Program { program: name, hook: "run by governor".to_owned(), source };
         let program: &mut RawTracePoint =
             ebpf.program_mut(name).ok_or(EbpfError::Missing { kind: "program", name })?.try_into().map_err(fail)?;
         program.load().map_err(fail)?;
         let fd = program.fd().map_err(fail)?.as_fd().try_clone_to_owned().map_err(EbpfError::Sampler)?;
-        Ok(Self(std::sync::Arc::new(std::sync::Mutex::new(fd))))
+        Ok(Self(std::sync::Arc::new(std::sync::Mutex::new(SamplerState { fd, interval, last: None }))))
     }
 
-    /// One run (`BPF_PROG_TEST_RUN`).
-    pub fn run(&self) -> Result<(), EbpfError> {
-        let fd = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        crate::pin::test_run(fd.as_fd()).map_err(EbpfError::Sampler)
+    /// Sockets one run of the program walks at most: it keeps a CPU
+    /// (without preemption) for well under ten milliseconds.
+    const BUDGET: u64 = 8192;
+
+    /// One sweep of the socket table (`BPF_PROG_TEST_RUN`), in runs of
+    /// `BUDGET` sockets, each from where the last stopped, until one ends
+    /// short; bounded by `capacity`, the table's size.
+    pub fn run(&self, capacity: u32) -> Result<(), EbpfError> {
+        let mut state = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        Self::sweep(&mut state, capacity)
+    }
+
+    /// A sweep when the last is `interval` old.
+    fn run_if_due(&self, capacity: u32) -> Result<(), EbpfError> {
+        let mut state = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if state.last.is_some_and(|t| t.elapsed() < state.interval) {
+            return Ok(());
+        }
+        Self::sweep(&mut state, capacity)
+    }
+
+    /// Sockets each run walks again from the run before: sockets that
+    /// closed meanwhile shift the rest of the table forward, and without
+    /// the overlap the sockets at a run's end could be missed sweep after
+    /// sweep on a host that opens and closes connections all the time.
+    /// Walking a socket twice only copies its counts twice.
+    const OVERLAP: u64 = 512;
+
+    fn sweep(state: &mut SamplerState, capacity: u32) -> Result<(), EbpfError> {
+        state.last = Some(std::time::Instant::now());
+        let mut skip = 0;
+        for _ in 0..=u64::from(capacity) / (Self::BUDGET - Self::OVERLAP) + 1 {
+            let walked = crate::pin::test_run(state.fd.as_fd(), &[skip, Self::BUDGET]).map_err(EbpfError::Sampler)?;
+            if u64::from(walked) < Self::BUDGET {
+                break;
+            }
+            skip += u64::from(walked) - Self::OVERLAP;
+        }
+        Ok(())
     }
 }
 

@@ -151,6 +151,7 @@ mod tests {
             last_window_ns: SECOND,
             last_sent,
             last_received: 0,
+            ..FlowCounts::default()
         }
     }
 

@@ -181,10 +181,10 @@ pub fn replace_program(link: &Path, program: BorrowedFd<'_>) -> io::Result<()> {
     bpf(BPF_LINK_UPDATE, (&raw mut attr).cast(), size_of::<LinkUpdate>()).map(drop)
 }
 
-/// `BPF_PROG_TEST_RUN` of a program that takes no input (a raw
-/// tracepoint program run on its own, as the flow sampler is); aya has no
-/// API for it.
-pub fn test_run(program: BorrowedFd<'_>) -> io::Result<()> {
+/// `BPF_PROG_TEST_RUN` of a raw tracepoint program run on its own (the
+/// flow sampler) with `args` as its arguments; its return value. aya has
+/// no API for it.
+pub fn test_run(program: BorrowedFd<'_>, args: &[u64]) -> io::Result<u32> {
     #[repr(C)]
     #[derive(Default)]
     struct TestRun {
@@ -207,10 +207,17 @@ pub fn test_run(program: BorrowedFd<'_>) -> io::Result<()> {
         /// field, and padding would be left uninitialised.
         pad: u32,
     }
-    let mut attr = TestRun { prog_fd: fd_u32(program.as_raw_fd()), ..TestRun::default() };
+    let mut attr = TestRun {
+        prog_fd: fd_u32(program.as_raw_fd()),
+        ctx_size_in: u32::try_from(size_of_val(args)).map_err(io::Error::other)?,
+        ctx_in: args.as_ptr() as u64,
+        ..TestRun::default()
+    };
     // SAFETY: `attr` is the `test` member of `union bpf_attr`, and the size
-    // passed is its size; no buffers are passed.
-    bpf(BPF_PROG_TEST_RUN, (&raw mut attr).cast(), size_of::<TestRun>()).map(drop)
+    // passed is its size; `args` outlives the call and is `ctx_size_in`
+    // bytes long.
+    bpf(BPF_PROG_TEST_RUN, (&raw mut attr).cast(), size_of::<TestRun>())?;
+    Ok(attr.retval)
 }
 
 /// `BPF_OBJ_GET`: opens the pinned object at `path`.

@@ -179,6 +179,51 @@ fn connections_that_close_are_counted_exactly_at_their_endpoint() {
 }
 
 #[test]
+fn a_sweep_reaches_every_socket_of_a_table_larger_than_one_run() {
+    // Two sockets per connection: 12,000 sockets, more than the 8192 one
+    // run of the sampler walks, all holding data the sweep must find.
+    const CONNECTIONS: usize = 6000;
+    require_root();
+    let fds = u64::try_from(3 * CONNECTIONS).expect("small");
+    let (soft, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).expect("file limit");
+    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, soft.max(fds), hard.max(fds))
+        .expect("raise the file limit");
+    let ns = Netns::new("flow-sweep");
+    let mut gov =
+        Governor::start_with(&[("ebpf.socket_table_entries", "32768"), ("ebpf.flow_sample_interval_ms", "1000")]);
+    let server_addr: SocketAddr = "127.0.0.1:20165".parse().expect("addr");
+    let listener = ns.run(move || TcpListener::bind(server_addr).expect("listen"));
+    let server = thread::spawn(move || {
+        (0..CONNECTIONS)
+            .map(|_| {
+                let (mut s, _) = listener.accept().expect("accept");
+                let mut byte = [0_u8; 1];
+                s.read_exact(&mut byte).expect("the client's byte");
+                s
+            })
+            .collect::<Vec<TcpStream>>()
+    });
+    let clients = ns.run(move || {
+        (0..CONNECTIONS)
+            .map(|_| {
+                let mut c = TcpStream::connect(server_addr).expect("connect");
+                c.write_all(b"x").expect("send");
+                c
+            })
+            .collect::<Vec<TcpStream>>()
+    });
+    let servers = server.join().expect("server thread");
+    let total = u64::try_from(CONNECTIONS).expect("small");
+    for direction in ["sent", "received"] {
+        let name =
+            series("governor_endpoint_bytes_total", &[("direction", direction), ("endpoint", "127.0.0.1:20165")]);
+        let value = gov.settle(&name, total);
+        assert_eq!(value, total, "{name}: one byte per open connection");
+    }
+    drop((clients, servers));
+}
+
+#[test]
 fn without_flow_counting_no_sampler_is_loaded() {
     require_root();
     let mut gov = Governor::start_with(&[("ebpf.count_flows", "false")]);

@@ -38,19 +38,15 @@ use crate::{
 /// (reloaded on SIGHUP or a change); `dry_run` holds across reloads.
 pub async fn run(config: Config, path: Option<PathBuf>, dry_run: bool) -> anyhow::Result<()> {
     let (kernel_config, reasons) = prepare_host(&config)?;
-    let flows = config.ebpf.count_flows;
-    if !flows {
-        info!("ebpf.count_flows is off: no per-flow bytes");
-    }
     let addr = config.daemon.metrics_addr;
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}: choose another address with --metrics-addr"))?;
 
     let lease = Duration::from_secs(config.enforcement.lease_seconds.get().into());
-    let mut probes = load_probes(&config, &kernel_config, flows, lease)?;
+    let mut probes = load_probes(&config, &kernel_config, config.ebpf.count_flows, lease)?;
     let mut events = probes.take_events()?;
-    let flows = if flows { Some(probes.flows()?) } else { None };
+    let flows = if config.ebpf.count_flows { Some(probes.flows()?) } else { None };
     info!(programs = probes.attached(), "eBPF programs attached");
     let metrics = daemon_metrics(&config, &probes, &reasons);
     let monitor = Monitor::new(
@@ -67,6 +63,7 @@ pub async fn run(config: Config, path: Option<PathBuf>, dry_run: bool) -> anyhow
     let mut enforcement = start_enforcement(&mut probes, &config, &state, lease)?;
     let mut reloader = Reloader::new(path, dry_run, config.policies.clone());
     let (policy_watch, mut policy_rx) = start_policy_watch(&config);
+    let sweeper = start_sweeper(&probes, &config);
     let registry = registry_metrics.map(|m| start_registry(&config, &state, m, health_events));
     let mut alert_push = AlertPush::start(&config.alerting, registry::node_name(&config.registry.node), &state);
 
@@ -128,7 +125,7 @@ pub async fn run(config: Config, path: Option<PathBuf>, dry_run: bool) -> anyhow
         info!(lease_seconds = lease.as_secs(), "pinned mode: policies stay until the next daemon or the lease ends");
     }
     // Nothing is half-done: each registry action is one transaction.
-    registry.into_iter().chain(policy_watch).for_each(|task| task.abort());
+    registry.into_iter().chain(policy_watch).chain(sweeper).for_each(|task| task.abort());
     state.set_ready(false);
     let _ = drain_events(&mut events, &state);
     read_maps(&probes, &mut aggregator, &state, started.elapsed().as_secs(), &mut resync);
@@ -168,7 +165,6 @@ fn prepare_host(config: &Config) -> anyhow::Result<(governor_common::KernelConfi
 
 fn sizes(config: &Config) -> Sizes {
     Sizes {
-        flow_sample_interval: Duration::from_millis(config.ebpf.flow_sample_interval_ms.get().into()),
         endpoint_table_entries: config.ebpf.endpoint_table_entries.get(),
         socket_table_entries: config.ebpf.socket_table_entries.get(),
         ring_buffer_bytes: config.ebpf.ring_buffer_bytes.0,
@@ -186,6 +182,29 @@ fn daemon_metrics(config: &Config, probes: &Probes, reasons: &[(u32, String)]) -
     metrics.map_capacity.with_label_values(&["endpoints"]).set(i64::from(probes.endpoint_capacity()));
     metrics.map_capacity.with_label_values(&["sockets"]).set(i64::from(probes.socket_capacity()));
     metrics
+}
+
+/// With flows counted, sweeps the flows every `ebpf.flow_sample_interval_ms`
+/// on a blocking thread (a sweep of a large table takes a while, and the
+/// event drain must not wait for it).
+fn start_sweeper(probes: &Probes, config: &Config) -> Option<tokio::task::JoinHandle<()>> {
+    let Some((sampler, capacity)) = probes.sampler() else {
+        info!("ebpf.count_flows is off: no per-flow bytes");
+        return None;
+    };
+    let mut tick = interval(Duration::from_millis(config.ebpf.flow_sample_interval_ms.get().into()));
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    Some(tokio::spawn(async move {
+        loop {
+            tick.tick().await;
+            let s = sampler.clone();
+            match tokio::task::spawn_blocking(move || s.run(capacity)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => warn!(error = %e, "sweeping the flows failed"),
+                Err(e) => warn!(error = %e, "the flow sweep stopped"),
+            }
+        }
+    }))
 }
 
 /// Starts watching the etcd policy key, if one is set; its values arrive on

@@ -39,12 +39,9 @@ pub enum EbpfError {
     Pin { path: PathBuf, source: std::io::Error },
 }
 
-/// Sizes (and the flow sampling interval) chosen by the operator.
+/// Sizes chosen by the operator.
 #[derive(Clone, Copy, Debug)]
 pub struct Sizes {
-    /// How often the daemon's readings sweep the flows (`/api/v1/flows`
-    /// always does).
-    pub flow_sample_interval: std::time::Duration,
     pub endpoint_table_entries: u32,
     pub socket_table_entries: u32,
     pub ring_buffer_bytes: u32,
@@ -113,7 +110,7 @@ impl Probes {
             program.attach(tp.name).map_err(fail)?;
             attached += 1;
         }
-        let sampler = if flows { Some(FlowSampler::load(&mut ebpf, sizes.flow_sample_interval)?) } else { None };
+        let sampler = if flows { Some(FlowSampler::load(&mut ebpf)?) } else { None };
         let mut probes = Self {
             ebpf,
             attached,
@@ -429,12 +426,15 @@ impl Probes {
         self.ebpf.map_mut(name).ok_or(EbpfError::Missing { kind: "map", name })
     }
 
-    /// Reads every counter map once, after the flow sampler brought the
-    /// endpoints' byte counts up to date.
+    /// The flow sampler and the size of the table it sweeps, with flows
+    /// counted: the daemon sweeps on a timer of its own, so that a long
+    /// sweep never holds up the event drain.
+    pub fn sampler(&self) -> Option<(FlowSampler, u32)> {
+        self.sampler.clone().map(|s| (s, self.socket_capacity))
+    }
+
+    /// Reads every counter map once.
     pub fn read(&self) -> Result<KernelSnapshot, EbpfError> {
-        if let Some(sampler) = &self.sampler {
-            sampler.run_if_due(self.socket_capacity)?;
-        }
         Ok(KernelSnapshot {
             transitions: read_per_cpu(self.map("TRANSITIONS")?, "TRANSITIONS", TRANSITION_SLOTS)?,
             counters: read_per_cpu(self.map("COUNTERS")?, "COUNTERS", counter::SLOTS)?,
@@ -591,44 +591,37 @@ impl FlowTable {
 /// sweep copies every flow's counts from its socket into the socket table.
 /// Sweeps are serialised: two at once could add the same bytes twice.
 #[derive(Clone)]
-pub struct FlowSampler(std::sync::Arc<std::sync::Mutex<SamplerState>>);
-
-struct SamplerState {
-    fd: std::os::fd::OwnedFd,
-    interval: std::time::Duration,
-    last: Option<std::time::Instant>,
-}
+pub struct FlowSampler(std::sync::Arc<std::sync::Mutex<std::os::fd::OwnedFd>>);
 
 impl FlowSampler {
-    fn load(ebpf: &mut Ebpf, interval: std::time::Duration) -> Result<Self, EbpfError> {
+    fn load(ebpf: &mut Ebpf) -> Result<Self, EbpfError> {
         let name = "gov_flow_sample";
         let fail = |source| EbpfError::Program { program: name, hook: "run by governor".to_owned(), source };
         let program: &mut RawTracePoint =
             ebpf.program_mut(name).ok_or(EbpfError::Missing { kind: "program", name })?.try_into().map_err(fail)?;
         program.load().map_err(fail)?;
         let fd = program.fd().map_err(fail)?.as_fd().try_clone_to_owned().map_err(EbpfError::Sampler)?;
-        Ok(Self(std::sync::Arc::new(std::sync::Mutex::new(SamplerState { fd, interval, last: None }))))
+        Ok(Self(std::sync::Arc::new(std::sync::Mutex::new(fd))))
     }
 
     /// Sockets one run of the program walks at most: it keeps a CPU
-    /// (without preemption) for well under ten milliseconds.
-    const BUDGET: u64 = 8192;
+    /// (without preemption) for a few milliseconds.
+    const BUDGET: u64 = 16_384;
 
     /// One sweep of the socket table (`BPF_PROG_TEST_RUN`), in runs of
     /// `BUDGET` sockets, each from where the last stopped, until one ends
     /// short; bounded by `capacity`, the table's size.
     pub fn run(&self, capacity: u32) -> Result<(), EbpfError> {
-        let mut state = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        Self::sweep(&mut state, capacity)
-    }
-
-    /// A sweep when the last is `interval` old.
-    fn run_if_due(&self, capacity: u32) -> Result<(), EbpfError> {
-        let mut state = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if state.last.is_some_and(|t| t.elapsed() < state.interval) {
-            return Ok(());
+        let fd = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut skip = 0;
+        for _ in 0..=u64::from(capacity) / (Self::BUDGET - Self::OVERLAP) + 1 {
+            let walked = crate::pin::test_run(fd.as_fd(), &[skip, Self::BUDGET]).map_err(EbpfError::Sampler)?;
+            if u64::from(walked) < Self::BUDGET {
+                break;
+            }
+            skip += u64::from(walked) - Self::OVERLAP;
         }
-        Self::sweep(&mut state, capacity)
+        Ok(())
     }
 
     /// Sockets each run walks again from the run before: sockets that
@@ -637,19 +630,6 @@ impl FlowSampler {
     /// sweep on a host that opens and closes connections all the time.
     /// Walking a socket twice only copies its counts twice.
     const OVERLAP: u64 = 512;
-
-    fn sweep(state: &mut SamplerState, capacity: u32) -> Result<(), EbpfError> {
-        state.last = Some(std::time::Instant::now());
-        let mut skip = 0;
-        for _ in 0..=u64::from(capacity) / (Self::BUDGET - Self::OVERLAP) + 1 {
-            let walked = crate::pin::test_run(state.fd.as_fd(), &[skip, Self::BUDGET]).map_err(EbpfError::Sampler)?;
-            if u64::from(walked) < Self::BUDGET {
-                break;
-            }
-            skip += u64::from(walked) - Self::OVERLAP;
-        }
-        Ok(())
-    }
 }
 
 fn read_per_cpu(map: &aya::maps::Map, name: &'static str, slots: u32) -> Result<Vec<u64>, EbpfError> {

@@ -135,9 +135,15 @@ fn retransmitted_segments_are_counted_once() {
     assert!(now > retransmits, "no segment was retransmitted: the test proves nothing ({retransmits} -> {now})");
 }
 
-/// Is a flow sampler program loaded (by the one daemon the test runs)?
-fn sampler_loaded() -> bool {
-    aya::programs::loaded_programs().filter_map(Result::ok).any(|p| p.name() == b"gov_flow_sample")
+/// Ids of the flow sampler programs loaded now. An earlier test's daemon
+/// may have left one that the kernel frees a little after it exited, so
+/// tests compare before and after their own daemon starts.
+fn sampler_ids() -> std::collections::HashSet<u32> {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|p| p.name() == b"gov_flow_sample")
+        .map(|p| p.id())
+        .collect()
 }
 
 #[test]
@@ -147,8 +153,9 @@ fn connections_that_close_are_counted_exactly_at_their_endpoint() {
     require_root();
     let (client_ns, server_ns) = (Netns::new("flow-xc"), Netns::new("flow-xs"));
     client_ns.link(&server_ns, &["10.218.0.1/24"], &["10.218.0.2/24"]);
+    let before = sampler_ids();
     let mut gov = Governor::start();
-    assert!(sampler_loaded());
+    assert!(sampler_ids().difference(&before).next().is_some(), "the daemon loaded no flow sampler");
     let server_addr: SocketAddr = "10.218.0.2:20164".parse().expect("addr");
     let listener = server_ns.run(move || TcpListener::bind(server_addr).expect("listen"));
     // Five short connections of 1 MiB each way, each closed before the
@@ -226,9 +233,11 @@ fn a_sweep_reaches_every_socket_of_a_table_larger_than_one_run() {
 #[test]
 fn without_flow_counting_no_sampler_is_loaded() {
     require_root();
+    let before = sampler_ids();
     let mut gov = Governor::start_with(&[("ebpf.count_flows", "false")]);
     assert_eq!(gov.value("governor_ebpf_programs_attached"), 4);
-    assert!(!sampler_loaded(), "the flow sampler is loaded without flow counting");
+    let new: Vec<u32> = sampler_ids().difference(&before).copied().collect();
+    assert!(new.is_empty(), "the daemon loaded a flow sampler without flow counting: {new:?}");
     let (status, body) = gov.get("/api/v1/flows").expect("answer");
     assert_eq!(status, 404, "{body}");
     assert!(body.contains("ebpf.count_flows"), "{body}");

@@ -28,7 +28,7 @@ use governor_common::{
 use crate::{
     flow,
     maps::{EVENTS, GOVERNOR_CONFIG, LISTENERS, SOCKETS, count},
-    record::{Flow, Record, read_kernel},
+    record::{Flow, Record, sock_field},
 };
 
 pub const TCP_ESTABLISHED: i32 = 1;
@@ -101,16 +101,6 @@ fn offsets() -> SockOffsets {
     unsafe { core::ptr::read_volatile(&raw const GOVERNOR_CONFIG.sock) }
 }
 
-/// Reads a `u32`-sized socket field at a BTF-resolved offset; 0 when this
-/// kernel lacks the field or the read fails.
-#[inline(always)]
-fn sock_u32(skaddr: u64, offset: u32) -> u32 {
-    if offset == SockOffsets::ABSENT {
-        return 0;
-    }
-    read_kernel(skaddr + u64::from(offset)).unwrap_or(0)
-}
-
 #[inline(always)]
 fn insert(skaddr: u64, info: SockInfo) {
     if SOCKETS.insert(skaddr, SockEntry { info, flow: FlowCounts::default() }, 0).is_err() {
@@ -174,7 +164,7 @@ fn try_listen(r: &mut Record, l: &SockLayout, skaddr: u64) -> Result<(), i64> {
     let owner = current_owner();
     let _ = LISTENERS.insert(flow.local_exact(), ListenerInfo { owner, skaddr }, 0);
     let info = SockInfo { open_ns: now(), owner, addrs: flow.addrs(), state: TCP_LISTEN as u8, ..SockInfo::default() };
-    emit(event_kind::LISTEN, skaddr, &info, 0);
+    emit(event_kind::LISTEN, info.open_ns, skaddr, &info, 0);
     Ok(())
 }
 
@@ -196,7 +186,7 @@ fn try_listen_closed(r: &mut Record, l: &SockLayout, skaddr: u64) -> Result<(), 
             let _ = LISTENERS.remove(key);
         }
     }
-    emit(event_kind::LISTEN_CLOSED, skaddr, &info, 0);
+    emit(event_kind::LISTEN_CLOSED, now(), skaddr, &info, 0);
     Ok(())
 }
 
@@ -226,7 +216,7 @@ fn try_established(r: &mut Record, l: &SockLayout, skaddr: u64, old: i32) -> Res
     // SAFETY: a live map value; only this socket's transitions write it and
     // the kernel serialises those under the socket lock.
     let (info, counts) = unsafe { (&mut (*entry).info, &mut (*entry).flow) };
-    let srtt = if old == TCP_SYN_RECV { sock_u32(skaddr, offsets().srtt_us) } else { 0 };
+    let srtt = if old == TCP_SYN_RECV { sock_field::<u32>(skaddr, offsets().srtt_us).unwrap_or(0) } else { 0 };
     info.handshake_ns = if srtt > 0 {
         // srtt_us holds the RTT in microseconds << 3.
         u64::from(srtt) * 1000 / 8
@@ -239,7 +229,7 @@ fn try_established(r: &mut Record, l: &SockLayout, skaddr: u64, old: i32) -> Res
     // The flow's first rate window; its counts start at zero, as the
     // socket's own do.
     counts.window_start_ns = at;
-    emit(event_kind::OPENED, skaddr, info, 0);
+    emit(event_kind::OPENED, at, skaddr, info, 0);
     Ok(())
 }
 
@@ -253,7 +243,7 @@ fn connect_failed(r: &mut Record, l: &SockLayout, skaddr: u64) -> i64 {
 #[inline(always)]
 fn try_connect_failed(r: &mut Record, l: &SockLayout, skaddr: u64) -> Result<(), i64> {
     let flow = Flow::read(skaddr, r, l)?;
-    let error = sock_u32(skaddr, offsets().sk_err);
+    let error = sock_field::<u32>(skaddr, offsets().sk_err).unwrap_or(0);
     let mut info = match SOCKETS.get_ptr(skaddr) {
         // SAFETY: a live map value.
         Some(entry) => unsafe { (*entry).info },
@@ -262,7 +252,7 @@ fn try_connect_failed(r: &mut Record, l: &SockLayout, skaddr: u64) -> Result<(),
     let _ = SOCKETS.remove(skaddr);
     info.addrs = flow.addrs();
     info.state = TCP_SYN_SENT as u8;
-    emit(event_kind::CONNECT_FAILED, skaddr, &info, error);
+    emit(event_kind::CONNECT_FAILED, now(), skaddr, &info, error);
     Ok(())
 }
 
@@ -294,7 +284,7 @@ fn try_closed(skaddr: u64, old: i32) -> Result<(), i64> {
         return Ok(());
     }
     info.state = old as u8;
-    emit(event_kind::CLOSED, skaddr, &info, sock_u32(skaddr, offsets().sk_err));
+    emit(event_kind::CLOSED, now(), skaddr, &info, sock_field::<u32>(skaddr, offsets().sk_err).unwrap_or(0));
     Ok(())
 }
 
@@ -310,7 +300,7 @@ fn try_close_wait(skaddr: u64) -> Result<(), i64> {
         let info = unsafe { &mut (*entry).info };
         info.close_wait_ns = now();
         info.state = TCP_CLOSE_WAIT as u8;
-        emit(event_kind::CLOSE_WAIT, skaddr, info, 0);
+        emit(event_kind::CLOSE_WAIT, info.close_wait_ns, skaddr, info, 0);
     }
     Ok(())
 }
@@ -326,7 +316,7 @@ fn try_close_wait_left(skaddr: u64, new: i32) -> Result<(), i64> {
         // SAFETY: a live map value, written under the socket lock.
         let info = unsafe { &mut (*entry).info };
         info.state = new as u8;
-        emit(event_kind::CLOSE_WAIT_LEFT, skaddr, info, 0);
+        emit(event_kind::CLOSE_WAIT_LEFT, now(), skaddr, info, 0);
         info.close_wait_ns = 0;
     }
     Ok(())
@@ -341,11 +331,12 @@ fn set_state(skaddr: u64, new: i32) -> i64 {
     0
 }
 
-/// Sends a connection event; a full ring buffer is counted, never waited
-/// for. The entry is filled in place: a `ConnEvent` on the stack would not
+/// Sends a connection event stamped `at` (a clock reading the caller
+/// already has, when it has one); a full ring buffer is counted, never
+/// waited for. The entry is filled in place: a `ConnEvent` on the stack would not
 /// fit beside the record copy.
 #[inline(always)]
-fn emit(kind: u32, skaddr: u64, info: &SockInfo, error: u32) {
+fn emit(kind: u32, at: u64, skaddr: u64, info: &SockInfo, error: u32) {
     let Some(mut entry) = EVENTS.reserve::<ConnEvent>(0) else {
         count(counter::EVENTS_LOST);
         return;
@@ -354,7 +345,7 @@ fn emit(kind: u32, skaddr: u64, info: &SockInfo, error: u32) {
     // SAFETY: `event` points at reserved ring buffer memory of the right
     // size; every field is written before the entry is submitted.
     unsafe {
-        (*event).timestamp_ns = now();
+        (*event).timestamp_ns = at;
         (*event).kind = kind;
         (*event).error = error;
         (*event).skaddr = skaddr;

@@ -7,11 +7,11 @@
 //! rate window and to its endpoint's totals.
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
-use governor_common::{FLOW_RATE_WINDOW_NS, FlowCounts, SockEntry, SockOffsets, direction};
+use governor_common::{FLOW_RATE_WINDOW_NS, FlowCounts, SockEntry, direction};
 
 use crate::{
     maps::{GOVERNOR_CONFIG, add, endpoint_entry, swap},
-    record::{endpoint, read_kernel},
+    record::{endpoint, sock_field},
 };
 
 /// `RCV_SHUTDOWN` in `sk_shutdown`.
@@ -32,24 +32,24 @@ pub fn sample(entry: *mut SockEntry, sk: u64) {
     // SAFETY: `entry` is a live map value; the fields below stay inside it.
     let f = unsafe { &mut (*entry).flow };
     let mut grew = [0u64; 2];
-    if let Some(raw) = field::<u64>(sk, o.bytes_sent)
+    if let Some(raw) = sock_field::<u64>(sk, o.bytes_sent)
         && raw != f.seen_sent
     {
         f.seen_sent = raw;
-        f.packets_sent = u64::from(field::<u32>(sk, o.data_segs_out).unwrap_or(0));
+        f.packets_sent = u64::from(sock_field::<u32>(sk, o.data_segs_out).unwrap_or(0));
         // Each byte once: retransmissions are counted apart.
-        let sent = raw.saturating_sub(field(sk, o.bytes_retrans).unwrap_or(0));
+        let sent = raw.saturating_sub(sock_field(sk, o.bytes_retrans).unwrap_or(0));
         grew[0] = grown(&raw mut f.bytes_sent, sent);
     }
-    if let Some(raw) = field::<u64>(sk, o.bytes_received)
+    if let Some(raw) = sock_field::<u64>(sk, o.bytes_received)
         && raw != f.seen_received
     {
         f.seen_received = raw;
-        f.packets_received = u64::from(field::<u32>(sk, o.data_segs_in).unwrap_or(0));
+        f.packets_received = u64::from(sock_field::<u32>(sk, o.data_segs_in).unwrap_or(0));
         // `bytes_received` counts a FIN's sequence number too; a reset
         // (`sk_err` set) also shuts the receive side without one.
-        let fin = field::<u8>(sk, o.sk_shutdown).unwrap_or(0) & RCV_SHUTDOWN != 0
-            && field::<u32>(sk, o.sk_err).unwrap_or(0) == 0;
+        let fin = sock_field::<u8>(sk, o.sk_shutdown).unwrap_or(0) & RCV_SHUTDOWN != 0
+            && sock_field::<u32>(sk, o.sk_err).unwrap_or(0) == 0;
         grew[1] = grown(&raw mut f.bytes_received, raw.saturating_sub(u64::from(fin)));
     }
     if grew == [0, 0] {
@@ -85,16 +85,6 @@ pub fn sample(entry: *mut SockEntry, sk: u64) {
 #[inline(always)]
 fn grown(total: *mut u64, now: u64) -> u64 {
     now.saturating_sub(swap(total, now))
-}
-
-/// A socket field at a BTF offset; `None` when this kernel lacks it or the
-/// read fails.
-#[inline(always)]
-fn field<T: Copy>(sk: u64, offset: u32) -> Option<T> {
-    if offset == SockOffsets::ABSENT {
-        return None;
-    }
-    read_kernel(sk + u64::from(offset)).ok()
 }
 
 /// Closes the rate window when it is over: its bytes become the last

@@ -249,6 +249,17 @@ pub fn read_kernel<T: Copy>(addr: u64) -> Result<T, i64> {
     }
 }
 
+/// A field of the kernel object at `base` (a socket) at a BTF-resolved
+/// offset; `None` when this kernel lacks the field
+/// ([`SockOffsets::ABSENT`]) or the read fails.
+#[inline(always)]
+pub fn sock_field<T: Copy>(base: u64, offset: u32) -> Option<T> {
+    if offset == SockOffsets::ABSENT {
+        return None;
+    }
+    read_kernel(base + u64::from(offset)).ok()
+}
+
 /// An IPv4 address in the first four bytes of sixteen, the rest zero,
 /// built in registers: zeroing a byte array and copying into it compiles to
 /// a call of the byte-by-byte memset.

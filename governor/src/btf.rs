@@ -313,6 +313,8 @@ pub enum LayoutError {
     NotSockCommon,
     #[error("the {what} fields of struct sock_common span {len} bytes, more than the {max} governor copies at once")]
     SpanTooLarge { what: &'static str, len: u32, max: usize },
+    #[error("struct sock field at offset {0} is beyond what governor can address")]
+    OffsetTooLarge(u32),
 }
 
 /// Where addresses, ports, state and protocol sit in `struct sock`. The
@@ -334,7 +336,7 @@ pub fn sock_layout(btf: &Btf) -> Result<governor_common::SockLayout, LayoutError
         if len as usize > SOCK_COPY_MAX {
             return Err(LayoutError::SpanTooLarge { what, len, max: SOCK_COPY_MAX });
         }
-        Ok(Span { start: narrow(start), len: narrow(len) })
+        Ok(Span { start: narrow(start)?, len: narrow(len)? })
     };
     let addr = span("address", &[(family, 2), (sport, 2), (dport, 2), (saddr4, 4), (daddr4, 4), (state, 1)])?;
     let (saddr6, daddr6, addr6) = match (common("skc_v6_rcv_saddr"), common("skc_v6_daddr")) {
@@ -342,24 +344,24 @@ pub fn sock_layout(btf: &Btf) -> Result<governor_common::SockLayout, LayoutError
         _ => (0, 0, Span::default()),
     };
     Ok(SockLayout {
-        family: narrow(family),
-        sport: narrow(sport),
-        dport: narrow(dport),
-        saddr4: narrow(saddr4),
-        daddr4: narrow(daddr4),
-        saddr6: narrow(saddr6),
-        daddr6: narrow(daddr6),
+        family: narrow(family)?,
+        sport: narrow(sport)?,
+        dport: narrow(dport)?,
+        saddr4: narrow(saddr4)?,
+        daddr4: narrow(daddr4)?,
+        saddr6: narrow(saddr6)?,
+        daddr6: narrow(daddr6)?,
         ports_be: SockLayout::DPORT_BE,
-        state: narrow(state),
-        protocol: narrow(protocol),
+        state: narrow(state)?,
+        protocol: narrow(protocol)?,
         addr,
         addr6,
     })
 }
 
-/// Offsets into `struct sock` are far below 64 KiB.
-fn narrow(v: u32) -> u16 {
-    u16::try_from(v).unwrap_or(u16::MAX)
+/// The layout holds 16-bit offsets; `struct sock` is far smaller.
+fn narrow(v: u32) -> Result<u16, LayoutError> {
+    u16::try_from(v).map_err(|_| LayoutError::OffsetTooLarge(v))
 }
 
 #[cfg(test)]

@@ -44,7 +44,7 @@ pub async fn run(config: Config, path: Option<PathBuf>, dry_run: bool) -> anyhow
         .with_context(|| format!("cannot listen on {addr}: choose another address with --metrics-addr"))?;
 
     let lease = Duration::from_secs(config.enforcement.lease_seconds.get().into());
-    let mut probes = load_probes(&config, &kernel_config, config.ebpf.count_flows, lease)?;
+    let mut probes = load_probes(&config, &kernel_config, lease)?;
     let mut events = probes.take_events()?;
     let flows = if config.ebpf.count_flows { Some(probes.flows()?) } else { None };
     info!(programs = probes.attached(), "eBPF programs attached");
@@ -473,12 +473,11 @@ fn start_enforcement(
 fn load_probes(
     config: &Config,
     kernel_config: &governor_common::KernelConfig,
-    flows: bool,
     lease: Duration,
 ) -> anyhow::Result<Probes> {
     let pins = pins(&config.enforcement)?;
     let pinned = pins.is_some();
-    let mut probes = Probes::load(kernel_config, sizes(config), flows, pins)?;
+    let mut probes = Probes::load(kernel_config, sizes(config), config.ebpf.count_flows, pins)?;
     if pinned && probes.lease()? == 0 {
         probes.renew_lease(lease_until(lease))?;
     }

@@ -31,7 +31,7 @@ pub enum EbpfError {
     Missing { kind: &'static str, name: &'static str },
     #[error("map {map}: {source}")]
     Map { map: &'static str, source: aya::maps::MapError },
-    #[error("running the flow sampler: {0}")]
+    #[error("flow sampling: {0}")]
     Sampler(std::io::Error),
     #[error("cannot open the cgroup {path} to attach the admission programs: {source}")]
     PolicyCgroup { path: PathBuf, source: std::io::Error },
@@ -615,7 +615,7 @@ impl FlowSampler {
         let fd = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut skip = 0;
         for _ in 0..=u64::from(capacity) / (Self::BUDGET - Self::OVERLAP) + 1 {
-            let walked = crate::pin::test_run(fd.as_fd(), &[skip, Self::BUDGET]).map_err(EbpfError::Sampler)?;
+            let walked = crate::bpf_sys::test_run(fd.as_fd(), &[skip, Self::BUDGET]).map_err(EbpfError::Sampler)?;
             if u64::from(walked) < Self::BUDGET {
                 break;
             }

@@ -6,6 +6,7 @@ pub mod alert_push;
 pub mod alerting;
 pub mod api;
 pub mod attribution;
+pub mod bpf_sys;
 pub mod breaker;
 pub mod btf;
 pub mod cardinality;

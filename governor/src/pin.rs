@@ -25,10 +25,11 @@ use std::{
 
 use governor_common::PIN_LAYOUT;
 
+use crate::bpf_sys::{bpf, fd_u32};
+
 /// `bpf(2)` commands (`enum bpf_cmd`; the libc crate has none).
 const BPF_OBJ_GET: libc::c_int = 7;
 const BPF_LINK_UPDATE: libc::c_int = 29;
-const BPF_PROG_TEST_RUN: libc::c_int = 10;
 
 /// The maps the enforcement programs keep their rules and state in.
 pub const MAPS: [&str; 10] = [
@@ -181,45 +182,6 @@ pub fn replace_program(link: &Path, program: BorrowedFd<'_>) -> io::Result<()> {
     bpf(BPF_LINK_UPDATE, (&raw mut attr).cast(), size_of::<LinkUpdate>()).map(drop)
 }
 
-/// `BPF_PROG_TEST_RUN` of a raw tracepoint program run on its own (the
-/// flow sampler) with `args` as its arguments; its return value. aya has
-/// no API for it.
-pub fn test_run(program: BorrowedFd<'_>, args: &[u64]) -> io::Result<u32> {
-    #[repr(C)]
-    #[derive(Default)]
-    struct TestRun {
-        prog_fd: u32,
-        retval: u32,
-        data_size_in: u32,
-        data_size_out: u32,
-        data_in: u64,
-        data_out: u64,
-        repeat: u32,
-        duration: u32,
-        ctx_size_in: u32,
-        ctx_size_out: u32,
-        ctx_in: u64,
-        ctx_out: u64,
-        flags: u32,
-        cpu: u32,
-        batch_size: u32,
-        /// Spelled out: the kernel refuses non-zero bytes past the last
-        /// field, and padding would be left uninitialised.
-        pad: u32,
-    }
-    let mut attr = TestRun {
-        prog_fd: fd_u32(program.as_raw_fd()),
-        ctx_size_in: u32::try_from(size_of_val(args)).map_err(io::Error::other)?,
-        ctx_in: args.as_ptr() as u64,
-        ..TestRun::default()
-    };
-    // SAFETY: `attr` is the `test` member of `union bpf_attr`, and the size
-    // passed is its size; `args` outlives the call and is `ctx_size_in`
-    // bytes long.
-    bpf(BPF_PROG_TEST_RUN, (&raw mut attr).cast(), size_of::<TestRun>())?;
-    Ok(attr.retval)
-}
-
 /// `BPF_OBJ_GET`: opens the pinned object at `path`.
 fn obj_get(path: &Path) -> io::Result<OwnedFd> {
     #[repr(C)]
@@ -235,21 +197,6 @@ fn obj_get(path: &Path) -> io::Result<OwnedFd> {
     let fd = bpf(BPF_OBJ_GET, (&raw mut attr).cast(), size_of::<ObjGet>())?;
     // SAFETY: the kernel returned a new descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-fn fd_u32(fd: i32) -> u32 {
-    u32::try_from(fd).expect("open descriptors are not negative")
-}
-
-/// The `bpf(2)` system call.
-fn bpf(cmd: libc::c_int, attr: *mut libc::c_void, size: usize) -> io::Result<i32> {
-    // SAFETY: callers pass an attribute of `size` bytes laid out as the
-    // kernel expects for `cmd`.
-    let ret = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr, size) };
-    if ret < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(i32::try_from(ret).expect("bpf(2) returns an int"))
 }
 
 #[cfg(test)]

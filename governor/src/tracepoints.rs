@@ -19,19 +19,31 @@ pub const TRACEPOINTS: [Tracepoint; 4] = [
         name: "inet_sock_set_state",
         program: "gov_state",
         args: &["struct sock *", "int", "int"],
+        optional: None,
     },
     Tracepoint {
         category: "tcp",
         name: "tcp_send_reset",
         program: "gov_rst_sent",
         args: &["struct sock *", "struct sk_buff *"],
+        // Since Linux 6.10.
+        optional: Some(("enum sk_rst_reason", KernelConfig::RESET_REASON_ARG)),
     },
-    Tracepoint { category: "tcp", name: "tcp_receive_reset", program: "gov_rst_recv", args: &["struct sock *"] },
-    Tracepoint { category: "tcp", name: "tcp_retransmit_skb", program: "gov_retrans", args: &["struct sock *"] },
+    Tracepoint {
+        category: "tcp",
+        name: "tcp_receive_reset",
+        program: "gov_rst_recv",
+        args: &["struct sock *"],
+        optional: None,
+    },
+    Tracepoint {
+        category: "tcp",
+        name: "tcp_retransmit_skb",
+        program: "gov_retrans",
+        args: &["struct sock *"],
+        optional: None,
+    },
 ];
-
-/// The third argument of `tcp:tcp_send_reset` since Linux 6.10.
-const RESET_REASON: &str = "enum sk_rst_reason";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tracepoint {
@@ -41,6 +53,9 @@ pub struct Tracepoint {
     pub program: &'static str,
     /// The leading arguments the program reads, as C types.
     pub args: &'static [&'static str],
+    /// An argument after those that some kernels pass, and the
+    /// `KernelConfig` flag that tells the program it is there.
+    pub optional: Option<(&'static str, u32)>,
 }
 
 impl std::fmt::Display for Tracepoint {
@@ -83,8 +98,10 @@ pub fn kernel_config(btf: &Btf) -> Result<KernelConfig, HookError> {
     let mut config = KernelConfig::EMPTY;
     for tp in &TRACEPOINTS {
         let args = check(btf, tp)?;
-        if tp.name == "tcp_send_reset" && args.get(2).is_some_and(|a| a == RESET_REASON) {
-            config.flags |= KernelConfig::RESET_REASON_ARG;
+        if let Some((arg, flag)) = tp.optional
+            && args.get(tp.args.len()).is_some_and(|a| a == arg)
+        {
+            config.flags |= flag;
         }
     }
     config.layout = btf::sock_layout(btf)?;

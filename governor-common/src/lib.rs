@@ -271,16 +271,18 @@ pub mod event_kind {
     /// [`ConnEvent`](super::ConnEvent): an active open that went from
     /// `SYN_SENT` straight to `CLOSE`; `error` says why.
     pub const CONNECT_FAILED: u32 = 3;
-    /// [`ConnEvent`](super::ConnEvent): the handshake completed.
+    /// [`ConnEvent`](super::ConnEvent), from the sweep: a connection is
+    /// open (see [`announce`](super::announce)).
     pub const OPENED: u32 = 4;
-    /// [`ConnEvent`](super::ConnEvent): the peer closed; the socket waits
-    /// for its owner to close it.
+    /// [`ConnEvent`](super::ConnEvent), from the sweep: the peer closed and
+    /// the socket waits for its owner to close it.
     pub const CLOSE_WAIT: u32 = 5;
-    /// [`ConnEvent`](super::ConnEvent): the owner closed a socket that was
-    /// in `CLOSE_WAIT`; `state` is the state it went to.
+    /// [`ConnEvent`](super::ConnEvent): the owner closed a socket user
+    /// space was told is in `CLOSE_WAIT`; `state` is the state it went to.
     pub const CLOSE_WAIT_LEFT: u32 = 6;
-    /// [`ConnEvent`](super::ConnEvent): an established connection ended;
-    /// `state` is the state it left, `error` set when it was reset.
+    /// [`ConnEvent`](super::ConnEvent): an established connection ended
+    /// (every one, told of or not); `state` is the state it left, `error`
+    /// set when it was reset.
     pub const CLOSED: u32 = 7;
     /// [`ConnEvent`](super::ConnEvent): a socket started listening.
     pub const LISTEN: u32 = 8;
@@ -347,6 +349,51 @@ pub struct SockInfo {
     /// Current TCP state.
     pub state: u8,
     pub pad: [u8; 6],
+    /// What user space was told of this connection and how far its entry
+    /// is written: the bits of [`announce`], a count of the changes made
+    /// to the entry, and a ticket taken from `open_ns` (so that an entry
+    /// reused for another socket never matches an old reading). In a
+    /// `CLOSED`, `OPENED` or `CLOSE_WAIT` event it is the word before the
+    /// event, so user space can tell whether it heard of the connection.
+    pub announce: u64,
+}
+
+/// Connections are not reported as they open: most live for less than a
+/// second, and one event when they close carries all there is to know.
+/// The sweep (`flow_sample.rs`) tells user space of the connections still
+/// open (`OPENED`) and of those waiting in `CLOSE_WAIT`. The per-socket
+/// entry's `announce` word records what was told. Transitions and the
+/// sweep both change it, only with compare-and-exchange; transitions write
+/// the entry's fields first and the word last, so a sweep that read the
+/// word before a transition fails its exchange and tells nothing stale.
+pub mod announce {
+    /// The handshake completed and the entry's fields are written.
+    pub const ESTABLISHED: u64 = 1;
+    /// User space was told of the connection.
+    pub const OPEN: u64 = 2;
+    /// User space was told the connection is in `CLOSE_WAIT`.
+    pub const CLOSE_WAIT: u64 = 4;
+    /// The connection is closing: nothing more is announced.
+    pub const CLOSING: u64 = 8;
+    /// One change made by a transition.
+    pub const CHANGE: u64 = 16;
+    /// The bits of the change count.
+    pub const CHANGES: u64 = 0xfff0;
+    /// The ticket's bits start here.
+    pub const TICKET_SHIFT: u32 = 16;
+
+    /// The word of a new entry opened at `open_ns`.
+    #[must_use]
+    pub const fn new(open_ns: u64) -> u64 {
+        open_ns << TICKET_SHIFT
+    }
+
+    /// `word` with `set` set, `clear` cleared and one more change counted.
+    #[must_use]
+    pub const fn changed(word: u64, set: u64, clear: u64) -> u64 {
+        let bits = (word & !clear) | set;
+        (bits & !CHANGES) | (word.wrapping_add(CHANGE) & CHANGES)
+    }
 }
 
 /// A listening socket's owner, keyed by its local address.
@@ -606,13 +653,13 @@ mod tests {
         assert_eq!((size_of::<SockOffsets>(), align_of::<SockOffsets>()), (44, 4));
         assert_eq!((size_of::<Owner>(), align_of::<Owner>()), (32, 8));
         assert_eq!((size_of::<FlowAddrs>(), align_of::<FlowAddrs>()), (40, 2));
-        assert_eq!((size_of::<SockInfo>(), align_of::<SockInfo>()), (112, 8));
+        assert_eq!((size_of::<SockInfo>(), align_of::<SockInfo>()), (120, 8));
         assert_eq!((size_of::<ListenerInfo>(), align_of::<ListenerInfo>()), (40, 8));
-        assert_eq!((size_of::<ConnEvent>(), align_of::<ConnEvent>()), (136, 8));
+        assert_eq!((size_of::<ConnEvent>(), align_of::<ConnEvent>()), (144, 8));
         assert_eq!((size_of::<EndpointKey>(), align_of::<EndpointKey>()), (24, 4));
         assert_eq!((size_of::<EndpointStats>(), align_of::<EndpointStats>()), (40, 8));
         assert_eq!((size_of::<FlowCounts>(), align_of::<FlowCounts>()), (96, 8));
-        assert_eq!((size_of::<SockEntry>(), align_of::<SockEntry>()), (208, 8));
+        assert_eq!((size_of::<SockEntry>(), align_of::<SockEntry>()), (216, 8));
         assert_eq!((size_of::<TcpEvent>(), align_of::<TcpEvent>()), (56, 8));
         assert_eq!((size_of::<PolicyRule>(), align_of::<PolicyRule>()), (80, 8));
         assert_eq!((size_of::<PolicyState>(), align_of::<PolicyState>()), (16, 8));

@@ -2,8 +2,10 @@
 //! TCP socket. Owners are captured where the kernel runs in the owner's
 //! context (`connect()` entering `SYN_SENT`, `listen()` entering `LISTEN`);
 //! accepted sockets take the owner of their listener. User space gets an
-//! event when a connection opens, enters or leaves `CLOSE_WAIT`, closes or
-//! fails to connect; every other transition only updates the table.
+//! event when a connection closes, fails to connect, or leaves a
+//! `CLOSE_WAIT` it was told of; every other transition only updates the
+//! table, and the sweep tells user space of the connections that stay
+//! open (`governor_common::announce`).
 //!
 //! Addresses and ports are read only by the transitions that need them;
 //! like `sk_err` and `srtt_us` they come from the socket at offsets user
@@ -21,13 +23,13 @@ use aya_ebpf::{
     helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
 };
 use governor_common::{
-    ConnEvent, FlowCounts, KernelConfig, ListenerInfo, Owner, SockEntry, SockInfo, SockLayout, SockOffsets, counter,
-    direction, event_kind,
+    ConnEvent, FlowCounts, KernelConfig, ListenerInfo, Owner, SockEntry, SockInfo, SockLayout, SockOffsets, announce,
+    counter, direction, event_kind,
 };
 
 use crate::{
     flow,
-    maps::{EVENTS, GOVERNOR_CONFIG, LISTENERS, SOCKETS, count},
+    maps::{EVENTS, GOVERNOR_CONFIG, LISTENERS, SOCKETS, change_announce, count},
     record::{Flow, Record, sock_field},
 };
 
@@ -102,7 +104,8 @@ fn offsets() -> SockOffsets {
 }
 
 #[inline(always)]
-fn insert(skaddr: u64, info: SockInfo) {
+fn insert(skaddr: u64, mut info: SockInfo) {
+    info.announce = announce::new(info.open_ns);
     if SOCKETS.insert(skaddr, SockEntry { info, flow: FlowCounts::default() }, 0).is_err() {
         count(counter::SOCKET_UPDATE_FAILED);
     }
@@ -205,7 +208,7 @@ fn try_established(r: &mut Record, l: &SockLayout, skaddr: u64, old: i32) -> Res
         // Evicted, or opened before the programs were attached: track it
         // from here without an owner.
         let direction = if old == TCP_SYN_SENT { direction::ACTIVE } else { direction::PASSIVE };
-        let info = SockInfo { open_ns: at, direction, ..SockInfo::default() };
+        let info = SockInfo { open_ns: at, direction, announce: announce::new(at), ..SockInfo::default() };
         let _ = SOCKETS.insert(skaddr, SockEntry { info, flow: FlowCounts::default() }, u64::from(BPF_NOEXIST));
         let Some(entry) = SOCKETS.get_ptr_mut(skaddr) else {
             count(counter::SOCKET_UPDATE_FAILED);
@@ -229,7 +232,8 @@ fn try_established(r: &mut Record, l: &SockLayout, skaddr: u64, old: i32) -> Res
     // The flow's first rate window; its counts start at zero, as the
     // socket's own do.
     counts.window_start_ns = at;
-    emit(event_kind::OPENED, at, skaddr, info, 0);
+    // Written last: from here the sweep may announce the connection.
+    change_announce(&raw mut info.announce, announce::ESTABLISHED, 0);
     Ok(())
 }
 
@@ -276,13 +280,18 @@ fn try_closed(skaddr: u64, old: i32) -> Result<(), i64> {
         // the sampler last ran.
         flow::sample(entry, skaddr);
     }
+    if !established {
+        // An incoming connection that never completed its handshake.
+        let _ = SOCKETS.remove(skaddr);
+        return Ok(());
+    }
+    // No announcing from here on; the event says whether one was made.
+    // SAFETY: a live map value.
+    let told = change_announce(unsafe { &raw mut (*entry).info.announce }, announce::CLOSING, 0);
     // SAFETY: a live map value.
     let mut info = unsafe { (*entry).info };
     let _ = SOCKETS.remove(skaddr);
-    if !established {
-        // An incoming connection that never completed its handshake.
-        return Ok(());
-    }
+    info.announce = told;
     info.state = old as u8;
     emit(event_kind::CLOSED, now(), skaddr, &info, sock_field::<u32>(skaddr, offsets().sk_err).unwrap_or(0));
     Ok(())
@@ -300,7 +309,8 @@ fn try_close_wait(skaddr: u64) -> Result<(), i64> {
         let info = unsafe { &mut (*entry).info };
         info.close_wait_ns = now();
         info.state = TCP_CLOSE_WAIT as u8;
-        emit(event_kind::CLOSE_WAIT, info.close_wait_ns, skaddr, info, 0);
+        // The sweep tells user space if it stays there.
+        change_announce(&raw mut info.announce, 0, 0);
     }
     Ok(())
 }
@@ -316,8 +326,10 @@ fn try_close_wait_left(skaddr: u64, new: i32) -> Result<(), i64> {
         // SAFETY: a live map value, written under the socket lock.
         let info = unsafe { &mut (*entry).info };
         info.state = new as u8;
-        emit(event_kind::CLOSE_WAIT_LEFT, now(), skaddr, info, 0);
         info.close_wait_ns = 0;
+        if change_announce(&raw mut info.announce, 0, announce::CLOSE_WAIT) & announce::CLOSE_WAIT != 0 {
+            emit(event_kind::CLOSE_WAIT_LEFT, now(), skaddr, info, 0);
+        }
     }
     Ok(())
 }
@@ -329,6 +341,55 @@ fn set_state(skaddr: u64, new: i32) -> i64 {
         unsafe { (*entry).info.state = new as u8 };
     }
     0
+}
+
+/// The sweep's part of [`announce`]: tells user space of the connection in
+/// `entry` at `skaddr` if it has not been told of it, or not of its
+/// `CLOSE_WAIT`. The event is reserved before the word is exchanged and
+/// dropped when the exchange fails: a transition that sees the bits set
+/// comes later in the ring than the announcement. Nothing is announced
+/// while the ring is more than half full, so that a sweep never crowds
+/// out the events of closing connections; the next sweep tries again.
+#[inline(always)]
+pub fn announce(entry: *mut SockEntry, skaddr: u64) {
+    // SAFETY: a live map value; the word is only changed atomically.
+    let word = unsafe { &raw mut (*entry).info.announce };
+    // SAFETY: as above.
+    let current = unsafe { core::ptr::read_volatile(word) };
+    if current & (announce::ESTABLISHED | announce::CLOSING) != announce::ESTABLISHED {
+        return;
+    }
+    // SAFETY: as above.
+    let in_close_wait = unsafe { (*entry).info.close_wait_ns } != 0;
+    let (kind, tell) = if in_close_wait && current & announce::CLOSE_WAIT == 0 {
+        (event_kind::CLOSE_WAIT, announce::OPEN | announce::CLOSE_WAIT)
+    } else if current & announce::OPEN == 0 {
+        (event_kind::OPENED, announce::OPEN)
+    } else {
+        return;
+    };
+    let ring = aya_ebpf::bindings::BPF_RB_RING_SIZE;
+    if EVENTS.query(u64::from(aya_ebpf::bindings::BPF_RB_AVAIL_DATA)) * 2 > EVENTS.query(u64::from(ring)) {
+        return;
+    }
+    let Some(mut reserved) = EVENTS.reserve::<ConnEvent>(0) else { return };
+    let event = reserved.as_mut_ptr();
+    // SAFETY: `event` points at reserved ring buffer memory of the right
+    // size, every field is written before it is submitted; `entry` is a
+    // live map value.
+    unsafe {
+        (*event).timestamp_ns = now();
+        (*event).kind = kind;
+        (*event).error = 0;
+        (*event).skaddr = skaddr;
+        (*event).info = (*entry).info;
+        (*event).info.announce = current;
+    }
+    if crate::maps::compare_exchange(word, current, current | tell) == current {
+        reserved.submit(u64::from(aya_ebpf::bindings::BPF_RB_NO_WAKEUP));
+    } else {
+        reserved.discard(u64::from(aya_ebpf::bindings::BPF_RB_NO_WAKEUP));
+    }
 }
 
 /// Sends a connection event stamped `at` (a clock reading the caller

@@ -1,10 +1,13 @@
-//! The flow sampler: copies every established connection's byte and
-//! packet counts from its socket into its entry of the per-socket table
-//! (`flow.rs`). It is attached to nothing: user space runs it
-//! (`BPF_PROG_TEST_RUN`) before it reads the endpoint totals or the flows,
-//! so the cost follows how many connections are open and how often
-//! governor looks, not how much traffic the host carries. The section
-//! names a tracepoint only because raw tracepoint programs need one.
+//! The sweep of the per-socket table: tells user space of the connections
+//! that stay open or wait in `CLOSE_WAIT` (`connection::announce`), and
+//! when flows are counted copies every established connection's byte and
+//! packet counts from its socket into its entry (`flow.rs`). It is
+//! attached to nothing: user space runs it (`BPF_PROG_TEST_RUN`) on a
+//! timer and before it reads the flows or the connections, so the cost
+//! follows how many connections are open and how often governor looks,
+//! not how many connections the host makes or how much traffic they
+//! carry. The section names a tracepoint only because raw tracepoint
+//! programs need one.
 //!
 //! One run walks at most `budget` entries after skipping `skip` (its two
 //! arguments), so that no run keeps a CPU for long; user space runs it
@@ -17,9 +20,13 @@ use core::ffi::c_void;
 use aya_ebpf::{
     helpers::generated::bpf_for_each_map_elem, macros::map, maps::PerCpuArray, programs::RawTracePointContext,
 };
-use governor_common::SockEntry;
+use governor_common::{KernelConfig, SockEntry, announce};
 
-use crate::{flow::sample, maps::SOCKETS};
+use crate::{
+    connection,
+    flow::sample,
+    maps::{GOVERNOR_CONFIG, SOCKETS},
+};
 
 /// Where a walk is. It lives in a map value, not on the stack: the
 /// verifier follows stack values exactly and would walk every count of
@@ -69,7 +76,8 @@ pub extern "C" fn gov_flow_sample(ctx: *mut c_void) -> u32 {
 }
 
 /// One entry of the walk (key: the socket's address); 0 goes on to the
-/// next, 1 stops. Sockets still in their handshake have no counts yet.
+/// next, 1 stops. Sockets still in their handshake have no counts yet and
+/// are not announced.
 #[inline(never)]
 extern "C" fn sample_one(_map: *mut c_void, key: *mut c_void, value: *mut c_void, at: *mut c_void) -> i64 {
     // SAFETY: the helper passes a live key and value of this map and the
@@ -81,9 +89,14 @@ extern "C" fn sample_one(_map: *mut c_void, key: *mut c_void, value: *mut c_void
     }
     let entry = value.cast::<SockEntry>();
     // SAFETY: as above.
-    let (sk, established) = unsafe { (*key.cast::<u64>(), (*entry).info.established_ns != 0) };
-    if established {
-        sample(entry, sk);
+    let (sk, word) = unsafe { (*key.cast::<u64>(), core::ptr::read_volatile(&raw const (*entry).info.announce)) };
+    if word & announce::ESTABLISHED != 0 {
+        // SAFETY: plain read of an immutable global set at load.
+        let flags = unsafe { core::ptr::read_volatile(&raw const GOVERNOR_CONFIG.flags) };
+        if flags & KernelConfig::COUNT_FLOWS != 0 {
+            sample(entry, sk);
+        }
+        connection::announce(entry, sk);
     }
     i64::from(walk.seen - walk.skip >= walk.budget)
 }

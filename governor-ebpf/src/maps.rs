@@ -228,6 +228,46 @@ pub fn swap(field: *mut u64, new: u64) -> u64 {
     v
 }
 
+/// Stores `new` in a value shared by all CPUs if it still holds
+/// `current`; returns the value it held (`current` when the store
+/// happened). One `BPF_CMPXCHG` (kernel 5.12+; written out like
+/// [`fetch_add`], and its comparand lives in `r0`).
+#[inline(always)]
+pub fn compare_exchange(field: *mut u64, current: u64, new: u64) -> u64 {
+    let mut r0 = current;
+    // SAFETY: callers pass an 8-byte aligned field of a live map value;
+    // other CPUs only touch it atomically. The instruction reads and
+    // writes only that field and `r0`.
+    unsafe {
+        core::arch::asm!(
+            "r0 = cmpxchg_64({p} + 0, r0, {n})",
+            p = in(reg) field,
+            n = in(reg) new,
+            inout("r0") r0,
+        );
+    }
+    r0
+}
+
+/// Updates an entry's [`announce`](governor_common::announce) word: sets
+/// `set`, clears `clear` and counts a change, whatever the sweep wrote
+/// meanwhile. Returns the word before. Only the sweep competes (with one
+/// exchange per entry and run), so a few attempts always do.
+#[inline(always)]
+pub fn change_announce(word: *mut u64, set: u64, clear: u64) -> u64 {
+    for _ in 0..8 {
+        // SAFETY: as for `compare_exchange`.
+        let current = unsafe { core::ptr::read_volatile(word) };
+        let new = governor_common::announce::changed(current, set, clear);
+        if compare_exchange(word, current, new) == current {
+            return current;
+        }
+    }
+    // SAFETY: as for `compare_exchange`.
+    let current = unsafe { core::ptr::read_volatile(word) };
+    swap(word, governor_common::announce::changed(current, set, clear))
+}
+
 /// Do the policies hold now? Always, unless pinned mode gave them a lease
 /// (`POLICY_LEASE`) that ran out: then every program lets everything
 /// through, as if no policy were loaded.

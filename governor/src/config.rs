@@ -87,10 +87,15 @@ pub struct Ebpf {
     /// Not used since flows live in the per-socket table; accepted so that
     /// older config files still load.
     pub flow_table_entries: Bounded<1024, 4_194_304>,
-    /// How often the daemon copies every connection's byte counts from the
-    /// kernel's sockets (the endpoints' byte totals move in these steps;
-    /// `/api/v1/flows` copies them at each request, a close at once).
-    pub flow_sample_interval_ms: Bounded<1000, 60_000>,
+    /// How often the daemon sweeps the kernel's per-socket table: the
+    /// kernel tells of connections that stay open (and of sockets in
+    /// `CLOSE_WAIT`) at the first sweep they see, and copies every
+    /// connection's byte counts (the endpoints' byte totals move in these
+    /// steps). The connection and flow API sweep at each request, and a
+    /// close is reported at once. `flow_sample_interval_ms` is its older
+    /// name.
+    #[serde(alias = "flow_sample_interval_ms")]
+    pub sweep_interval_ms: Bounded<1000, 60_000>,
     /// Size of the event ring buffer in bytes: a power of two, at least one
     /// page (4096).
     pub ring_buffer_bytes: RingBufferBytes,
@@ -112,7 +117,7 @@ impl Default for Ebpf {
             socket_table_entries: Bounded(65_536),
             count_flows: true,
             flow_table_entries: Bounded(65_536),
-            flow_sample_interval_ms: Bounded(5000),
+            sweep_interval_ms: Bounded(5000),
             ring_buffer_bytes: RingBufferBytes(4 << 20),
             event_drain_interval_ms: Bounded(100),
             tracefs: PathBuf::from("/sys/kernel/tracing"),
@@ -732,7 +737,7 @@ format = "host_port"
                 socket_table_entries: Bounded(2048),
                 count_flows: false,
                 flow_table_entries: Bounded(4096),
-                flow_sample_interval_ms: Bounded(2000),
+                sweep_interval_ms: Bounded(2000),
                 ring_buffer_bytes: RingBufferBytes(65536),
                 event_drain_interval_ms: Bounded(50),
                 tracefs: "/t".into(),

@@ -4,12 +4,17 @@
 //! in, outcomes and views go out.
 //!
 //! The kernel's per-socket table is the source of truth; this mirror follows
-//! it through events. When the ring buffer loses events the mirror can be
+//! it through events. The kernel reports a connection when it closes, and
+//! earlier only if it stays open until a sweep of the table (`OPENED`,
+//! `CLOSE_WAIT`): so the mirror holds the connections that have been open
+//! for a sweep interval, and the `announce` word of each event says whether
+//! it is the first the mirror hears of its connection (whose opening is
+//! then counted). When the ring buffer loses events the mirror can be
 //! rebuilt from the table with [`Tracker::replace`].
 
 use std::collections::{HashMap, hash_map::Entry};
 
-use governor_common::{ConnEvent, EndpointKey, FlowAddrs, Owner, SockInfo, direction, event_kind};
+use governor_common::{ConnEvent, EndpointKey, FlowAddrs, Owner, SockInfo, announce, direction, event_kind};
 use slab::Slab;
 
 use crate::labels;
@@ -109,12 +114,40 @@ pub fn endpoint_key(direction: u8, a: &FlowAddrs) -> EndpointKey {
     EndpointKey { addr, port, family: a.family, pad: 0 }
 }
 
+/// A connection whose handshake completed, counted once: with the first
+/// event that tells of it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Opened {
+    pub direction: u8,
+    pub endpoint: EndpointKey,
+    pub handshake_seconds: f64,
+}
+
+impl Opened {
+    /// The opening told by an event, unless an earlier event told of it.
+    fn of(info: &SockInfo) -> Option<Self> {
+        (info.announce & announce::OPEN == 0).then(|| Self {
+            direction: info.direction,
+            endpoint: endpoint_key(info.direction, &info.addrs),
+            handshake_seconds: seconds(info.handshake_ns),
+        })
+    }
+}
+
 /// What one event means for the metrics and the health engine.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Outcome {
-    Opened { direction: u8, endpoint: EndpointKey, handshake_seconds: f64 },
-    ConnectFailed { endpoint: EndpointKey, reason: FailureReason },
-    Closed { duration_seconds: f64, reset: Option<EndpointKey> },
+    Opened(Opened),
+    ConnectFailed {
+        endpoint: EndpointKey,
+        reason: FailureReason,
+    },
+    /// `opened` when nothing told of the connection before its close.
+    Closed {
+        opened: Option<Opened>,
+        duration_seconds: f64,
+        reset: Option<EndpointKey>,
+    },
     None,
 }
 
@@ -147,11 +180,7 @@ impl Tracker {
         match kind {
             event_kind::OPENED => {
                 self.put(skaddr, Conn::from_info(&info));
-                Outcome::Opened {
-                    direction: info.direction,
-                    endpoint: endpoint_key(info.direction, &info.addrs),
-                    handshake_seconds: seconds(info.handshake_ns),
-                }
+                Opened::of(&info).map_or(Outcome::None, Outcome::Opened)
             }
             event_kind::CONNECT_FAILED => {
                 self.remove(skaddr);
@@ -164,16 +193,19 @@ impl Tracker {
                 let close_wait_ns = if kind == event_kind::CLOSE_WAIT { info.close_wait_ns } else { 0 };
                 let conn = match self.index.get(&skaddr) {
                     Some(&i) => Conn { state: info.state, close_wait_ns, ..self.conns[i] },
-                    // A socket opened while events were lost is added here.
+                    // The first the mirror hears of the connection, or a
+                    // socket opened while events were lost.
                     None => Conn { close_wait_ns, ..Conn::from_info(&info) },
                 };
                 self.put(skaddr, conn);
-                Outcome::None
+                let first = if kind == event_kind::CLOSE_WAIT { Opened::of(&info) } else { None };
+                first.map_or(Outcome::None, Outcome::Opened)
             }
             event_kind::CLOSED => {
                 self.remove(skaddr);
                 let reset = info.direction == direction::ACTIVE && matches!(error, errno::ECONNRESET | errno::EPIPE);
                 Outcome::Closed {
+                    opened: Opened::of(&info),
                     duration_seconds: seconds(timestamp_ns.saturating_sub(info.established_ns)),
                     reset: reset.then(|| endpoint_key(direction::ACTIVE, &info.addrs)),
                 }
@@ -213,14 +245,18 @@ impl Tracker {
     }
 
     /// Replaces the mirror with a reading of the kernel's table (after lost
-    /// events). Listeners are kept: the table does not hold them.
+    /// events): the connections the kernel has told of, which it will
+    /// report closing; the rest are told by later sweeps. Listeners are
+    /// kept: the table does not hold them.
     pub fn replace(&mut self, table: impl IntoIterator<Item = (u64, SockInfo)>) {
         self.index.clear();
         self.conns.clear();
         self.close_wait.clear();
         for (skaddr, info) in table {
-            if info.established_ns != 0 {
-                self.put(skaddr, Conn::from_info(&info));
+            let told = info.announce & (announce::OPEN | announce::CLOSING) == announce::OPEN;
+            if told && info.established_ns != 0 {
+                let close_wait_ns = if info.announce & announce::CLOSE_WAIT == 0 { 0 } else { info.close_wait_ns };
+                self.put(skaddr, Conn { close_wait_ns, ..Conn::from_info(&info) });
             }
         }
     }

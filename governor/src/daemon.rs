@@ -59,7 +59,7 @@ pub async fn run(config: Config, path: Option<PathBuf>, dry_run: bool) -> anyhow
     let registry_metrics =
         (config.etcd.enabled() && !config.registries.is_empty()).then(|| RegistryMetrics::new(metrics.registry()));
     let health_events = monitor.subscribe();
-    let state = AppState::new(metrics, monitor, flows);
+    let state = AppState::new(metrics, monitor, flows, Some(probes.sampler()));
     let mut enforcement = start_enforcement(&mut probes, &config, &state, lease)?;
     let mut reloader = Reloader::new(path, dry_run, config.policies.clone());
     let (policy_watch, mut policy_rx) = start_policy_watch(&config);
@@ -101,7 +101,9 @@ pub async fn run(config: Config, path: Option<PathBuf>, dry_run: bool) -> anyhow
                 state.set_ready(true);
             }
             _ = drain.tick() => {
-                if drain_events(&mut events, &state) {
+                let due = drain_events(&mut events, &state);
+                state.drained();
+                if due {
                     // An endpoint is crossing the reset threshold: judge it
                     // now, not at the next poll.
                     read_maps(&probes, &mut aggregator, &state, started.elapsed().as_secs(), &mut resync);
@@ -125,7 +127,7 @@ pub async fn run(config: Config, path: Option<PathBuf>, dry_run: bool) -> anyhow
         info!(lease_seconds = lease.as_secs(), "pinned mode: policies stay until the next daemon or the lease ends");
     }
     // Nothing is half-done: each registry action is one transaction.
-    registry.into_iter().chain(policy_watch).chain(sweeper).for_each(|task| task.abort());
+    registry.into_iter().chain(policy_watch).chain(Some(sweeper)).for_each(|task| task.abort());
     state.set_ready(false);
     let _ = drain_events(&mut events, &state);
     read_maps(&probes, &mut aggregator, &state, started.elapsed().as_secs(), &mut resync);
@@ -184,27 +186,28 @@ fn daemon_metrics(config: &Config, probes: &Probes, reasons: &[(u32, String)]) -
     metrics
 }
 
-/// With flows counted, sweeps the flows every `ebpf.flow_sample_interval_ms`
-/// on a blocking thread (a sweep of a large table takes a while, and the
-/// event drain must not wait for it).
-fn start_sweeper(probes: &Probes, config: &Config) -> Option<tokio::task::JoinHandle<()>> {
-    let Some((sampler, capacity)) = probes.sampler() else {
+/// Sweeps the per-socket table every `ebpf.sweep_interval_ms` on a
+/// blocking thread (a sweep of a large table takes a while, and the event
+/// drain must not wait for it): connections that stay open are told of,
+/// and with flows counted their bytes copied.
+fn start_sweeper(probes: &Probes, config: &Config) -> tokio::task::JoinHandle<()> {
+    if !config.ebpf.count_flows {
         info!("ebpf.count_flows is off: no per-flow bytes");
-        return None;
-    };
-    let mut tick = interval(Duration::from_millis(config.ebpf.flow_sample_interval_ms.get().into()));
+    }
+    let (sampler, capacity) = probes.sampler();
+    let mut tick = interval(Duration::from_millis(config.ebpf.sweep_interval_ms.get().into()));
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    Some(tokio::spawn(async move {
+    tokio::spawn(async move {
         loop {
             tick.tick().await;
             let s = sampler.clone();
             match tokio::task::spawn_blocking(move || s.run(capacity)).await {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => warn!(error = %e, "sweeping the flows failed"),
-                Err(e) => warn!(error = %e, "the flow sweep stopped"),
+                Ok(Err(e)) => warn!(error = %e, "sweeping the socket table failed"),
+                Err(e) => warn!(error = %e, "the socket table sweep stopped"),
             }
         }
-    }))
+    })
 }
 
 /// Starts watching the etcd policy key, if one is set; its values arrive on

@@ -65,8 +65,8 @@ pub struct Probes {
     /// the links this daemon runs there.
     pins: Option<Pins>,
     pinned_links: Vec<PathBuf>,
-    /// The flow sampler, when flows are counted.
-    sampler: Option<FlowSampler>,
+    /// The sweep of the per-socket table.
+    sampler: FlowSampler,
     /// What the programs were loaded with.
     config: KernelConfig,
 }
@@ -110,7 +110,7 @@ impl Probes {
             program.attach(tp.name).map_err(fail)?;
             attached += 1;
         }
-        let sampler = if flows { Some(FlowSampler::load(&mut ebpf)?) } else { None };
+        let sampler = FlowSampler::load(&mut ebpf)?;
         let mut probes = Self {
             ebpf,
             attached,
@@ -392,9 +392,9 @@ impl Probes {
     }
 
     /// The flows, for readers outside the daemon loop: a second handle on
-    /// the per-socket table and the sampler. With flows counted only.
+    /// the per-socket table and the sweep.
     pub fn flows(&self) -> Result<FlowTable, EbpfError> {
-        let sampler = self.sampler.clone().ok_or(EbpfError::Missing { kind: "program", name: "gov_flow_sample" })?;
+        let sampler = self.sampler.clone();
         let fail = |source| EbpfError::Map { map: "SOCKETS", source };
         let fd = match self.map("SOCKETS")? {
             aya::maps::Map::LruHashMap(data) => data.fd().as_fd().try_clone_to_owned().map_err(EbpfError::Sampler)?,
@@ -426,11 +426,11 @@ impl Probes {
         self.ebpf.map_mut(name).ok_or(EbpfError::Missing { kind: "map", name })
     }
 
-    /// The flow sampler and the size of the table it sweeps, with flows
-    /// counted: the daemon sweeps on a timer of its own, so that a long
-    /// sweep never holds up the event drain.
-    pub fn sampler(&self) -> Option<(FlowSampler, u32)> {
-        self.sampler.clone().map(|s| (s, self.socket_capacity))
+    /// The sweep and the size of the table it sweeps: the daemon sweeps on
+    /// a timer of its own, so that a long sweep never holds up the event
+    /// drain.
+    pub fn sampler(&self) -> (FlowSampler, u32) {
+        (self.sampler.clone(), self.socket_capacity)
     }
 
     /// Reads every counter map once.

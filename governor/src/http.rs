@@ -19,7 +19,7 @@ use axum::{
 
 use crate::{
     api,
-    ebpf::FlowTable,
+    ebpf::{FlowSampler, FlowTable},
     flows::{self, FlowQuery},
     metrics::Metrics,
     monitor::{ConnectionFilter, MAX_PAGE, Monitor, Now},
@@ -32,23 +32,57 @@ pub struct AppState {
     pub ready: AtomicBool,
     /// The kernel's per-flow table; `None` when flows are not counted.
     pub flows: Option<FlowTable>,
+    /// The sweep of the per-socket table and its size, run before the
+    /// connections are shown so that they include the newest.
+    pub sweep: Option<(FlowSampler, u32)>,
+    /// How many times the daemon drained the event ring buffer.
+    pub drains: tokio::sync::watch::Sender<u64>,
     /// The registry's quarantine list; unset when no registry is watched.
     pub registry: std::sync::OnceLock<Arc<crate::registry::Shared>>,
 }
 
 impl AppState {
-    pub fn new(metrics: Metrics, monitor: Monitor, flows: Option<FlowTable>) -> Arc<Self> {
+    pub fn new(
+        metrics: Metrics,
+        monitor: Monitor,
+        flows: Option<FlowTable>,
+        sweep: Option<(FlowSampler, u32)>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             metrics: Mutex::new(metrics),
             monitor: Mutex::new(monitor),
             ready: AtomicBool::new(false),
             flows,
+            sweep,
+            drains: tokio::sync::watch::Sender::new(0),
             registry: std::sync::OnceLock::new(),
         })
     }
 
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::SeqCst);
+    }
+
+    /// Counts one drain of the event ring buffer.
+    pub fn drained(&self) {
+        self.drains.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Brings the connection view up to date: sweeps the per-socket table,
+    /// so the kernel tells of the connections opened since the last sweep,
+    /// and waits for the daemon to drain what it told (a second at most;
+    /// a view a sweep late is better than none).
+    async fn sweep_connections(&self) {
+        let Some((sampler, capacity)) = self.sweep.clone() else { return };
+        let mut drains = self.drains.subscribe();
+        match tokio::task::spawn_blocking(move || sampler.run(capacity)).await {
+            Ok(Ok(())) => {
+                drains.borrow_and_update();
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(1), drains.changed()).await;
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "sweeping the socket table failed"),
+            Err(e) => tracing::warn!(error = %e, "the socket table sweep stopped"),
+        }
     }
 }
 
@@ -96,6 +130,7 @@ async fn endpoints(State(state): State<Arc<AppState>>) -> Json<api::Endpoints> {
 }
 
 async fn processes(State(state): State<Arc<AppState>>) -> Json<api::Processes> {
+    state.sweep_connections().await;
     Json(api::Processes { processes: state.monitor.lock().expect("monitor lock poisoned").processes(now()) })
 }
 
@@ -110,6 +145,7 @@ async fn connections(
     if filter.limit == 0 || filter.limit > MAX_PAGE {
         return bad_request(&format!("limit must be between 1 and {MAX_PAGE}"));
     }
+    state.sweep_connections().await;
     Json(state.monitor.lock().expect("monitor lock poisoned").connections(&filter, now())).into_response()
 }
 

@@ -11,7 +11,7 @@ use tokio::sync::broadcast;
 use crate::{
     api,
     attribution::{Attributor, command_name, process_label},
-    connections::{self, FailureReason, Outcome, Tracker},
+    connections::{self, FailureReason, Opened, Outcome, Tracker},
     health::{Engine, Sample, State, Transition},
     labels,
     metrics::Metrics,
@@ -158,25 +158,32 @@ impl Monitor {
 
     pub fn on_conn_event(&mut self, ev: &ConnEvent, metrics: &Metrics) {
         match self.tracker.apply(ev) {
-            Outcome::Opened { direction: d, endpoint, handshake_seconds } => {
-                metrics.opened(d, handshake_seconds);
-                if d == direction::ACTIVE {
-                    self.pending.entry(endpoint).or_default().connect_attempts += 1;
-                }
-            }
+            Outcome::Opened(opened) => self.opened(opened, metrics),
             Outcome::ConnectFailed { endpoint, reason } => {
                 let s = self.pending.entry(endpoint).or_default();
                 s.connect_attempts += 1;
                 s.connect_failures += 1;
                 *self.failures.entry((endpoint, reason)).or_default() += 1;
             }
-            Outcome::Closed { duration_seconds, reset } => {
+            Outcome::Closed { opened, duration_seconds, reset } => {
+                if let Some(opened) = opened {
+                    self.opened(opened, metrics);
+                }
                 metrics.closed(duration_seconds);
                 if let Some(endpoint) = reset {
                     *self.failures.entry((endpoint, FailureReason::Reset)).or_default() += 1;
                 }
             }
             Outcome::None => {}
+        }
+    }
+
+    /// A connection's handshake completed (counted once, when an event first
+    /// tells of it).
+    fn opened(&mut self, opened: Opened, metrics: &Metrics) {
+        metrics.opened(opened.direction, opened.handshake_seconds);
+        if opened.direction == direction::ACTIVE {
+            self.pending.entry(opened.endpoint).or_default().connect_attempts += 1;
         }
     }
 

@@ -93,19 +93,7 @@ fn histograms_count_exactly_the_connections_made() {
     ns.add_address("10.215.0.1/32");
     let mut gov = Governor::start();
     let addr: SocketAddr = "10.215.0.1:20088".parse().expect("addr");
-    let handshakes = |d: &str| series("governor_tcp_handshake_duration_seconds_count", &[("direction", d)]);
-    let opened = |d: &str| series("governor_tcp_connections_opened_total", &[("direction", d)]);
-    let durations = "governor_tcp_connection_duration_seconds_count";
-    let names =
-        [handshakes("active"), handshakes("passive"), opened("active"), opened("passive"), durations.to_owned()];
-    let read = |gov: &mut Governor| -> Vec<u64> {
-        let m = gov.metrics();
-        #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "integer-valued series")]
-        names.iter().map(|n| m.get(n).map_or(0, |v| *v as u64)).collect()
-    };
-    let mut last = Vec::new();
-    for _attempt in 0..3 {
-        let before = read(&mut gov);
+    counts_exactly(&mut gov, |_| {
         ns.run(move || {
             let listener = TcpListener::bind(addr).expect("bind");
             for _ in 0..N {
@@ -119,8 +107,62 @@ fn histograms_count_exactly_the_connections_made() {
                 Socket::from(server).set_linger(Some(Duration::ZERO)).expect("linger");
             }
         });
+    });
+}
+
+/// Connections the kernel told of while open (the connection API sweeps
+/// the table) are counted once too: at the sweep, not again at the close.
+#[test]
+fn connections_told_of_while_open_are_counted_once() {
+    require_root();
+    let ns = Netns::new("hist-open");
+    ns.add_address("10.215.0.2/32");
+    let mut gov = Governor::start();
+    let addr: SocketAddr = "10.215.0.2:20089".parse().expect("addr");
+    let listener = std::sync::Arc::new(ns.run(move || TcpListener::bind(addr).expect("bind")));
+    counts_exactly(&mut gov, |gov| {
+        let listener = std::sync::Arc::clone(&listener);
+        let pairs: Vec<(Socket, Socket)> = ns.run(move || {
+            (0..N)
+                .map(|_| {
+                    let client = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+                    client.connect(&addr.into()).expect("connect");
+                    let (server, _) = listener.accept().expect("accept");
+                    (client, Socket::from(server))
+                })
+                .collect()
+        });
+        let open = gov.json("/api/v1/connections?endpoint=10.215.0.2:20089&limit=1");
+        assert_eq!(open["total"], 2 * N, "both ends of every connection are told of: {open:#}");
+        for (client, server) in pairs {
+            client.set_linger(Some(Duration::ZERO)).expect("linger");
+            server.set_linger(Some(Duration::ZERO)).expect("linger");
+        }
+    });
+}
+
+/// Runs `make` (which makes `N` connections inside a namespace) until the
+/// handshake histograms, the opened counters and the duration histogram
+/// grow by exactly `N`, `N` and `2 N`: the host's own connections (the
+/// test's scrapes among them) are counted too, so a few attempts are
+/// allowed for one without any.
+fn counts_exactly(gov: &mut Governor, mut make: impl FnMut(&mut Governor)) {
+    let handshakes = |d: &str| series("governor_tcp_handshake_duration_seconds_count", &[("direction", d)]);
+    let opened = |d: &str| series("governor_tcp_connections_opened_total", &[("direction", d)]);
+    let durations = "governor_tcp_connection_duration_seconds_count";
+    let names =
+        [handshakes("active"), handshakes("passive"), opened("active"), opened("passive"), durations.to_owned()];
+    let read = |gov: &mut Governor| -> Vec<u64> {
+        let m = gov.metrics();
+        #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "integer-valued series")]
+        names.iter().map(|n| m.get(n).map_or(0, |v| *v as u64)).collect()
+    };
+    let mut last = Vec::new();
+    for _attempt in 0..3 {
+        let before = read(gov);
+        make(gov);
         gov.settle(durations, before[4] + 2 * N);
-        let after = read(&mut gov);
+        let after = read(gov);
         last = before.iter().zip(&after).map(|(b, a)| a - b).collect();
         if last == [N, N, N, N, 2 * N] {
             return;

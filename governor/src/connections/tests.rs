@@ -1,4 +1,4 @@
-use governor_common::{AF_INET, ConnEvent, EndpointKey, FlowAddrs, Owner, SockInfo, direction, event_kind};
+use governor_common::{AF_INET, ConnEvent, EndpointKey, FlowAddrs, Owner, SockInfo, announce, direction, event_kind};
 
 use super::*;
 
@@ -40,15 +40,18 @@ fn passive(tgid: u32, remote: u8) -> SockInfo {
     }
 }
 
+/// `info` as events show it once user space was told of the connection.
+fn told(info: SockInfo) -> SockInfo {
+    SockInfo { announce: info.announce | announce::OPEN, ..info }
+}
+
 #[test]
 fn follows_a_connection_through_close_wait() {
     let mut t = Tracker::default();
     let info = passive(42, 2);
-    assert_eq!(
-        t.apply(&event(event_kind::OPENED, 1, S, info, 0)),
-        Outcome::Opened { direction: direction::PASSIVE, endpoint: key([10, 0, 0, 1], 80), handshake_seconds: 0.001 }
-    );
-    let cw = SockInfo { close_wait_ns: 3 * S, state: 8, ..info };
+    let opened = Opened { direction: direction::PASSIVE, endpoint: key([10, 0, 0, 1], 80), handshake_seconds: 0.001 };
+    assert_eq!(t.apply(&event(event_kind::OPENED, 1, S, info, 0)), Outcome::Opened(opened));
+    let cw = SockInfo { close_wait_ns: 3 * S, state: 8, ..told(info) };
     assert_eq!(t.apply(&event(event_kind::CLOSE_WAIT, 1, 3 * S, cw, 0)), Outcome::None);
     let p = by_process(&t);
     assert_eq!((p.len(), p[0].owner.tgid, p[0].connections, p[0].close_wait), (1, 42, 1, 1));
@@ -60,9 +63,31 @@ fn follows_a_connection_through_close_wait() {
     assert_eq!(by_process(&t)[0].close_wait, 0);
     assert_eq!(
         t.apply(&event(event_kind::CLOSED, 1, 42 * S, left, 0)),
-        Outcome::Closed { duration_seconds: 41.0, reset: None }
+        Outcome::Closed { opened: None, duration_seconds: 41.0, reset: None }
     );
     assert_eq!(t.len(), 0);
+}
+
+#[test]
+fn a_connection_first_told_of_at_its_close_or_in_close_wait_is_opened_once() {
+    let mut t = Tracker::default();
+    let info = passive(42, 2);
+    let opened = Opened { direction: direction::PASSIVE, endpoint: key([10, 0, 0, 1], 80), handshake_seconds: 0.001 };
+    // Closed before any sweep: the close carries the opening.
+    assert_eq!(
+        t.apply(&event(event_kind::CLOSED, 1, 3 * S, info, 0)),
+        Outcome::Closed { opened: Some(opened), duration_seconds: 2.0, reset: None }
+    );
+    assert_eq!(t.len(), 0);
+    // First told of in CLOSE_WAIT: that event opens it, the close does not.
+    let cw = SockInfo { close_wait_ns: 2 * S, state: 8, ..info };
+    assert_eq!(t.apply(&event(event_kind::CLOSE_WAIT, 2, 2 * S, cw, 0)), Outcome::Opened(opened));
+    assert_eq!(close_wait_by_process(&t)[0].close_wait, 1);
+    assert_eq!(
+        t.apply(&event(event_kind::CLOSED, 2, 4 * S, told(cw), 0)),
+        Outcome::Closed { opened: None, duration_seconds: 3.0, reset: None }
+    );
+    assert!(t.is_empty());
 }
 
 #[test]
@@ -83,15 +108,15 @@ fn failures_and_resets_get_their_reasons() {
     let est = SockInfo { established_ns: S, ..active };
     t.apply(&event(event_kind::OPENED, 9, S, est, 0));
     assert_eq!(
-        t.apply(&event(event_kind::CLOSED, 9, 2 * S, est, errno::ECONNRESET)),
-        Outcome::Closed { duration_seconds: 1.0, reset: Some(key([10, 0, 0, 1], 81)) }
+        t.apply(&event(event_kind::CLOSED, 9, 2 * S, told(est), errno::ECONNRESET)),
+        Outcome::Closed { opened: None, duration_seconds: 1.0, reset: Some(key([10, 0, 0, 1], 81)) }
     );
     // A passive connection reset by its client is no connect failure.
     let p = passive(1, 3);
     t.apply(&event(event_kind::OPENED, 10, S, p, 0));
     assert_eq!(
-        t.apply(&event(event_kind::CLOSED, 10, 2 * S, p, errno::ECONNRESET)),
-        Outcome::Closed { duration_seconds: 1.0, reset: None }
+        t.apply(&event(event_kind::CLOSED, 10, 2 * S, told(p), errno::ECONNRESET)),
+        Outcome::Closed { opened: None, duration_seconds: 1.0, reset: None }
     );
 }
 
@@ -105,9 +130,12 @@ fn listeners_belong_to_their_process_and_the_table_can_be_reloaded() {
     assert_eq!((p[0].connections, p[0].listeners.clone()), (1, vec!["10.0.0.1:80".to_owned()]));
 
     // After lost events: the kernel's table wins; entries still in the
-    // handshake are not connections yet.
-    let half_open = SockInfo { established_ns: 0, ..passive(42, 4) };
-    t.replace([(2, passive(42, 3)), (3, passive(43, 5)), (4, half_open)]);
+    // handshake are not connections yet, and those not told of yet (nor
+    // closing) come with a later sweep.
+    let half_open = SockInfo { established_ns: 0, ..told(passive(42, 4)) };
+    let untold = passive(42, 6);
+    let closing = SockInfo { announce: announce::OPEN | announce::CLOSING, ..passive(42, 7) };
+    t.replace([(2, told(passive(42, 3))), (3, told(passive(43, 5))), (4, half_open), (6, untold), (7, closing)]);
     assert_eq!(t.len(), 2);
     assert_eq!(by_process(&t).iter().map(|p| (p.owner.tgid, p.connections)).collect::<Vec<_>>(), [(42, 1), (43, 1)]);
     t.apply(&event(event_kind::LISTEN_CLOSED, 5, S, l, 0));
@@ -135,12 +163,15 @@ fn the_close_wait_index_follows_every_change() {
     // Leaving CLOSE_WAIT, closing, and a rebuild from the kernel's table
     // all keep the index right.
     t.apply(&event(event_kind::CLOSE_WAIT_LEFT, 2, 6 * S, SockInfo { state: 9, ..passive(42, 2) }, 0));
-    t.apply(&event(event_kind::CLOSED, 3, 7 * S, passive(43, 2), 0));
+    t.apply(&event(event_kind::CLOSED, 3, 7 * S, told(passive(43, 2)), 0));
     assert_eq!(close_wait_by_endpoint(&t)["10.0.0.1:80"], (1, 1, 5 * S));
     assert_eq!(t.len(), 2);
-    t.replace([(9, SockInfo { close_wait_ns: 8 * S, ..passive(44, 2) }), (10, passive(44, 3))]);
-    assert_eq!(t.len(), 2);
+    // A rebuild counts a socket in CLOSE_WAIT only once it was told of.
+    let cw = |at| SockInfo { close_wait_ns: at * S, announce: announce::OPEN | announce::CLOSE_WAIT, ..passive(44, 2) };
+    let cw_untold = SockInfo { close_wait_ns: 9 * S, ..told(passive(44, 4)) };
+    t.replace([(9, cw(8)), (10, told(passive(44, 3))), (11, cw_untold)]);
+    assert_eq!(t.len(), 3);
     let p = close_wait_by_process(&t);
     assert_eq!((p.len(), p[0].owner.tgid, p[0].close_wait), (1, 44, 1));
-    assert_eq!(by_endpoint(&t)["10.0.0.1:80"], (2, 1, 8 * S));
+    assert_eq!(by_endpoint(&t)["10.0.0.1:80"], (3, 1, 8 * S));
 }

@@ -126,6 +126,9 @@ pub struct KernelConfig {
     /// Further fields of the kernel's socket and packet structs, from the
     /// running kernel's BTF.
     pub sock: SockOffsets,
+    /// Reset events per endpoint between two readings of the maps; the
+    /// rest are only counted (`EndpointStats::reported`). 0: no limit.
+    pub reset_events: u32,
 }
 
 /// Byte offsets of socket fields, resolved from BTF at start-up;
@@ -173,6 +176,7 @@ impl KernelConfig {
         ephemeral_low: 1,
         ephemeral_high: 0,
         flags: 0,
+        reset_events: 0,
         sock: SockOffsets {
             sk_err: SockOffsets::ABSENT,
             srtt_us: SockOffsets::ABSENT,
@@ -216,6 +220,10 @@ pub struct EndpointStats {
     pub bytes_sent: u64,
     /// TCP payload bytes this host's sockets received on them.
     pub bytes_received: u64,
+    /// The reading of the maps (`READING`) the count below belongs to.
+    pub reading: u64,
+    /// Reset events sent for this endpoint since that reading.
+    pub reported: u64,
 }
 
 /// Length of the rate window of [`FlowCounts`].
@@ -649,7 +657,7 @@ mod tests {
     fn layouts_are_pinned() {
         assert_eq!((size_of::<Span>(), align_of::<Span>()), (4, 2));
         assert_eq!((size_of::<SockLayout>(), align_of::<SockLayout>()), (28, 2));
-        assert_eq!((size_of::<KernelConfig>(), align_of::<KernelConfig>()), (80, 4));
+        assert_eq!((size_of::<KernelConfig>(), align_of::<KernelConfig>()), (84, 4));
         assert_eq!((size_of::<SockOffsets>(), align_of::<SockOffsets>()), (44, 4));
         assert_eq!((size_of::<Owner>(), align_of::<Owner>()), (32, 8));
         assert_eq!((size_of::<FlowAddrs>(), align_of::<FlowAddrs>()), (40, 2));
@@ -657,7 +665,7 @@ mod tests {
         assert_eq!((size_of::<ListenerInfo>(), align_of::<ListenerInfo>()), (40, 8));
         assert_eq!((size_of::<ConnEvent>(), align_of::<ConnEvent>()), (144, 8));
         assert_eq!((size_of::<EndpointKey>(), align_of::<EndpointKey>()), (24, 4));
-        assert_eq!((size_of::<EndpointStats>(), align_of::<EndpointStats>()), (40, 8));
+        assert_eq!((size_of::<EndpointStats>(), align_of::<EndpointStats>()), (56, 8));
         assert_eq!((size_of::<FlowCounts>(), align_of::<FlowCounts>()), (96, 8));
         assert_eq!((size_of::<SockEntry>(), align_of::<SockEntry>()), (216, 8));
         assert_eq!((size_of::<TcpEvent>(), align_of::<TcpEvent>()), (56, 8));

@@ -98,6 +98,11 @@ pub static BANDWIDTH_DROPPED: PerCpuArray<u64> = PerCpuArray::with_max_entries(P
 #[map]
 pub static ADMITTED: HashMap<u64, u64> = HashMap::with_max_entries(65_536, 0);
 
+/// Entry 0: how many times user space has read the maps; reset events
+/// per endpoint are limited per reading (`report_reset`).
+#[map]
+pub static READING: Array<u64> = Array::with_max_entries(1, 0);
+
 /// Discrete events for user space. Resized at load time.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
@@ -144,10 +149,11 @@ pub enum EndpointCounter {
     Retransmits,
 }
 
-/// Adds one to an endpoint's counter, creating the entry when it is missing.
+/// Adds one to an endpoint's counter, creating the entry when it is
+/// missing; returns the entry.
 #[inline(always)]
-pub fn count_endpoint(key: &EndpointKey, which: EndpointCounter) {
-    let Some(entry) = endpoint_entry(key) else { return };
+pub fn count_endpoint(key: &EndpointKey, which: EndpointCounter) -> Option<*mut EndpointStats> {
+    let entry = endpoint_entry(key)?;
     // SAFETY: `entry` points at a live map value; the field pointers stay in it.
     let field = unsafe {
         match which {
@@ -157,6 +163,34 @@ pub fn count_endpoint(key: &EndpointKey, which: EndpointCounter) {
         }
     };
     add(field, 1);
+    Some(entry)
+}
+
+/// Should a reset at this endpoint go to user space as an event? Its
+/// counts are in the endpoint table either way; the events are what lets
+/// user space judge an endpoint crossing the reset threshold before the
+/// next reading, and the first `GOVERNOR_CONFIG.reset_events` of each
+/// endpoint between two readings are enough for that. A host resetting
+/// thousands of connections a second so costs a few events per reading,
+/// not one per reset. (Two CPUs starting a reading's count at once may
+/// let a few more through.)
+#[inline(always)]
+pub fn report_reset(entry: Option<*mut EndpointStats>) -> bool {
+    // SAFETY: plain read of an immutable global set at load.
+    let limit = unsafe { core::ptr::read_volatile(&raw const GOVERNOR_CONFIG.reset_events) };
+    let Some(entry) = entry else { return true };
+    if limit == 0 {
+        return true;
+    }
+    let reading = READING.get(0).copied().unwrap_or(0);
+    // SAFETY: a live map value; its fields are only changed atomically.
+    unsafe {
+        if core::ptr::read_volatile(&raw const (*entry).reading) != reading {
+            swap(&raw mut (*entry).reading, reading);
+            swap(&raw mut (*entry).reported, 0);
+        }
+        fetch_add(&raw mut (*entry).reported, 1) < u64::from(limit)
+    }
 }
 
 /// The endpoint's entry, created when it is missing; `None` (counted) when

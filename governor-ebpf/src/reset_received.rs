@@ -6,7 +6,7 @@ use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 use governor_common::{counter, event_kind};
 
 use crate::{
-    maps::{EndpointCounter, GOVERNOR_CONFIG, count, count_endpoint},
+    maps::{EndpointCounter, GOVERNOR_CONFIG, count, count_endpoint, report_reset},
     record::{Buffer, Flow, Record},
 };
 
@@ -25,7 +25,8 @@ fn try_gov_rst_recv(ctx: &RawTracePointContext) -> Result<(), i64> {
     let mut buffer = Buffer::uninit();
     let mut r = Record::new(&mut buffer);
     let flow = Flow::read(ctx.arg(0), &mut r, &l)?;
-    count_endpoint(&flow.remote(), EndpointCounter::ResetsReceived);
-    flow.emit(event_kind::RESET_RECEIVED, 0, 0);
+    if report_reset(count_endpoint(&flow.remote(), EndpointCounter::ResetsReceived)) {
+        flow.emit(event_kind::RESET_RECEIVED, 0, 0);
+    }
     Ok(())
 }

@@ -11,7 +11,7 @@ use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 use governor_common::{KernelConfig, counter, event_kind};
 
 use crate::{
-    maps::{EndpointCounter, GOVERNOR_CONFIG, count, count_endpoint, count_reset_reason},
+    maps::{EndpointCounter, GOVERNOR_CONFIG, count, count_endpoint, count_reset_reason, report_reset},
     record::{Buffer, Flow, Record},
 };
 
@@ -53,7 +53,8 @@ fn try_gov_rst_sent(ctx: &RawTracePointContext) -> Result<(), i64> {
         let state = r.u8(l.state).unwrap_or(0);
         (Flow::read(sk, &mut r, &l)?, state)
     };
-    count_endpoint(&flow.local(), EndpointCounter::ResetsSent);
-    flow.emit(event_kind::RESET_SENT, u16::from(state), reason);
+    if report_reset(count_endpoint(&flow.local(), EndpointCounter::ResetsSent)) {
+        flow.emit(event_kind::RESET_SENT, u16::from(state), reason);
+    }
     Ok(())
 }

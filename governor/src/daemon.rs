@@ -93,7 +93,7 @@ pub async fn run(config: Config, path: Option<PathBuf>, dry_run: bool) -> anyhow
     let signal_name = loop {
         tokio::select! {
             _ = poll.tick() => {
-                read_maps(&probes, &mut aggregator, &state, started.elapsed().as_secs(), &mut resync);
+                read_maps(&mut probes, &mut aggregator, &state, started.elapsed().as_secs(), &mut resync);
                 enforcement.step_breakers(&state);
                 if let Some(push) = &mut alert_push {
                     push.step(&state, &enforcement);
@@ -106,7 +106,7 @@ pub async fn run(config: Config, path: Option<PathBuf>, dry_run: bool) -> anyhow
                 if due {
                     // An endpoint is crossing the reset threshold: judge it
                     // now, not at the next poll.
-                    read_maps(&probes, &mut aggregator, &state, started.elapsed().as_secs(), &mut resync);
+                    read_maps(&mut probes, &mut aggregator, &state, started.elapsed().as_secs(), &mut resync);
                     enforcement.step_breakers(&state);
                 }
             }
@@ -130,7 +130,7 @@ pub async fn run(config: Config, path: Option<PathBuf>, dry_run: bool) -> anyhow
     registry.into_iter().chain(policy_watch).chain(Some(sweeper)).for_each(|task| task.abort());
     state.set_ready(false);
     let _ = drain_events(&mut events, &state);
-    read_maps(&probes, &mut aggregator, &state, started.elapsed().as_secs(), &mut resync);
+    read_maps(&mut probes, &mut aggregator, &state, started.elapsed().as_secs(), &mut resync);
     drop(events);
     drop(probes);
     info!("eBPF programs detached");
@@ -157,6 +157,10 @@ fn prepare_host(config: &Config) -> anyhow::Result<(governor_common::KernelConfi
     let btf = btf::Btf::read(Path::new(btf::VMLINUX))?;
     let mut kernel_config = tracepoints::kernel_config(&btf)?;
     let reasons = read_btf(&btf, &kernel_config.sock);
+    // Enough reset events per endpoint between readings to see one cross
+    // the threshold, counted apart for both directions; the rest are only
+    // counted in the endpoint table.
+    kernel_config.reset_events = config.health.reset_threshold.get().saturating_mul(2);
     if config.metrics.collapse_ephemeral_ports {
         let (low, high) = host::ephemeral_port_range()?;
         kernel_config.ephemeral_low = low;
@@ -354,13 +358,15 @@ fn read_btf(btf: &btf::Btf, offsets: &governor_common::SockOffsets) -> Vec<(u32,
     reasons
 }
 
-/// Rebuilding the connection mirror from the kernel's table after lost
-/// events, at most once per interval (the walk costs two system calls per
-/// socket).
+/// Readings of the maps, and rebuilding the connection mirror from the
+/// kernel's table after lost events, at most once per interval (the walk
+/// costs two system calls per socket).
 #[derive(Default)]
 struct Resync {
     pending: bool,
     last: Option<std::time::Instant>,
+    /// Readings of the maps so far (`Probes::begin_reading`).
+    readings: u64,
 }
 
 const RESYNC_INTERVAL: Duration = Duration::from_secs(10);
@@ -371,7 +377,13 @@ fn unix_offset() -> i64 {
     i64::try_from(unix).unwrap_or(0) - i64::try_from(http::now().secs).unwrap_or(0)
 }
 
-fn read_maps(probes: &Probes, aggregator: &mut Aggregator, state: &AppState, now: u64, resync: &mut Resync) {
+fn read_maps(probes: &mut Probes, aggregator: &mut Aggregator, state: &AppState, now: u64, resync: &mut Resync) {
+    // The monitor forgets the reset events it counted at each reading; the
+    // kernel's limit on them starts again with it.
+    resync.readings += 1;
+    if let Err(e) = probes.begin_reading(resync.readings) {
+        warn!(error = %e, "starting a reading failed");
+    }
     match probes.read() {
         Ok(snapshot) => {
             let mut increments = aggregator.advance(&snapshot);

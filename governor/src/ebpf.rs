@@ -433,6 +433,15 @@ impl Probes {
         (self.sampler.clone(), self.socket_capacity)
     }
 
+    /// Starts reading `n` of the maps: the kernel's limit on reset events
+    /// per endpoint counts from here (`READING`).
+    pub fn begin_reading(&mut self, n: u64) -> Result<(), EbpfError> {
+        let fail = |source| EbpfError::Map { map: "READING", source };
+        let mut array: aya::maps::Array<&mut MapData, u64> =
+            aya::maps::Array::try_from(self.map_mut("READING")?).map_err(fail)?;
+        array.set(0, n, 0).map_err(fail)
+    }
+
     /// Reads every counter map once.
     pub fn read(&self) -> Result<KernelSnapshot, EbpfError> {
         Ok(KernelSnapshot {

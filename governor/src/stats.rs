@@ -91,6 +91,7 @@ impl Aggregator {
                 retransmits: grown(now.retransmits, before.retransmits),
                 bytes_sent: grown(now.bytes_sent, before.bytes_sent),
                 bytes_received: grown(now.bytes_received, before.bytes_received),
+                ..EndpointStats::default()
             };
             if d != EndpointStats::default() {
                 out.endpoints.push((*key, d));

@@ -5,7 +5,7 @@ use std::{collections::HashMap, fmt::Write as _};
 use governor_common::{counter, direction::PASSIVE};
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    TextEncoder, local::LocalHistogram,
 };
 
 use crate::{
@@ -76,9 +76,11 @@ pub struct Metrics {
     failure_series: SeriesLimiter,
     /// The series of `governor_tcp_connections_opened_total` and
     /// `governor_tcp_handshake_duration_seconds` for `active` and `passive`,
-    /// looked up once: they are counted for every connection.
-    opened_by_direction: [(IntCounter, Histogram); 2],
-    duration: Histogram,
+    /// looked up once: they are counted for every connection. The
+    /// histograms are observed locally (no atomic operations) and added to
+    /// the shared ones at each reading (`apply`).
+    opened_by_direction: [(IntCounter, LocalHistogram); 2],
+    duration: LocalHistogram,
     close_wait: IntGaugeVec,
     close_wait_oldest: IntGaugeVec,
     leak_suspected: IntGaugeVec,
@@ -224,7 +226,7 @@ impl Metrics {
         );
         // Both directions exist from the start (index 1 is passive).
         let opened_by_direction =
-            ["active", "passive"].map(|d| (opened.with_label_values(&[d]), handshake.with_label_values(&[d])));
+            ["active", "passive"].map(|d| (opened.with_label_values(&[d]), handshake.with_label_values(&[d]).local()));
 
         Self {
             transitions: counter_vec(
@@ -296,16 +298,18 @@ impl Metrics {
             ),
             failure_series: SeriesLimiter::new(limits.per_metric, limits.ttl_seconds),
             opened_by_direction,
-            duration: r.register(
-                Histogram::with_opts(
-                    HistogramOpts::new(
-                        "governor_tcp_connection_duration_seconds",
-                        "Lifetime of TCP connections from established to closed.",
+            duration: r
+                .register(
+                    Histogram::with_opts(
+                        HistogramOpts::new(
+                            "governor_tcp_connection_duration_seconds",
+                            "Lifetime of TCP connections from established to closed.",
+                        )
+                        .buckets(DURATION_BUCKETS.to_vec()),
                     )
-                    .buckets(DURATION_BUCKETS.to_vec()),
+                    .expect("valid metric"),
                 )
-                .expect("valid metric"),
-            ),
+                .local(),
             close_wait: gauge_vec(
                 "governor_tcp_close_wait_connections",
                 "Sockets in CLOSE_WAIT (the peer closed, the owner has not) per owning process.",
@@ -473,6 +477,10 @@ impl Metrics {
     /// Adds one reading's increments to the series; `now` is in seconds on
     /// any clock that only moves forward.
     pub fn apply(&mut self, inc: &Increments, now: u64) {
+        for (_, handshake) in &self.opened_by_direction {
+            handshake.flush();
+        }
+        self.duration.flush();
         for &(from, to, n) in &inc.transitions {
             self.transitions
                 .with_label_values(&[labels::tcp_state_name(from).as_ref(), labels::tcp_state_name(to).as_ref()])

@@ -22,6 +22,26 @@ pub const TRANSITION_SLOTS: u32 = TCP_STATE_SLOTS * TCP_STATE_SLOTS;
 /// reasons are counted in the last slot.
 pub const RESET_REASON_SLOTS: u32 = 64;
 
+/// The connection histograms the kernel keeps (`HISTOGRAMS`, per CPU):
+/// handshake time of active and of passive opens, and connection
+/// lifetime. Each has `HISTOGRAM_BOUNDS + 1` bucket counts (the last for
+/// values above every bound, or at padding bounds), then the sum of the
+/// values in nanoseconds.
+pub mod histogram {
+    pub const HANDSHAKE_ACTIVE: u32 = 0;
+    pub const HANDSHAKE_PASSIVE: u32 = 1;
+    pub const DURATION: u32 = 2;
+    pub const COUNT: u32 = 3;
+    /// Upper bounds (inclusive, ns) per histogram; unused ones are
+    /// `u64::MAX`.
+    pub const BOUNDS: usize = 16;
+    /// Slots per histogram: the buckets, then the sum.
+    #[expect(clippy::cast_possible_truncation, reason = "16 fits")]
+    pub const SLOTS: u32 = BOUNDS as u32 + 2;
+    /// The sum's slot within a histogram.
+    pub const SUM: u32 = SLOTS - 1;
+}
+
 /// Indices of the per-CPU host counters array.
 pub mod counter {
     pub const RESETS_SENT: u32 = 0;
@@ -129,6 +149,11 @@ pub struct KernelConfig {
     /// Reset events per endpoint between two readings of the maps; the
     /// rest are only counted (`EndpointStats::reported`). 0: no limit.
     pub reset_events: u32,
+    pub pad: u32,
+    /// Bucket bounds of the handshake histograms (ns, inclusive).
+    pub handshake_bounds_ns: [u64; histogram::BOUNDS],
+    /// Bucket bounds of the connection lifetime histogram.
+    pub duration_bounds_ns: [u64; histogram::BOUNDS],
 }
 
 /// Byte offsets of socket fields, resolved from BTF at start-up;
@@ -177,6 +202,9 @@ impl KernelConfig {
         ephemeral_high: 0,
         flags: 0,
         reset_events: 0,
+        pad: 0,
+        handshake_bounds_ns: [u64::MAX; histogram::BOUNDS],
+        duration_bounds_ns: [u64::MAX; histogram::BOUNDS],
         sock: SockOffsets {
             sk_err: SockOffsets::ABSENT,
             srtt_us: SockOffsets::ABSENT,
@@ -220,6 +248,9 @@ pub struct EndpointStats {
     pub bytes_sent: u64,
     /// TCP payload bytes this host's sockets received on them.
     pub bytes_received: u64,
+    /// Connections this host opened to this endpoint (it is the remote
+    /// side) whose handshake completed.
+    pub connects: u64,
     /// The reading of the maps (`READING`) the count below belongs to.
     pub reading: u64,
     /// Reset events sent for this endpoint since that reading.
@@ -657,7 +688,7 @@ mod tests {
     fn layouts_are_pinned() {
         assert_eq!((size_of::<Span>(), align_of::<Span>()), (4, 2));
         assert_eq!((size_of::<SockLayout>(), align_of::<SockLayout>()), (28, 2));
-        assert_eq!((size_of::<KernelConfig>(), align_of::<KernelConfig>()), (84, 4));
+        assert_eq!((size_of::<KernelConfig>(), align_of::<KernelConfig>()), (344, 8));
         assert_eq!((size_of::<SockOffsets>(), align_of::<SockOffsets>()), (44, 4));
         assert_eq!((size_of::<Owner>(), align_of::<Owner>()), (32, 8));
         assert_eq!((size_of::<FlowAddrs>(), align_of::<FlowAddrs>()), (40, 2));
@@ -665,7 +696,7 @@ mod tests {
         assert_eq!((size_of::<ListenerInfo>(), align_of::<ListenerInfo>()), (40, 8));
         assert_eq!((size_of::<ConnEvent>(), align_of::<ConnEvent>()), (144, 8));
         assert_eq!((size_of::<EndpointKey>(), align_of::<EndpointKey>()), (24, 4));
-        assert_eq!((size_of::<EndpointStats>(), align_of::<EndpointStats>()), (56, 8));
+        assert_eq!((size_of::<EndpointStats>(), align_of::<EndpointStats>()), (64, 8));
         assert_eq!((size_of::<FlowCounts>(), align_of::<FlowCounts>()), (96, 8));
         assert_eq!((size_of::<SockEntry>(), align_of::<SockEntry>()), (216, 8));
         assert_eq!((size_of::<TcpEvent>(), align_of::<TcpEvent>()), (56, 8));

@@ -1,10 +1,12 @@
 //! The per-socket table: what `tcp_state.rs` does with each transition of a
 //! TCP socket. Owners are captured where the kernel runs in the owner's
 //! context (`connect()` entering `SYN_SENT`, `listen()` entering `LISTEN`);
-//! accepted sockets take the owner of their listener. User space gets an
-//! event when a connection closes, fails to connect, or leaves a
-//! `CLOSE_WAIT` it was told of; every other transition only updates the
-//! table, and the sweep tells user space of the connections that stay
+//! accepted sockets take the owner of their listener. Openings, handshake
+//! times and lifetimes are counted here (`HISTOGRAMS`, and connects per
+//! endpoint). User space gets an event when a connection fails to
+//! connect, when one it was told of closes or leaves `CLOSE_WAIT`, and when
+//! an outgoing connection is reset; every other transition only updates
+//! the table, and the sweep tells user space of the connections that stay
 //! open (`governor_common::announce`).
 //!
 //! Addresses and ports are read only by the transitions that need them;
@@ -24,12 +26,14 @@ use aya_ebpf::{
 };
 use governor_common::{
     ConnEvent, FlowCounts, KernelConfig, ListenerInfo, Owner, SockEntry, SockInfo, SockLayout, SockOffsets, announce,
-    counter, direction, event_kind,
+    counter, direction, event_kind, histogram,
 };
 
 use crate::{
     flow,
-    maps::{EVENTS, GOVERNOR_CONFIG, LISTENERS, SOCKETS, change_announce, count},
+    maps::{
+        EVENTS, EndpointCounter, GOVERNOR_CONFIG, LISTENERS, SOCKETS, change_announce, count, count_endpoint, observe,
+    },
     record::{Flow, Record, sock_field},
 };
 
@@ -39,6 +43,10 @@ pub const TCP_SYN_RECV: i32 = 3;
 pub const TCP_CLOSE: i32 = 7;
 pub const TCP_CLOSE_WAIT: i32 = 8;
 pub const TCP_LISTEN: i32 = 10;
+
+/// `sk_err` of a connection reset by its peer.
+const ECONNRESET: u32 = 104;
+const EPIPE: u32 = 32;
 
 /// One transition of the socket at `skaddr`.
 #[inline(always)]
@@ -232,6 +240,12 @@ fn try_established(r: &mut Record, l: &SockLayout, skaddr: u64, old: i32) -> Res
     // The flow's first rate window; its counts start at zero, as the
     // socket's own do.
     counts.window_start_ns = at;
+    if info.direction == direction::ACTIVE {
+        observe(histogram::HANDSHAKE_ACTIVE, info.handshake_ns);
+        let _ = count_endpoint(&flow.remote(), EndpointCounter::Connects);
+    } else {
+        observe(histogram::HANDSHAKE_PASSIVE, info.handshake_ns);
+    }
     // Written last: from here the sweep may announce the connection.
     change_announce(&raw mut info.announce, announce::ESTABLISHED, 0);
     Ok(())
@@ -285,15 +299,24 @@ fn try_closed(skaddr: u64, old: i32) -> Result<(), i64> {
         let _ = SOCKETS.remove(skaddr);
         return Ok(());
     }
-    // No announcing from here on; the event says whether one was made.
+    // No announcing from here on.
     // SAFETY: a live map value.
     let told = change_announce(unsafe { &raw mut (*entry).info.announce }, announce::CLOSING, 0);
     // SAFETY: a live map value.
     let mut info = unsafe { (*entry).info };
     let _ = SOCKETS.remove(skaddr);
-    info.announce = told;
-    info.state = old as u8;
-    emit(event_kind::CLOSED, now(), skaddr, &info, sock_field::<u32>(skaddr, offsets().sk_err).unwrap_or(0));
+    let at = now();
+    observe(histogram::DURATION, at - info.established_ns);
+    // User space hears of the close if it was told of the connection, or
+    // when an outgoing connection was reset (a connect failure of its
+    // own); every other close is only counted.
+    let error = sock_field::<u32>(skaddr, offsets().sk_err).unwrap_or(0);
+    let reset = info.direction == direction::ACTIVE && (error == ECONNRESET || error == EPIPE);
+    if told & announce::OPEN != 0 || reset {
+        info.announce = told;
+        info.state = old as u8;
+        emit(event_kind::CLOSED, at, skaddr, &info, error);
+    }
     Ok(())
 }
 

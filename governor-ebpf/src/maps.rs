@@ -12,7 +12,7 @@ use aya_ebpf::{
 use governor_common::{
     BandwidthKey, BandwidthRule, BreakerEntry, EndpointKey, EndpointStats, KernelConfig, ListenerInfo,
     POLICY_DECISION_SLOTS, POLICY_RULE_ENTRIES, POLICY_SLOTS, PolicyRule, PolicyState, RESET_REASON_SLOTS, SockEntry,
-    TRANSITION_SLOTS, counter,
+    TRANSITION_SLOTS, counter, histogram,
 };
 
 /// Tracepoint field offsets and the ephemeral port range; set by user space.
@@ -26,6 +26,10 @@ pub static TRANSITIONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(TRANSIT
 /// Resets sent, by the kernel's reason (`enum sk_rst_reason`).
 #[map]
 pub static RESET_REASONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(RESET_REASON_SLOTS, 0);
+
+/// The connection histograms (`governor_common::histogram`).
+#[map]
+pub static HISTOGRAMS: PerCpuArray<u64> = PerCpuArray::with_max_entries(histogram::COUNT * histogram::SLOTS, 0);
 
 /// Host-wide counters, indexed by `governor_common::counter`.
 #[map]
@@ -127,6 +131,36 @@ pub fn count_reset_reason(reason: u32) {
     }
 }
 
+/// Counts `value_ns` in histogram `which` (`governor_common::histogram`):
+/// the first bucket whose bound it does not exceed, and the sum.
+#[inline(always)]
+#[expect(clippy::cast_possible_truncation, reason = "bucket indexes are below 17")]
+pub fn observe(which: u32, value_ns: u64) {
+    let bounds = if which == histogram::DURATION {
+        &raw const GOVERNOR_CONFIG.duration_bounds_ns
+    } else {
+        &raw const GOVERNOR_CONFIG.handshake_bounds_ns
+    };
+    let mut bucket = histogram::BOUNDS as u32;
+    for i in 0..histogram::BOUNDS {
+        // SAFETY: plain read of an immutable global set at load; `i` is
+        // within the array.
+        if value_ns <= unsafe { core::ptr::read_volatile(bounds.cast::<u64>().add(i)) } {
+            bucket = i as u32;
+            break;
+        }
+    }
+    let base = which * histogram::SLOTS;
+    if let Some(slot) = HISTOGRAMS.get_ptr_mut(base + bucket) {
+        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+        unsafe { *slot += 1 };
+    }
+    if let Some(slot) = HISTOGRAMS.get_ptr_mut(base + histogram::SUM) {
+        // SAFETY: as above.
+        unsafe { *slot += value_ns };
+    }
+}
+
 /// Adds one to the transition `from -> to`; states outside the matrix are
 /// ignored.
 #[inline(always)]
@@ -147,6 +181,7 @@ pub enum EndpointCounter {
     ResetsSent,
     ResetsReceived,
     Retransmits,
+    Connects,
 }
 
 /// Adds one to an endpoint's counter, creating the entry when it is
@@ -160,6 +195,7 @@ pub fn count_endpoint(key: &EndpointKey, which: EndpointCounter) -> Option<*mut 
             EndpointCounter::ResetsSent => &raw mut (*entry).resets_sent,
             EndpointCounter::ResetsReceived => &raw mut (*entry).resets_received,
             EndpointCounter::Retransmits => &raw mut (*entry).retransmits,
+            EndpointCounter::Connects => &raw mut (*entry).connects,
         }
     };
     add(field, 1);

@@ -4,13 +4,12 @@
 //! in, outcomes and views go out.
 //!
 //! The kernel's per-socket table is the source of truth; this mirror follows
-//! it through events. The kernel reports a connection when it closes, and
-//! earlier only if it stays open until a sweep of the table (`OPENED`,
-//! `CLOSE_WAIT`): so the mirror holds the connections that have been open
-//! for a sweep interval, and the `announce` word of each event says whether
-//! it is the first the mirror hears of its connection (whose opening is
-//! then counted). When the ring buffer loses events the mirror can be
-//! rebuilt from the table with [`Tracker::replace`].
+//! it through events. The kernel tells of a connection only if it is still
+//! open at a sweep of the table (`OPENED`, `CLOSE_WAIT`), and then reports
+//! its close: so the mirror holds the connections that have been open for
+//! a sweep interval (the kernel counts every connection itself). When the
+//! ring buffer loses events the mirror can be rebuilt from the table with
+//! [`Tracker::replace`].
 
 use std::collections::{HashMap, hash_map::Entry};
 
@@ -114,38 +113,15 @@ pub fn endpoint_key(direction: u8, a: &FlowAddrs) -> EndpointKey {
     EndpointKey { addr, port, family: a.family, pad: 0 }
 }
 
-/// A connection whose handshake completed, counted once: with the first
-/// event that tells of it.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Opened {
-    pub direction: u8,
-    pub endpoint: EndpointKey,
-    pub handshake_seconds: f64,
-}
-
-impl Opened {
-    /// The opening told by an event, unless an earlier event told of it.
-    fn of(info: &SockInfo) -> Option<Self> {
-        (info.announce & announce::OPEN == 0).then(|| Self {
-            direction: info.direction,
-            endpoint: endpoint_key(info.direction, &info.addrs),
-            handshake_seconds: seconds(info.handshake_ns),
-        })
-    }
-}
-
-/// What one event means for the metrics and the health engine.
-#[derive(Clone, Debug, PartialEq)]
+/// What one event means for the health engine.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    Opened(Opened),
     ConnectFailed {
         endpoint: EndpointKey,
         reason: FailureReason,
     },
-    /// `opened` when nothing told of the connection before its close.
+    /// `reset`: an outgoing connection reset by its peer.
     Closed {
-        opened: Option<Opened>,
-        duration_seconds: f64,
         reset: Option<EndpointKey>,
     },
     None,
@@ -168,19 +144,13 @@ pub struct Tracker {
     listeners: foldhash::HashMap<u64, Conn>,
 }
 
-/// Nanoseconds to seconds for histograms.
-#[expect(clippy::cast_precision_loss, reason = "durations far below 2^52 ns")]
-fn seconds(ns: u64) -> f64 {
-    ns as f64 / 1e9
-}
-
 impl Tracker {
     pub fn apply(&mut self, ev: &ConnEvent) -> Outcome {
-        let ConnEvent { timestamp_ns, kind, error, skaddr, info } = *ev;
+        let ConnEvent { kind, error, skaddr, info, .. } = *ev;
         match kind {
             event_kind::OPENED => {
                 self.put(skaddr, Conn::from_info(&info));
-                Opened::of(&info).map_or(Outcome::None, Outcome::Opened)
+                Outcome::None
             }
             event_kind::CONNECT_FAILED => {
                 self.remove(skaddr);
@@ -198,17 +168,12 @@ impl Tracker {
                     None => Conn { close_wait_ns, ..Conn::from_info(&info) },
                 };
                 self.put(skaddr, conn);
-                let first = if kind == event_kind::CLOSE_WAIT { Opened::of(&info) } else { None };
-                first.map_or(Outcome::None, Outcome::Opened)
+                Outcome::None
             }
             event_kind::CLOSED => {
                 self.remove(skaddr);
                 let reset = info.direction == direction::ACTIVE && matches!(error, errno::ECONNRESET | errno::EPIPE);
-                Outcome::Closed {
-                    opened: Opened::of(&info),
-                    duration_seconds: seconds(timestamp_ns.saturating_sub(info.established_ns)),
-                    reset: reset.then(|| endpoint_key(direction::ACTIVE, &info.addrs)),
-                }
+                Outcome::Closed { reset: reset.then(|| endpoint_key(direction::ACTIVE, &info.addrs)) }
             }
             event_kind::LISTEN => {
                 self.listeners.insert(skaddr, Conn::from_info(&info));

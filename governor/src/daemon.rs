@@ -26,7 +26,7 @@ use crate::{
     host::{self, BPFFS, MountOutcome},
     http::{self, AppState},
     labels,
-    metrics::{Metrics, SeriesLimits},
+    metrics::{self, Metrics, SeriesLimits},
     monitor::Monitor,
     pin::Pins,
     registry::{self, Controller, RegistryMetrics},
@@ -161,12 +161,23 @@ fn prepare_host(config: &Config) -> anyhow::Result<(governor_common::KernelConfi
     // the threshold, counted apart for both directions; the rest are only
     // counted in the endpoint table.
     kernel_config.reset_events = config.health.reset_threshold.get().saturating_mul(2);
+    set_histogram_bounds(&mut kernel_config.handshake_bounds_ns, &metrics::HANDSHAKE_BUCKETS);
+    set_histogram_bounds(&mut kernel_config.duration_bounds_ns, &metrics::DURATION_BUCKETS);
     if config.metrics.collapse_ephemeral_ports {
         let (low, high) = host::ephemeral_port_range()?;
         kernel_config.ephemeral_low = low;
         kernel_config.ephemeral_high = high;
     }
     Ok((kernel_config, reasons))
+}
+
+/// The kernel's bucket bounds (ns) of a histogram whose bounds are in
+/// seconds; the bounds past them stay at `u64::MAX`.
+#[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "bounds from 0.1 ms to a day")]
+fn set_histogram_bounds(kernel: &mut [u64], seconds: &[f64]) {
+    for (k, s) in kernel.iter_mut().zip(seconds) {
+        *k = (s * 1e9).round() as u64;
+    }
 }
 
 fn sizes(config: &Config) -> Sizes {
@@ -406,6 +417,7 @@ fn read_maps(probes: &mut Probes, aggregator: &mut Aggregator, state: &AppState,
                     Err(e) => warn!(error = %e, "reading the kernel's socket table failed"),
                 }
             }
+            metrics.connection_histograms(&snapshot.histograms);
             monitor.tick(&mut increments, http::now(), &mut metrics);
             drop(monitor);
             metrics.apply(&increments, now);
@@ -451,7 +463,7 @@ fn drain_events(events: &mut aya::maps::RingBuf<aya::maps::MapData>, state: &App
             }
             Some(Event::Conn(event)) => {
                 metrics.count_event(event.kind);
-                monitor.on_conn_event(&event, &metrics);
+                monitor.on_conn_event(&event);
             }
             None => warn!(bytes = item.len(), "ring buffer record of unknown kind or size"),
         }

@@ -448,6 +448,11 @@ impl Probes {
             transitions: read_per_cpu(self.map("TRANSITIONS")?, "TRANSITIONS", TRANSITION_SLOTS)?,
             counters: read_per_cpu(self.map("COUNTERS")?, "COUNTERS", counter::SLOTS)?,
             reset_reasons: read_per_cpu(self.map("RESET_REASONS")?, "RESET_REASONS", RESET_REASON_SLOTS)?,
+            histograms: read_per_cpu(
+                self.map("HISTOGRAMS")?,
+                "HISTOGRAMS",
+                governor_common::histogram::COUNT * governor_common::histogram::SLOTS,
+            )?,
             endpoints: {
                 let map: HashMap<&MapData, EndpointKey, EndpointStats> = HashMap::try_from(self.map("ENDPOINTS")?)
                     .map_err(|source| EbpfError::Map { map: "ENDPOINTS", source })?;

@@ -2,11 +2,11 @@
 
 use std::{collections::HashMap, fmt::Write as _};
 
-use governor_common::{counter, direction::PASSIVE};
-use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder, local::LocalHistogram,
-};
+mod kernel_histogram;
+
+use governor_common::counter;
+use kernel_histogram::{KernelHistogram, Totals};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
 use crate::{
     cardinality::{Budget, SeriesLimiter},
@@ -42,10 +42,10 @@ pub const EVENT_KINDS: [(u32, &str); 9] = [
 
 /// Handshakes take microseconds on loopback and seconds when SYNs are
 /// retransmitted (1 s, 3 s, 7 s with the kernel's defaults).
-const HANDSHAKE_BUCKETS: [f64; 16] =
+pub const HANDSHAKE_BUCKETS: [f64; 16] =
     [0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 /// Connections live from a millisecond to days.
-const DURATION_BUCKETS: [f64; 12] = [0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 86_400.0];
+pub const DURATION_BUCKETS: [f64; 12] = [0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 86_400.0];
 
 pub struct Metrics {
     registry: Catalog,
@@ -74,13 +74,12 @@ pub struct Metrics {
     endpoint_series: IntGaugeVec,
     connect_failures: IntCounterVec,
     failure_series: SeriesLimiter,
-    /// The series of `governor_tcp_connections_opened_total` and
-    /// `governor_tcp_handshake_duration_seconds` for `active` and `passive`,
-    /// looked up once: they are counted for every connection. The
-    /// histograms are observed locally (no atomic operations) and added to
-    /// the shared ones at each reading (`apply`).
-    opened_by_direction: [(IntCounter, LocalHistogram); 2],
-    duration: LocalHistogram,
+    /// `governor_tcp_connections_opened_total` for `active` and `passive`,
+    /// with the kernel's count each was last set from.
+    opened_by_direction: [(IntCounter, u64); 2],
+    /// The connection histograms, from the kernel's counts.
+    handshake: KernelHistogram,
+    duration: KernelHistogram,
     close_wait: IntGaugeVec,
     close_wait_oldest: IntGaugeVec,
     leak_suspected: IntGaugeVec,
@@ -213,20 +212,15 @@ impl Metrics {
             "TCP connections whose handshake completed: active (this host connected) or passive (accepted).",
             &["direction"],
         );
-        let handshake = r.register(
-            HistogramVec::new(
-                HistogramOpts::new(
-                    "governor_tcp_handshake_duration_seconds",
-                    "TCP handshake time: SYN to established for active opens, the SYN-ACK round trip for passive ones.",
-                )
-                .buckets(HANDSHAKE_BUCKETS.to_vec()),
-                &["direction"],
-            )
-            .expect("valid metric"),
-        );
+        let handshake = r.register(KernelHistogram::new(
+            "governor_tcp_handshake_duration_seconds",
+            "TCP handshake time: SYN to established for active opens, the SYN-ACK round trip for passive ones.",
+            &HANDSHAKE_BUCKETS,
+            Some("direction"),
+            &["active", "passive"],
+        ));
         // Both directions exist from the start (index 1 is passive).
-        let opened_by_direction =
-            ["active", "passive"].map(|d| (opened.with_label_values(&[d]), handshake.with_label_values(&[d]).local()));
+        let opened_by_direction = ["active", "passive"].map(|d| (opened.with_label_values(&[d]), 0));
 
         Self {
             transitions: counter_vec(
@@ -298,18 +292,14 @@ impl Metrics {
             ),
             failure_series: SeriesLimiter::new(limits.per_metric, limits.ttl_seconds),
             opened_by_direction,
-            duration: r
-                .register(
-                    Histogram::with_opts(
-                        HistogramOpts::new(
-                            "governor_tcp_connection_duration_seconds",
-                            "Lifetime of TCP connections from established to closed.",
-                        )
-                        .buckets(DURATION_BUCKETS.to_vec()),
-                    )
-                    .expect("valid metric"),
-                )
-                .local(),
+            handshake,
+            duration: r.register(KernelHistogram::new(
+                "governor_tcp_connection_duration_seconds",
+                "Lifetime of TCP connections from established to closed.",
+                &DURATION_BUCKETS,
+                None,
+                &[],
+            )),
             close_wait: gauge_vec(
                 "governor_tcp_close_wait_connections",
                 "Sockets in CLOSE_WAIT (the peer closed, the owner has not) per owning process.",
@@ -477,10 +467,6 @@ impl Metrics {
     /// Adds one reading's increments to the series; `now` is in seconds on
     /// any clock that only moves forward.
     pub fn apply(&mut self, inc: &Increments, now: u64) {
-        for (_, handshake) in &self.opened_by_direction {
-            handshake.flush();
-        }
-        self.duration.flush();
         for &(from, to, n) in &inc.transitions {
             self.transitions
                 .with_label_values(&[labels::tcp_state_name(from).as_ref(), labels::tcp_state_name(to).as_ref()])
@@ -576,14 +562,22 @@ impl Metrics {
     }
 
     /// A connection whose handshake completed (`governor_common::direction`).
-    pub fn opened(&self, direction: u8, handshake_seconds: f64) {
-        let (opened, handshake) = &self.opened_by_direction[usize::from(direction == PASSIVE)];
-        opened.inc();
-        handshake.observe(handshake_seconds);
-    }
-
-    pub fn closed(&self, duration_seconds: f64) {
-        self.duration.observe(duration_seconds);
+    /// Sets the connection histograms and the opened counters from the
+    /// kernel's totals (`KernelSnapshot::histograms`).
+    pub fn connection_histograms(&mut self, slots: &[u64]) {
+        use governor_common::histogram;
+        let of = |which: u32, bounds: usize| {
+            let start = (which * histogram::SLOTS) as usize;
+            Totals::from_slots(slots.get(start..start + histogram::SLOTS as usize).unwrap_or(&[]), bounds)
+        };
+        for (i, which) in [histogram::HANDSHAKE_ACTIVE, histogram::HANDSHAKE_PASSIVE].into_iter().enumerate() {
+            let totals = of(which, HANDSHAKE_BUCKETS.len());
+            let (opened, last) = &mut self.opened_by_direction[i];
+            opened.inc_by(totals.count().saturating_sub(*last));
+            *last = totals.count();
+            self.handshake.set(i, totals);
+        }
+        self.duration.set(0, of(histogram::DURATION, DURATION_BUCKETS.len()));
     }
 
     /// Sets the `CLOSE_WAIT` gauges: `(process label, sockets, oldest age,

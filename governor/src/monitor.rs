@@ -5,13 +5,13 @@
 
 use std::collections::{HashMap, HashSet};
 
-use governor_common::{ConnEvent, EndpointKey, TcpEvent, direction};
+use governor_common::{ConnEvent, EndpointKey, TcpEvent};
 use tokio::sync::broadcast;
 
 use crate::{
     api,
     attribution::{Attributor, command_name, process_label},
-    connections::{self, FailureReason, Opened, Outcome, Tracker},
+    connections::{self, FailureReason, Outcome, Tracker},
     health::{Engine, Sample, State, Transition},
     labels,
     metrics::Metrics,
@@ -156,34 +156,20 @@ impl Monitor {
         if unsure { Verdict::Unsure } else { Verdict::Healthy }
     }
 
-    pub fn on_conn_event(&mut self, ev: &ConnEvent, metrics: &Metrics) {
+    pub fn on_conn_event(&mut self, ev: &ConnEvent) {
         match self.tracker.apply(ev) {
-            Outcome::Opened(opened) => self.opened(opened, metrics),
             Outcome::ConnectFailed { endpoint, reason } => {
                 let s = self.pending.entry(endpoint).or_default();
                 s.connect_attempts += 1;
                 s.connect_failures += 1;
                 *self.failures.entry((endpoint, reason)).or_default() += 1;
             }
-            Outcome::Closed { opened, duration_seconds, reset } => {
-                if let Some(opened) = opened {
-                    self.opened(opened, metrics);
-                }
-                metrics.closed(duration_seconds);
+            Outcome::Closed { reset } => {
                 if let Some(endpoint) = reset {
                     *self.failures.entry((endpoint, FailureReason::Reset)).or_default() += 1;
                 }
             }
             Outcome::None => {}
-        }
-    }
-
-    /// A connection's handshake completed (counted once, when an event first
-    /// tells of it).
-    fn opened(&mut self, opened: Opened, metrics: &Metrics) {
-        metrics.opened(opened.direction, opened.handshake_seconds);
-        if opened.direction == direction::ACTIVE {
-            self.pending.entry(opened.endpoint).or_default().connect_attempts += 1;
         }
     }
 
@@ -229,6 +215,9 @@ impl Monitor {
             // and received by the other. Counting the larger side counts
             // each reset once whether one end or both are on this host.
             s.resets += d.resets_sent.max(d.resets_received);
+            // Completed connects come from the kernel's count, failed ones
+            // (attempts too) from events.
+            s.connect_attempts += d.connects;
             s.retransmits += d.retransmits;
         }
         for (endpoint, sample) in &samples {

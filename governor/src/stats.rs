@@ -23,6 +23,8 @@ pub struct KernelSnapshot {
     /// Resets sent, indexed by `enum sk_rst_reason`.
     pub reset_reasons: Vec<u64>,
     pub endpoints: Vec<(EndpointKey, EndpointStats)>,
+    /// The connection histograms' totals (`governor_common::histogram`).
+    pub histograms: Vec<u64>,
 }
 
 /// What happened since the previous reading.
@@ -91,6 +93,7 @@ impl Aggregator {
                 retransmits: grown(now.retransmits, before.retransmits),
                 bytes_sent: grown(now.bytes_sent, before.bytes_sent),
                 bytes_received: grown(now.bytes_received, before.bytes_received),
+                connects: grown(now.connects, before.connects),
                 ..EndpointStats::default()
             };
             if d != EndpointStats::default() {
@@ -137,6 +140,7 @@ mod tests {
             counters: c,
             reset_reasons: reasons,
             endpoints: endpoints.iter().map(|(p, s)| (key(*p), *s)).collect(),
+            histograms: Vec::new(),
         }
     }
 

@@ -173,3 +173,34 @@ fn counts_exactly(gov: &mut Governor, mut make: impl FnMut(&mut Governor)) {
         2 * N
     );
 }
+
+/// Connect attempts per endpoint for the failure ratio: completed connects
+/// are counted in the kernel (no event each), failed ones from their
+/// events; both land in the endpoint's failure window.
+#[test]
+fn completed_and_failed_connects_are_both_attempts() {
+    const COMPLETED: u64 = 6;
+    const REFUSED: u64 = 4;
+    require_root();
+    let ns = Netns::new("attempts");
+    ns.add_address("10.215.0.3/32");
+    let mut gov = Governor::start_with(&[("health.failure_window_seconds", "600")]);
+    let name = "10.215.0.3:20090";
+    let addr: SocketAddr = name.parse().expect("addr");
+    ns.run(move || {
+        let listener = TcpListener::bind(addr).expect("bind");
+        for _ in 0..COMPLETED {
+            let client = TcpStream::connect(addr).expect("connect");
+            let (server, _) = listener.accept().expect("accept");
+            drop((client, server));
+        }
+    });
+    assert_eq!(ns.refused_connects(addr, REFUSED), REFUSED, "the listener is gone");
+    let doc = gov.wait_json("/api/v1/endpoints", "attempts counted", |d| {
+        d["endpoints"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|e| e["endpoint"] == name && e["window"]["connect_failures"] == REFUSED))
+    });
+    let e = doc["endpoints"].as_array().and_then(|a| a.iter().find(|e| e["endpoint"] == name)).expect("tracked");
+    assert_eq!(e["window"]["connect_attempts"], COMPLETED + REFUSED, "{e:#}");
+}

@@ -49,8 +49,7 @@ fn told(info: SockInfo) -> SockInfo {
 fn follows_a_connection_through_close_wait() {
     let mut t = Tracker::default();
     let info = passive(42, 2);
-    let opened = Opened { direction: direction::PASSIVE, endpoint: key([10, 0, 0, 1], 80), handshake_seconds: 0.001 };
-    assert_eq!(t.apply(&event(event_kind::OPENED, 1, S, info, 0)), Outcome::Opened(opened));
+    assert_eq!(t.apply(&event(event_kind::OPENED, 1, S, info, 0)), Outcome::None);
     let cw = SockInfo { close_wait_ns: 3 * S, state: 8, ..told(info) };
     assert_eq!(t.apply(&event(event_kind::CLOSE_WAIT, 1, 3 * S, cw, 0)), Outcome::None);
     let p = by_process(&t);
@@ -61,33 +60,20 @@ fn follows_a_connection_through_close_wait() {
     let left = SockInfo { state: 9, ..cw };
     t.apply(&event(event_kind::CLOSE_WAIT_LEFT, 1, 41 * S, left, 0));
     assert_eq!(by_process(&t)[0].close_wait, 0);
-    assert_eq!(
-        t.apply(&event(event_kind::CLOSED, 1, 42 * S, left, 0)),
-        Outcome::Closed { opened: None, duration_seconds: 41.0, reset: None }
-    );
+    assert_eq!(t.apply(&event(event_kind::CLOSED, 1, 42 * S, left, 0)), Outcome::Closed { reset: None });
     assert_eq!(t.len(), 0);
 }
 
 #[test]
-fn a_connection_first_told_of_at_its_close_or_in_close_wait_is_opened_once() {
+fn a_connection_first_told_of_in_close_wait_is_added_with_its_close_wait() {
     let mut t = Tracker::default();
-    let info = passive(42, 2);
-    let opened = Opened { direction: direction::PASSIVE, endpoint: key([10, 0, 0, 1], 80), handshake_seconds: 0.001 };
-    // Closed before any sweep: the close carries the opening.
-    assert_eq!(
-        t.apply(&event(event_kind::CLOSED, 1, 3 * S, info, 0)),
-        Outcome::Closed { opened: Some(opened), duration_seconds: 2.0, reset: None }
-    );
-    assert_eq!(t.len(), 0);
-    // First told of in CLOSE_WAIT: that event opens it, the close does not.
-    let cw = SockInfo { close_wait_ns: 2 * S, state: 8, ..info };
-    assert_eq!(t.apply(&event(event_kind::CLOSE_WAIT, 2, 2 * S, cw, 0)), Outcome::Opened(opened));
-    assert_eq!(close_wait_by_process(&t)[0].close_wait, 1);
-    assert_eq!(
-        t.apply(&event(event_kind::CLOSED, 2, 4 * S, told(cw), 0)),
-        Outcome::Closed { opened: None, duration_seconds: 3.0, reset: None }
-    );
+    let cw = SockInfo { close_wait_ns: 2 * S, state: 8, ..passive(42, 2) };
+    assert_eq!(t.apply(&event(event_kind::CLOSE_WAIT, 2, 2 * S, cw, 0)), Outcome::None);
+    let p = close_wait_by_process(&t);
+    assert_eq!((p.len(), p[0].owner.tgid, p[0].close_wait, p[0].oldest_close_wait_ns), (1, 42, 1, 2 * S));
+    assert_eq!(t.apply(&event(event_kind::CLOSED, 2, 4 * S, told(cw), 0)), Outcome::Closed { reset: None });
     assert!(t.is_empty());
+    assert!(close_wait_by_process(&t).is_empty());
 }
 
 #[test]
@@ -109,14 +95,14 @@ fn failures_and_resets_get_their_reasons() {
     t.apply(&event(event_kind::OPENED, 9, S, est, 0));
     assert_eq!(
         t.apply(&event(event_kind::CLOSED, 9, 2 * S, told(est), errno::ECONNRESET)),
-        Outcome::Closed { opened: None, duration_seconds: 1.0, reset: Some(key([10, 0, 0, 1], 81)) }
+        Outcome::Closed { reset: Some(key([10, 0, 0, 1], 81)) }
     );
     // A passive connection reset by its client is no connect failure.
     let p = passive(1, 3);
     t.apply(&event(event_kind::OPENED, 10, S, p, 0));
     assert_eq!(
         t.apply(&event(event_kind::CLOSED, 10, 2 * S, told(p), errno::ECONNRESET)),
-        Outcome::Closed { opened: None, duration_seconds: 1.0, reset: None }
+        Outcome::Closed { reset: None }
     );
 }
 

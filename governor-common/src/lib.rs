@@ -319,9 +319,9 @@ pub mod event_kind {
     /// [`ConnEvent`](super::ConnEvent): the owner closed a socket user
     /// space was told is in `CLOSE_WAIT`; `state` is the state it went to.
     pub const CLOSE_WAIT_LEFT: u32 = 6;
-    /// [`ConnEvent`](super::ConnEvent): an established connection ended
-    /// (every one, told of or not); `state` is the state it left, `error`
-    /// set when it was reset.
+    /// [`ConnEvent`](super::ConnEvent): an established connection user
+    /// space was told of ended, or an outgoing one was reset by its peer;
+    /// `state` is the state it left, `error` set when it was reset.
     pub const CLOSED: u32 = 7;
     /// [`ConnEvent`](super::ConnEvent): a socket started listening.
     pub const LISTEN: u32 = 8;
@@ -393,15 +393,17 @@ pub struct SockInfo {
     /// to the entry, and a ticket taken from `open_ns` (so that an entry
     /// reused for another socket never matches an old reading). In a
     /// `CLOSED`, `OPENED` or `CLOSE_WAIT` event it is the word before the
-    /// event, so user space can tell whether it heard of the connection.
+    /// event.
     pub announce: u64,
 }
 
-/// Connections are not reported as they open: most live for less than a
-/// second, and one event when they close carries all there is to know.
-/// The sweep (`flow_sample.rs`) tells user space of the connections still
-/// open (`OPENED`) and of those waiting in `CLOSE_WAIT`. The per-socket
-/// entry's `announce` word records what was told. Transitions and the
+/// Connections are not reported as they open or close: most live for less
+/// than a second, and the kernel counts them itself (`histogram`, and
+/// `EndpointStats::connects`). The sweep (`flow_sample.rs`) tells user
+/// space of the connections still open (`OPENED`) and of those waiting in
+/// `CLOSE_WAIT`, and only their closes are reported (`CLOSED`; outgoing
+/// connections reset by their peer too). The per-socket entry's
+/// `announce` word records what was told. Transitions and the
 /// sweep both change it, only with compare-and-exchange; transitions write
 /// the entry's fields first and the word last, so a sweep that read the
 /// word before a transition fails its exchange and tells nothing stale.

@@ -242,7 +242,8 @@ fn try_established(r: &mut Record, l: &SockLayout, skaddr: u64, old: i32) -> Res
     counts.window_start_ns = at;
     if info.direction == direction::ACTIVE {
         observe(histogram::HANDSHAKE_ACTIVE, info.handshake_ns);
-        let _ = count_endpoint(&flow.remote(), EndpointCounter::Connects);
+        // Under the same key as its connect failures (exact port).
+        let _ = count_endpoint(&flow.remote_exact(), EndpointCounter::Connects);
     } else {
         observe(histogram::HANDSHAKE_PASSIVE, info.handshake_ns);
     }

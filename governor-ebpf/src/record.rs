@@ -181,6 +181,15 @@ impl Flow {
         EndpointKey { addr: self.saddr, port: self.sport, family: self.family, pad: 0 }
     }
 
+    /// The remote side as it is: the endpoint an outgoing connection went
+    /// to, counted under its own port even in the ephemeral range (a
+    /// service there, gRPC's 50051 for one, has its connect failures
+    /// counted under that port too).
+    #[inline(always)]
+    pub fn remote_exact(&self) -> EndpointKey {
+        EndpointKey { addr: self.daddr, port: self.dport, family: self.family, pad: 0 }
+    }
+
     /// Both sides as the per-socket table stores them.
     #[inline(always)]
     pub fn addrs(&self) -> FlowAddrs {

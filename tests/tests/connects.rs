@@ -179,13 +179,23 @@ fn counts_exactly(gov: &mut Governor, mut make: impl FnMut(&mut Governor)) {
 /// events; both land in the endpoint's failure window.
 #[test]
 fn completed_and_failed_connects_are_both_attempts() {
+    attempts_are_counted("attempts", "10.215.0.3/32", "10.215.0.3:20090");
+}
+
+/// The same for a service on a port inside the client port range (gRPC's
+/// 50051 in the default 32768-60999): not collapsed as a client port.
+#[test]
+fn attempts_to_a_service_in_the_client_port_range_keep_its_port() {
+    attempts_are_counted("attempts-eph", "10.215.0.4/32", "10.215.0.4:50051");
+}
+
+fn attempts_are_counted(tag: &str, address: &str, name: &'static str) {
     const COMPLETED: u64 = 6;
     const REFUSED: u64 = 4;
     require_root();
-    let ns = Netns::new("attempts");
-    ns.add_address("10.215.0.3/32");
+    let ns = Netns::new(tag);
+    ns.add_address(address);
     let mut gov = Governor::start_with(&[("health.failure_window_seconds", "600")]);
-    let name = "10.215.0.3:20090";
     let addr: SocketAddr = name.parse().expect("addr");
     ns.run(move || {
         let listener = TcpListener::bind(addr).expect("bind");

@@ -391,9 +391,8 @@ pub struct SockInfo {
     /// What user space was told of this connection and how far its entry
     /// is written: the bits of [`announce`], a count of the changes made
     /// to the entry, and a ticket taken from `open_ns` (so that an entry
-    /// reused for another socket never matches an old reading). In a
-    /// `CLOSED`, `OPENED` or `CLOSE_WAIT` event it is the word before the
-    /// event.
+    /// reused for another socket never matches an old reading). Read by
+    /// user space only when it rebuilds its view from the table.
     pub announce: u64,
 }
 

@@ -314,7 +314,6 @@ fn try_closed(skaddr: u64, old: i32) -> Result<(), i64> {
     let error = sock_field::<u32>(skaddr, offsets().sk_err).unwrap_or(0);
     let reset = info.direction == direction::ACTIVE && (error == ECONNRESET || error == EPIPE);
     if told & announce::OPEN != 0 || reset {
-        info.announce = told;
         info.state = old as u8;
         emit(event_kind::CLOSED, at, skaddr, &info, error);
     }
@@ -407,7 +406,6 @@ pub fn announce(entry: *mut SockEntry, skaddr: u64) {
         (*event).error = 0;
         (*event).skaddr = skaddr;
         (*event).info = (*entry).info;
-        (*event).info.announce = current;
     }
     if crate::maps::compare_exchange(word, current, current | tell) == current {
         reserved.submit(u64::from(aya_ebpf::bindings::BPF_RB_NO_WAKEUP));

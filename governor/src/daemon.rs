@@ -59,7 +59,7 @@ pub async fn run(config: Config, path: Option<PathBuf>, dry_run: bool) -> anyhow
     let registry_metrics =
         (config.etcd.enabled() && !config.registries.is_empty()).then(|| RegistryMetrics::new(metrics.registry()));
     let health_events = monitor.subscribe();
-    let state = AppState::new(metrics, monitor, flows, Some(probes.sampler()));
+    let state = AppState::new(metrics, monitor, flows, probes.sampler());
     let mut enforcement = start_enforcement(&mut probes, &config, &state, lease)?;
     let mut reloader = Reloader::new(path, dry_run, config.policies.clone());
     let (policy_watch, mut policy_rx) = start_policy_watch(&config);

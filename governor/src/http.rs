@@ -34,7 +34,7 @@ pub struct AppState {
     pub flows: Option<FlowTable>,
     /// The sweep of the per-socket table and its size, run before the
     /// connections are shown so that they include the newest.
-    pub sweep: Option<(FlowSampler, u32)>,
+    pub sweep: (FlowSampler, u32),
     /// How many times the daemon drained the event ring buffer.
     pub drains: tokio::sync::watch::Sender<u64>,
     /// The registry's quarantine list; unset when no registry is watched.
@@ -42,12 +42,7 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(
-        metrics: Metrics,
-        monitor: Monitor,
-        flows: Option<FlowTable>,
-        sweep: Option<(FlowSampler, u32)>,
-    ) -> Arc<Self> {
+    pub fn new(metrics: Metrics, monitor: Monitor, flows: Option<FlowTable>, sweep: (FlowSampler, u32)) -> Arc<Self> {
         Arc::new(Self {
             metrics: Mutex::new(metrics),
             monitor: Mutex::new(monitor),
@@ -73,7 +68,7 @@ impl AppState {
     /// and waits for the daemon to drain what it told (a second at most;
     /// a view a sweep late is better than none).
     async fn sweep_connections(&self) {
-        let Some((sampler, capacity)) = self.sweep.clone() else { return };
+        let (sampler, capacity) = self.sweep.clone();
         let mut drains = self.drains.subscribe();
         match tokio::task::spawn_blocking(move || sampler.run(capacity)).await {
             Ok(Ok(())) => {

@@ -370,7 +370,9 @@ pub struct FlowAddrs {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SockInfo {
     /// `bpf_ktime_get_ns()` when the socket started connecting (active) or
-    /// was created for an incoming connection (passive).
+    /// sent its SYN-ACK (passive: the handshake's end less its round trip;
+    /// an incoming connection gets its entry only when the handshake
+    /// completes).
     pub open_ns: u64,
     /// When the handshake completed; 0 before.
     pub established_ns: u64,

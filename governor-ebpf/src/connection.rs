@@ -56,7 +56,10 @@ pub fn transition(r: &mut Record, l: &SockLayout, skaddr: u64, old: i32, new: i3
     // a negative error: a `Result` would be returned through memory.
     let rc = match (old, new) {
         (TCP_CLOSE, TCP_SYN_SENT) => active_open(skaddr),
-        (TCP_LISTEN, TCP_SYN_RECV) => passive_open(r, l, skaddr),
+        // An incoming connection gets its entry when its handshake
+        // completes (`established`), a few microseconds later in the same
+        // softirq: most that die before never reach user space anyway.
+        (TCP_LISTEN, TCP_SYN_RECV) => 0,
         (_, TCP_LISTEN) => listen(r, l, skaddr),
         (TCP_LISTEN, _) => listen_closed(r, l, skaddr),
         (TCP_SYN_SENT, TCP_CLOSE) => connect_failed(r, l, skaddr),
@@ -139,31 +142,6 @@ fn try_active_open(skaddr: u64) -> Result<(), i64> {
     Ok(())
 }
 
-/// A socket created for an incoming connection. Its addresses are still
-/// the listener's at this point, which is exactly the listener's key.
-#[inline(never)]
-fn passive_open(r: &mut Record, l: &SockLayout, skaddr: u64) -> i64 {
-    code(try_passive_open(r, l, skaddr))
-}
-
-#[inline(always)]
-fn try_passive_open(r: &mut Record, l: &SockLayout, skaddr: u64) -> Result<(), i64> {
-    let flow = Flow::read(skaddr, r, l)?;
-    let owner = LISTENERS.get_ptr(flow.local_exact()).map_or(Owner::default(), |listener| {
-        // SAFETY: a live map value.
-        unsafe { (*listener).owner }
-    });
-    let info = SockInfo {
-        open_ns: now(),
-        owner,
-        direction: direction::PASSIVE,
-        state: TCP_SYN_RECV as u8,
-        ..SockInfo::default()
-    };
-    insert(skaddr, info);
-    Ok(())
-}
-
 #[inline(never)]
 fn listen(r: &mut Record, l: &SockLayout, skaddr: u64) -> i64 {
     code(try_listen(r, l, skaddr))
@@ -209,14 +187,18 @@ fn established(r: &mut Record, l: &SockLayout, skaddr: u64, old: i32) -> i64 {
 #[inline(always)]
 fn try_established(r: &mut Record, l: &SockLayout, skaddr: u64, old: i32) -> Result<(), i64> {
     let flow = Flow::read(skaddr, r, l)?;
+    if old == TCP_SYN_RECV {
+        passive_established(&flow, skaddr);
+        return Ok(());
+    }
     let at = now();
     let entry = if let Some(entry) = SOCKETS.get_ptr_mut(skaddr) {
         entry
     } else {
         // Evicted, or opened before the programs were attached: track it
         // from here without an owner.
-        let direction = if old == TCP_SYN_SENT { direction::ACTIVE } else { direction::PASSIVE };
-        let info = SockInfo { open_ns: at, direction, announce: announce::new(at), ..SockInfo::default() };
+        let info =
+            SockInfo { open_ns: at, direction: direction::ACTIVE, announce: announce::new(at), ..SockInfo::default() };
         let _ = SOCKETS.insert(skaddr, SockEntry { info, flow: FlowCounts::default() }, u64::from(BPF_NOEXIST));
         let Some(entry) = SOCKETS.get_ptr_mut(skaddr) else {
             count(counter::SOCKET_UPDATE_FAILED);
@@ -227,29 +209,60 @@ fn try_established(r: &mut Record, l: &SockLayout, skaddr: u64, old: i32) -> Res
     // SAFETY: a live map value; only this socket's transitions write it and
     // the kernel serialises those under the socket lock.
     let (info, counts) = unsafe { (&mut (*entry).info, &mut (*entry).flow) };
-    let srtt = if old == TCP_SYN_RECV { sock_field::<u32>(skaddr, offsets().srtt_us).unwrap_or(0) } else { 0 };
-    info.handshake_ns = if srtt > 0 {
-        // srtt_us holds the RTT in microseconds << 3.
-        u64::from(srtt) * 1000 / 8
-    } else {
-        at - info.open_ns
-    };
+    info.handshake_ns = at - info.open_ns;
     info.established_ns = at;
     info.addrs = flow.addrs();
     info.state = TCP_ESTABLISHED as u8;
     // The flow's first rate window; its counts start at zero, as the
     // socket's own do.
     counts.window_start_ns = at;
-    if info.direction == direction::ACTIVE {
-        observe(histogram::HANDSHAKE_ACTIVE, info.handshake_ns);
-        // Under the same key as its connect failures (exact port).
-        let _ = count_endpoint(&flow.remote_exact(), EndpointCounter::Connects);
-    } else {
-        observe(histogram::HANDSHAKE_PASSIVE, info.handshake_ns);
-    }
+    observe(histogram::HANDSHAKE_ACTIVE, info.handshake_ns);
+    // Under the same key as its connect failures (exact port).
+    let _ = count_endpoint(&flow.remote_exact(), EndpointCounter::Connects);
     // Written last: from here the sweep may announce the connection.
     change_announce(&raw mut info.announce, announce::ESTABLISHED, 0);
     Ok(())
+}
+
+/// An incoming connection completed its handshake: its entry, whole. The
+/// owner is its listener's: the one bound to the connection's local
+/// address, else the one bound to the wildcard address of its family. The
+/// handshake time is the SYN-ACK's round trip (`srtt_us` holds the first
+/// RTT sample, in microseconds << 3), and the connection opened when the
+/// SYN-ACK left.
+#[inline(always)]
+fn passive_established(flow: &Flow, skaddr: u64) {
+    let at = now();
+    let mut key = flow.local_exact();
+    let mut listener = LISTENERS.get_ptr(key);
+    if listener.is_none() {
+        key.addr = [0; 16];
+        listener = LISTENERS.get_ptr(key);
+    }
+    let owner = listener.map_or(Owner::default(), |listener| {
+        // SAFETY: a live map value.
+        unsafe { (*listener).owner }
+    });
+    let srtt = sock_field::<u32>(skaddr, offsets().srtt_us).unwrap_or(0);
+    let handshake_ns = u64::from(srtt) * 1000 / 8;
+    let open_ns = at - handshake_ns;
+    let info = SockInfo {
+        open_ns,
+        established_ns: at,
+        handshake_ns,
+        owner,
+        addrs: flow.addrs(),
+        direction: direction::PASSIVE,
+        state: TCP_ESTABLISHED as u8,
+        // Nothing of it is in the table yet: the word can say so at once.
+        announce: announce::changed(announce::new(open_ns), announce::ESTABLISHED, 0),
+        ..SockInfo::default()
+    };
+    let flow = FlowCounts { window_start_ns: at, ..FlowCounts::default() };
+    if SOCKETS.insert(skaddr, SockEntry { info, flow }, 0).is_err() {
+        count(counter::SOCKET_UPDATE_FAILED);
+    }
+    observe(histogram::HANDSHAKE_PASSIVE, handshake_ns);
 }
 
 /// `SYN_SENT` straight to `CLOSE`: refused (`ECONNREFUSED`), timed out
@@ -282,8 +295,15 @@ fn closed(skaddr: u64, old: i32) -> i64 {
 
 #[inline(always)]
 fn try_closed(skaddr: u64, old: i32) -> Result<(), i64> {
+    if old == TCP_SYN_RECV {
+        // An incoming connection that never completed its handshake has
+        // no entry of its own; one left under its address would be a
+        // missed close's.
+        let _ = SOCKETS.remove(skaddr);
+        return Ok(());
+    }
     let Some(entry) = SOCKETS.get_ptr_mut(skaddr) else {
-        if old != TCP_SYN_RECV && old != TCP_CLOSE {
+        if old != TCP_CLOSE {
             count(counter::SOCKET_UNTRACKED);
         }
         return Ok(());
@@ -296,24 +316,30 @@ fn try_closed(skaddr: u64, old: i32) -> Result<(), i64> {
         flow::sample(entry, skaddr);
     }
     if !established {
-        // An incoming connection that never completed its handshake.
+        // An outgoing one that never completed its handshake.
         let _ = SOCKETS.remove(skaddr);
         return Ok(());
     }
     // No announcing from here on.
     // SAFETY: a live map value.
-    let told = change_announce(unsafe { &raw mut (*entry).info.announce }, announce::CLOSING, 0);
-    // SAFETY: a live map value.
-    let mut info = unsafe { (*entry).info };
-    let _ = SOCKETS.remove(skaddr);
+    let told = change_announce(unsafe { &raw mut (*entry).info.announce }, announce::CLOSING, 0) & announce::OPEN != 0;
     let at = now();
-    observe(histogram::DURATION, at - info.established_ns);
+    // SAFETY: a live map value.
+    let (established_ns, active) =
+        unsafe { ((*entry).info.established_ns, (*entry).info.direction == direction::ACTIVE) };
+    observe(histogram::DURATION, at - established_ns);
     // User space hears of the close if it was told of the connection, or
     // when an outgoing connection was reset (a connect failure of its
     // own); every other close is only counted.
+    if !told && !active {
+        let _ = SOCKETS.remove(skaddr);
+        return Ok(());
+    }
+    // SAFETY: a live map value.
+    let mut info = unsafe { (*entry).info };
+    let _ = SOCKETS.remove(skaddr);
     let error = sock_field::<u32>(skaddr, offsets().sk_err).unwrap_or(0);
-    let reset = info.direction == direction::ACTIVE && (error == ECONNRESET || error == EPIPE);
-    if told & announce::OPEN != 0 || reset {
+    if told || error == ECONNRESET || error == EPIPE {
         info.state = old as u8;
         emit(event_kind::CLOSED, at, skaddr, &info, error);
     }

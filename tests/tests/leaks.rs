@@ -98,3 +98,35 @@ fn connections_are_attributed_to_the_connecting_and_the_listening_process() {
     client.close_all();
     server.close_all();
 }
+
+#[test]
+fn connections_accepted_by_wildcard_listeners_are_attributed_to_the_listening_process() {
+    require_root();
+    let ns = Netns::new("attrwild");
+    ns.add_address("10.210.0.1/32");
+    let mut gov = Governor::start();
+    // One listener on the IPv4 wildcard, one on the IPv6 wildcard taking
+    // IPv4 connections (mapped addresses): neither is bound to the
+    // address the connections arrive at.
+    let mut v4 = Helper::start(HELPER, &ns, "serve", "0.0.0.0:20083", 3);
+    let mut v6 = Helper::start(HELPER, &ns, "serve", "[::]:20084", 3);
+    let mut clients = [
+        Helper::start(HELPER, &ns, "connect", "10.210.0.1:20083", 3),
+        Helper::start(HELPER, &ns, "connect", "10.210.0.1:20084", 3),
+    ];
+    v4.wait_ready();
+    v6.wait_ready();
+    for (server, port) in [(&v4, "20083"), (&v6, "20084")] {
+        let pid = server.pid();
+        let doc = gov.wait_json(&format!("/api/v1/connections?pid={pid}"), "server's connections", |d| d["total"] == 3);
+        for c in doc["connections"].as_array().expect("connections") {
+            assert_eq!((&c["direction"], &c["command"]), (&"passive".into(), &"tcp-helper".into()), "{c:#}");
+            assert!(c["local"].as_str().is_some_and(|l| l.ends_with(port)), "{c:#}");
+        }
+    }
+    for client in &mut clients {
+        client.close_all();
+    }
+    v4.close_all();
+    v6.close_all();
+}

@@ -45,10 +45,14 @@ pub const MAPS: [&str; 10] = [
     "BANDWIDTH_DROPPED",
 ];
 
-/// The pin directory of this layout.
+/// The pin directory of this layout, and the lock that makes it this
+/// daemon's alone while it runs.
 #[derive(Clone, Debug)]
 pub struct Pins {
     dir: PathBuf,
+    /// `root`, locked (`flock`): the kernel releases it when the daemon
+    /// exits, however it exits.
+    _lock: std::sync::Arc<std::fs::File>,
 }
 
 /// One pinned link: the program it runs and the cgroup it is attached at.
@@ -60,11 +64,26 @@ pub struct PinnedLink {
 }
 
 impl Pins {
-    /// Creates `root/v<PIN_LAYOUT>/{maps,links}`. Pins of another layout
-    /// are removed (their links detach): the maps they name would be
-    /// misread. Returns the removed directories, for the log.
+    /// Creates `root/v<PIN_LAYOUT>/{maps,links}` and locks `root` for this
+    /// daemon: a second daemon on the same pins would take over the first
+    /// one's programs and write its rules into the same maps, so it is
+    /// refused. Pins of another layout are removed (their links detach):
+    /// the maps they name would be misread. Returns the removed
+    /// directories, for the log.
     pub fn prepare(root: &Path) -> io::Result<(Self, Vec<PathBuf>)> {
         refuse_mount_root(root)?;
+        std::fs::create_dir_all(root)?;
+        let lock = std::fs::File::open(root)?;
+        if let Err(e) = lock.try_lock() {
+            return Err(match e {
+                std::fs::TryLockError::WouldBlock => io::Error::other(format!(
+                    "{} is in use by another governor on this host: one pinned daemon per enforcement.pin_dir (stop \
+                     the other one, or give this one a pin_dir of its own)",
+                    root.display()
+                )),
+                std::fs::TryLockError::Error(e) => e,
+            });
+        }
         let dir = root.join(format!("v{PIN_LAYOUT}"));
         let mut removed = Vec::new();
         for layout in layouts(root) {
@@ -75,7 +94,7 @@ impl Pins {
         }
         std::fs::create_dir_all(dir.join("maps"))?;
         std::fs::create_dir_all(dir.join("links"))?;
-        Ok((Self { dir }, removed))
+        Ok((Self { dir, _lock: std::sync::Arc::new(lock) }, removed))
     }
 
     pub fn map(&self, name: &str) -> PathBuf {
@@ -218,10 +237,14 @@ mod tests {
         let links = pins.links().unwrap();
         let got: Vec<(&str, u64)> = links.iter().map(|l| (l.program.as_str(), l.cgroup_id)).collect();
         assert_eq!(got, [("gov_connect4", 1), ("gov_police_out", 4242)]);
-        let (_, removed) = Pins::prepare(&dir).unwrap();
+        let error = Pins::prepare(&dir).expect_err("the pins are this daemon's while it holds them");
+        assert!(error.to_string().contains("in use by another governor"), "{error}");
+        drop(pins);
+        let (pins, removed) = Pins::prepare(&dir).unwrap();
         assert!(removed.is_empty(), "the same layout is kept");
+        drop(pins);
         assert!(unpin(&dir).unwrap());
-        assert!(dir.join("other-tool").exists() && !pins.dir.exists());
+        assert!(dir.join("other-tool").exists() && !dir.join(format!("v{PIN_LAYOUT}")).exists());
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(Pins::prepare(Path::new("/proc")).is_err(), "a mount point is refused");
     }

@@ -13,7 +13,7 @@ use std::{
 
 use governor_tests::{
     Governor, Netns,
-    governor::{bin, run_to_exit},
+    governor::{bin, free_port, run_to_exit},
     require_root, series,
 };
 
@@ -82,6 +82,16 @@ fn pinned_policies_survive_a_killed_daemon_carry_their_counts_to_the_next_and_la
     // first still count, and closing one frees exactly one place.
     let mut second = Governor::start_with(&config);
     assert!(ns.run(move || refused(capped)), "the places taken before the restart are still taken");
+    // A third daemon on the same pins is refused while the second runs.
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let out = run_to_exit(
+        Command::new(bin()).args(["run", "--metrics-addr", &metrics, "--config"]).arg(second.config_path()),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("in use by another governor on this host"), "{stderr}");
+    for (name, expected) in [("gov_connect4", 1), ("gov_connect6", 1), ("gov_sock_release", 1)] {
+        assert_eq!(attached_at_root(name), expected, "{name}: the refused daemon attached nothing that stayed");
+    }
     held.pop();
     let more = ns.run(move || connect(capped)).expect("the place given back after the restart");
     assert!(ns.run(move || refused(capped)));

@@ -149,7 +149,7 @@ pub async fn run(config: Config, path: Option<PathBuf>, dry_run: bool) -> anyhow
 /// from BTF (and the reset reasons' names, returned), the ephemeral port
 /// range.
 fn prepare_host(config: &Config) -> anyhow::Result<(governor_common::KernelConfig, Vec<(u32, String)>)> {
-    host::check_root()?;
+    host::check_privileges()?;
     host::check_btf()?;
     if host::ensure_mounted(BPFFS, &config.ebpf.bpffs, config.ebpf.mount_missing)? == MountOutcome::Mounted {
         info!(fs = BPFFS.name, path = %config.ebpf.bpffs.display(), "mounted");

@@ -38,15 +38,16 @@ impl Check {
 pub fn checks(config: &Config) -> Vec<Check> {
     let mut out = Vec::new();
     let uid = nix::unistd::geteuid().as_raw();
-    out.push(if uid == 0 {
-        Check::pass("privileges", "running as root")
-    } else {
-        Check::not(
+    let needed = host::capability::names(host::capability::NEEDED);
+    out.push(match host::effective_capabilities().map(host::capability::missing) {
+        Ok(missing) if missing.is_empty() => Check::pass("privileges", format!("uid {uid} with {needed}")),
+        Ok(missing) => Check::not(
             Outcome::Fail,
             "privileges",
-            format!("effective uid {uid}"),
-            "run as root (sudo) or as a privileged container",
-        )
+            format!("uid {uid} without {}", host::capability::names(&missing)),
+            format!("run as root (sudo, a privileged container) or grant {needed}"),
+        ),
+        Err(e) => Check::not(Outcome::Fail, "privileges", e.to_string(), "run as root"),
     });
     out.push(if Path::new(host::BTF_PATH).exists() {
         Check::pass("kernel BTF", host::BTF_PATH)

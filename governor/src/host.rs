@@ -14,9 +14,13 @@ const PORT_RANGE: &str = "/proc/sys/net/ipv4/ip_local_port_range";
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
     #[error(
-        "governor must run as root to load eBPF programs (effective uid is {uid}): run it with sudo or as a privileged container"
+        "governor needs the capabilities {needed} to load and attach its eBPF programs and has not {missing} (effective \
+         uid {uid}): run it as root (sudo, a privileged container) or grant them (a container's \
+         securityContext.capabilities.add)",
+        needed = capability::names(capability::NEEDED),
+        missing = capability::names(missing)
     )]
-    NotRoot { uid: u32 },
+    MissingCapabilities { uid: u32, missing: Vec<Capability> },
     #[error(
         "kernel BTF is missing ({BTF_PATH} does not exist): governor needs a kernel built with CONFIG_DEBUG_INFO_BTF=y"
     )]
@@ -110,9 +114,77 @@ pub fn ephemeral_port_range() -> Result<(u16, u16), HostError> {
     parse_port_range(&text).ok_or(HostError::PortRange { text })
 }
 
-pub fn check_root() -> Result<(), HostError> {
-    let uid = nix::unistd::geteuid().as_raw();
-    if uid == 0 { Ok(()) } else { Err(HostError::NotRoot { uid }) }
+/// A capability governor needs: its name and its bit in the sets of
+/// `/proc/<pid>/status` (linux/capability.h).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capability {
+    pub name: &'static str,
+    pub bit: u32,
+}
+
+/// The capabilities of loading and attaching eBPF programs.
+pub mod capability {
+    use super::Capability;
+
+    pub const NET_ADMIN: Capability = Capability { name: "CAP_NET_ADMIN", bit: 12 };
+    pub const SYS_ADMIN: Capability = Capability { name: "CAP_SYS_ADMIN", bit: 21 };
+    pub const PERFMON: Capability = Capability { name: "CAP_PERFMON", bit: 38 };
+    pub const BPF: Capability = Capability { name: "CAP_BPF", bit: 39 };
+
+    /// Maps and programs (`CAP_BPF`), tracing programs and their reads of
+    /// kernel memory (`CAP_PERFMON`), the enforcement programs on cgroups
+    /// (`CAP_NET_ADMIN`). Policies can arrive while the daemon runs (etcd),
+    /// so the last is needed from the start. `CAP_SYS_ADMIN` stands in for
+    /// the first two, as it does on kernels before 5.8.
+    pub const NEEDED: &[Capability] = &[BPF, PERFMON, NET_ADMIN];
+
+    /// The capabilities of `NEEDED` the effective set `effective` lacks.
+    #[must_use]
+    pub fn missing(effective: u64) -> Vec<Capability> {
+        let has = |c: Capability| effective & (1 << c.bit) != 0;
+        let stands_in = |c: Capability| c != NET_ADMIN && has(SYS_ADMIN);
+        NEEDED.iter().copied().filter(|&c| !has(c) && !stands_in(c)).collect()
+    }
+
+    /// The names joined as in `CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN`.
+    #[must_use]
+    pub fn names(caps: &[Capability]) -> String {
+        match caps {
+            [] => String::new(),
+            [one] => one.name.to_owned(),
+            [rest @ .., last] => {
+                format!("{} and {}", rest.iter().map(|c| c.name).collect::<Vec<_>>().join(", "), last.name)
+            }
+        }
+    }
+}
+
+/// The effective capability set (`CapEff:`, hexadecimal) of a
+/// `/proc/<pid>/status` text.
+#[must_use]
+pub fn parse_effective_capabilities(status: &str) -> Option<u64> {
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?.trim();
+    u64::from_str_radix(hex, 16).ok()
+}
+
+/// This process's effective capabilities.
+pub fn effective_capabilities() -> Result<u64, HostError> {
+    const STATUS: &str = "/proc/self/status";
+    let text = fs::read_to_string(STATUS).map_err(|source| HostError::Read { path: STATUS, source })?;
+    parse_effective_capabilities(&text)
+        .ok_or_else(|| HostError::Read { path: STATUS, source: io::Error::other("no CapEff line") })
+}
+
+/// Can this process load and attach governor's programs? Judged by its
+/// capabilities, not its user id: root without them (a container that
+/// dropped them) cannot, a user with them (ambient capabilities) can.
+pub fn check_privileges() -> Result<(), HostError> {
+    let missing = capability::missing(effective_capabilities()?);
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(HostError::MissingCapabilities { uid: nix::unistd::geteuid().as_raw(), missing })
+    }
 }
 
 pub fn check_btf() -> Result<(), HostError> {
@@ -142,6 +214,34 @@ pub fn ensure_mounted(fs: Filesystem, path: &Path, mount_missing: bool) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn privileges_are_judged_by_capabilities() {
+        let set = |caps: &[Capability]| caps.iter().fold(0_u64, |s, c| s | 1 << c.bit);
+        use capability::{BPF, NET_ADMIN, PERFMON, SYS_ADMIN, missing};
+        // Root's full set, and just the three.
+        assert!(missing(0x1ff_ffff_ffff).is_empty());
+        assert!(missing(set(&[BPF, PERFMON, NET_ADMIN])).is_empty());
+        // CAP_SYS_ADMIN stands in for CAP_BPF and CAP_PERFMON, not for
+        // CAP_NET_ADMIN.
+        assert!(missing(set(&[SYS_ADMIN, NET_ADMIN])).is_empty());
+        assert_eq!(missing(set(&[SYS_ADMIN])), [NET_ADMIN]);
+        assert_eq!(missing(0), [BPF, PERFMON, NET_ADMIN]);
+        assert_eq!(missing(set(&[BPF, NET_ADMIN])), [PERFMON]);
+        assert_eq!(capability::names(&missing(0)), "CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN");
+        assert_eq!(capability::names(&[PERFMON]), "CAP_PERFMON");
+    }
+
+    #[test]
+    fn the_effective_set_is_read_from_the_status_file() {
+        let status = "Name:\tgovernor\nCapInh:\t0000000000000000\nCapPrm:\t000001ffffffffff\n\
+                      CapEff:\t000000c000001000\nCapBnd:\t000001ffffffffff\n";
+        let eff = parse_effective_capabilities(status).expect("CapEff");
+        assert_eq!(eff, 1 << 39 | 1 << 38 | 1 << 12);
+        assert!(capability::missing(eff).is_empty());
+        assert_eq!(parse_effective_capabilities("Name:\tx\n"), None);
+        assert_eq!(parse_effective_capabilities("CapEff:\tnot-hex\n"), None);
+    }
 
     // Trimmed from this project's development machine (hybrid cgroups).
     const MOUNTINFO_HYBRID: &str = "\
@@ -190,6 +290,13 @@ garbage line
         assert_eq!(
             e.to_string(),
             "bpffs is not mounted at /sys/fs/bpf: run `mount -t bpf bpf /sys/fs/bpf` or set ebpf.mount_missing = true"
+        );
+        let e = HostError::MissingCapabilities { uid: 0, missing: vec![capability::BPF, capability::PERFMON] };
+        assert_eq!(
+            e.to_string(),
+            "governor needs the capabilities CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN to load and attach its eBPF \
+             programs and has not CAP_BPF and CAP_PERFMON (effective uid 0): run it as root (sudo, a privileged \
+             container) or grant them (a container's securityContext.capabilities.add)"
         );
     }
 }

@@ -85,8 +85,41 @@ fn without_root_it_says_so_in_one_line() {
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.starts_with("governor: error: governor must run as root"), "{stderr}");
+    assert!(
+        stderr.starts_with(
+            "governor: error: governor needs the capabilities CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN to load and \
+             attach its eBPF programs and has not CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN (effective uid 65534)"
+        ),
+        "{stderr}"
+    );
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+}
+
+#[test]
+fn root_without_the_bpf_capabilities_is_told_which_are_missing() {
+    require_root();
+    // Root, as in a container that dropped CAP_BPF, CAP_PERFMON and
+    // CAP_SYS_ADMIN (util-linux's setpriv takes them out of the bounding
+    // set before the exec).
+    let out = run_to_exit(
+        Command::new("setpriv")
+            .args(["--bounding-set", "-bpf,-perfmon,-sys_admin", "--inh-caps", "-all", "--"])
+            .arg(bin())
+            .args(["run", "--metrics-addr", "127.0.0.1:0"]),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("has not CAP_BPF and CAP_PERFMON (effective uid 0)"), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    let out = run_to_exit(
+        Command::new("setpriv")
+            .args(["--bounding-set", "-bpf,-perfmon,-sys_admin", "--inh-caps", "-all", "--"])
+            .arg(bin())
+            .arg("doctor"),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let row = stdout.lines().find(|l| l.starts_with("privileges")).expect("privileges row");
+    assert!(row.contains("FAIL") && row.contains("uid 0 without CAP_BPF and CAP_PERFMON"), "{row}");
 }
 
 #[test]

@@ -62,7 +62,7 @@ pub async fn run(config: Config, path: Option<PathBuf>, dry_run: bool) -> anyhow
     let state = AppState::new(metrics, monitor, flows, probes.sampler());
     let mut enforcement = start_enforcement(&mut probes, &config, &state, lease)?;
     let mut reloader = Reloader::new(path, dry_run, config.policies.clone());
-    let (policy_watch, mut policy_rx) = start_policy_watch(&config);
+    let (policy_watch, mut policy_rx) = start_policy_watch(&config, &state);
     let sweeper = start_sweeper(&probes, &config);
     let registry = registry_metrics.map(|m| start_registry(&config, &state, m, health_events));
     let mut alert_push = AlertPush::start(&config.alerting, registry::node_name(&config.registry.node), &state);
@@ -226,13 +226,22 @@ fn start_sweeper(probes: &Probes, config: &Config) -> tokio::task::JoinHandle<()
 }
 
 /// Starts watching the etcd policy key, if one is set; its values arrive on
-/// the receiver.
+/// the receiver. Its gauge (`governor_etcd_policy_key_watched`) exists only
+/// then, so that its alert says nothing of nodes without a policy key.
 fn start_policy_watch(
     config: &Config,
+    state: &AppState,
 ) -> (Option<tokio::task::JoinHandle<()>>, tokio::sync::mpsc::Receiver<Option<String>>) {
     let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let task =
-        (!config.etcd.policy_key.is_empty()).then(|| tokio::spawn(crate::policy_watch::watch(config.etcd.clone(), tx)));
+    let task = (!config.etcd.policy_key.is_empty()).then(|| {
+        let watched = prometheus::IntGauge::new(
+            "governor_etcd_policy_key_watched",
+            "1 while the etcd policy key (etcd.policy_key) is read and watched; 0 while the watch is down and retried",
+        )
+        .expect("valid metric");
+        let watched = state.metrics.lock().expect("metrics lock poisoned").registry().register(watched);
+        tokio::spawn(crate::policy_watch::watch(config.etcd.clone(), tx, watched))
+    });
     (task, rx)
 }
 

@@ -217,8 +217,8 @@ mod tests {
 
     #[test]
     fn privileges_are_judged_by_capabilities() {
-        let set = |caps: &[Capability]| caps.iter().fold(0_u64, |s, c| s | 1 << c.bit);
         use capability::{BPF, NET_ADMIN, PERFMON, SYS_ADMIN, missing};
+        let set = |caps: &[Capability]| caps.iter().fold(0_u64, |s, c| s | 1 << c.bit);
         // Root's full set, and just the three.
         assert!(missing(0x1ff_ffff_ffff).is_empty());
         assert!(missing(set(&[BPF, PERFMON, NET_ADMIN])).is_empty());

@@ -15,14 +15,16 @@ use crate::{config::Etcd, registry::etcd::connect};
 
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
-/// Runs until the daemon loop drops its receiver.
-pub async fn watch(config: Etcd, updates: mpsc::Sender<Option<String>>) {
+/// Runs until the daemon loop drops its receiver. `watched` is 1 while the
+/// key is read and watched, 0 from the first failure until it is again.
+pub async fn watch(config: Etcd, updates: mpsc::Sender<Option<String>>, watched: prometheus::IntGauge) {
     const BACKOFF_FIRST: Duration = Duration::from_millis(500);
     let mut backoff = BACKOFF_FIRST;
     let mut last = Sent::Nothing;
     loop {
         let mut watching = false;
-        let result = session(&config, &updates, &mut last, &mut watching).await;
+        let result = session(&config, &updates, &mut last, &mut watching, &watched).await;
+        watched.set(0);
         if watching {
             // It worked for a while: the next failure starts over.
             backoff = BACKOFF_FIRST;
@@ -45,6 +47,7 @@ async fn session(
     updates: &mpsc::Sender<Option<String>>,
     last: &mut Sent,
     watching: &mut bool,
+    watched: &prometheus::IntGauge,
 ) -> anyhow::Result<()> {
     let mut client = connect(config).await?;
     let key = config.policy_key.as_str();
@@ -57,6 +60,7 @@ async fn session(
     }
     let mut stream = client.watch(key, Some(WatchOptions::new().with_start_revision(revision + 1))).await?;
     *watching = true;
+    watched.set(1);
     while let Some(response) = stream.message().await? {
         if response.canceled() {
             anyhow::bail!("the watch was cancelled: {}", response.cancel_reason());

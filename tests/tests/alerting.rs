@@ -23,10 +23,16 @@ fn a_reset_spike_fires_the_shipped_rule_in_alertmanager_with_its_endpoint_and_re
     let ns = Netns::new("alert-spike");
     ns.add_address("10.235.15.1/32");
     let mut am = alertmanager();
-    // With a registry on a real etcd, so that every metric the rules query
-    // is registered; short recovery windows (as the registry tests).
+    // With a registry and a policy key on a real etcd, so that every metric
+    // the rules query is registered; short recovery windows (as the
+    // registry tests).
     let etcd = Etcd::start();
-    let mut gov = governor_with(&etcd, "10.235.15.0/24", &[("gozero", "/gozero/", "host_port")], &[]);
+    let mut gov = governor_with(
+        &etcd,
+        "10.235.15.0/24",
+        &[("gozero", "/gozero/", "host_port")],
+        &[("etcd.policy_key", "\"/governor/test/policies\"")],
+    );
     let mut prom = prometheus(gov.addr, &repo_file("deploy/alerts/rules.yml"), am.addr);
     // Prometheus scrapes governor and has loaded every shipped rule.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);

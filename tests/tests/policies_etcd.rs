@@ -1,10 +1,17 @@
 //! Policies from a watched etcd key (`etcd.policy_key`), against a real
 //! etcd: put in force with the file's, a bad value refused, a deleted key
-//! takes its policies away.
+//! takes its policies away; the watch's gauge while etcd is away.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::{
+    net::{SocketAddr, TcpListener, TcpStream},
+    time::Duration,
+};
 
-use governor_tests::{Etcd, Governor, Netns, registry::wait_series, require_root};
+use governor_tests::{
+    Etcd, Governor, Netns,
+    registry::{wait_series, wait_series_within},
+    require_root,
+};
 
 const KEY: &str = "/governor/v1/config/policies";
 const EPERM: i32 = nix::errno::Errno::EPERM as i32;
@@ -60,4 +67,39 @@ fn policies_from_an_etcd_key_are_put_in_force_and_a_bad_value_keeps_the_ones_in_
     assert_eq!([errno(&ns, 20150), errno(&ns, 20151)], [None, Some(EPERM)]);
     assert_eq!(gov.value(&governor_tests::series("governor_config_reload_total", &[("result", "ok")])), 2);
     drop(listeners);
+}
+
+#[test]
+fn the_policy_key_watch_is_a_gauge_that_drops_while_etcd_is_down_and_comes_back_with_it() {
+    require_root();
+    let mut etcd = Etcd::start();
+    let ns = Netns::new("etcdwatch");
+    ns.add_address("10.235.12.1/32");
+    let mut gov = Governor::start_with(&[
+        ("etcd.endpoints", &format!("[\"{}\"]", etcd.url())),
+        ("etcd.policy_key", &format!("\"{KEY}\"")),
+    ]);
+    wait_series(&mut gov, "governor_etcd_policy_key_watched", &[], |v| v == 1);
+    etcd.stop();
+    wait_series(&mut gov, "governor_etcd_policy_key_watched", &[], |v| v == 0);
+    assert!(gov.log().contains("etcd policy key: watch failed"), "{}", gov.log());
+    etcd.restart();
+    // Back within the watch's back-off (at most 30 s), and watching: a
+    // policy put now is put in force.
+    wait_series_within(&mut gov, Duration::from_mins(1), "governor_etcd_policy_key_watched", &[], |v| v == 1);
+    etcd.put(KEY, &block("after-restart", 20152).replace("10.235.11.1", "10.235.12.1"));
+    wait_series(&mut gov, "governor_policy_info", &[("policy", "after-restart"), ("kind", "block")], |v| v == 1);
+    let listener = ns.run(|| TcpListener::bind(SocketAddr::from(([10, 235, 12, 1], 20152))).expect("bind"));
+    let to = SocketAddr::from(([10, 235, 12, 1], 20152));
+    assert_eq!(ns.run(move || TcpStream::connect(to).err().and_then(|e| e.raw_os_error())), Some(EPERM));
+    drop(listener);
+}
+
+#[test]
+fn without_a_policy_key_there_is_no_watch_gauge() {
+    require_root();
+    let mut gov = Governor::start();
+    let (_, metrics) = gov.get("/metrics").expect("metrics");
+    assert!(metrics.contains("governor_tcp_connections_opened_total"), "the page is governor's");
+    assert!(!metrics.contains("governor_etcd_policy_key_watched"), "no policy key, no gauge (and no alert)");
 }

@@ -49,7 +49,8 @@ pub struct BenchArgs {
     #[arg(long)]
     registry_only: bool,
     /// Run only the governor pairs of the overhead rounds and print their
-    /// median (no report written): for comparing configurations or builds.
+    /// median and the per-program profile (no report written): for
+    /// comparing configurations or builds.
     #[arg(long)]
     overhead_only: bool,
     /// A config file for the governor runs (default: built-in defaults).
@@ -206,6 +207,10 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             step(&format!("round {round}: governor {r:.3} (CPU {c:.3}), daemon {daemon_cpu:.1}% of a CPU"));
         }
         println!("median rate ratio {:.3}, median CPU ratio {:.3}", median(&mut gov.rate), median(&mut gov.cpu));
+        step("profiling the kernel programs (kernel.bpf_stats_enabled, one more run)");
+        for (name, per_call, calls) in profile(&ns, args.seconds)? {
+            println!("{name}: {per_call:.0} ns per call, {calls:.2} calls per connection");
+        }
         return Ok(());
     }
     let (mut gov, mut peer) = (Pairs::default(), Pairs::default());

@@ -226,20 +226,14 @@ fn start_sweeper(probes: &Probes, config: &Config) -> tokio::task::JoinHandle<()
 }
 
 /// Starts watching the etcd policy key, if one is set; its values arrive on
-/// the receiver. Its gauge (`governor_etcd_policy_key_watched`) exists only
-/// then, so that its alert says nothing of nodes without a policy key.
+/// the receiver; its gauge exists only then.
 fn start_policy_watch(
     config: &Config,
     state: &AppState,
 ) -> (Option<tokio::task::JoinHandle<()>>, tokio::sync::mpsc::Receiver<Option<String>>) {
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let task = (!config.etcd.policy_key.is_empty()).then(|| {
-        let watched = prometheus::IntGauge::new(
-            "governor_etcd_policy_key_watched",
-            "1 while the etcd policy key (etcd.policy_key) is read and watched; 0 while the watch is down and retried",
-        )
-        .expect("valid metric");
-        let watched = state.metrics.lock().expect("metrics lock poisoned").registry().register(watched);
+        let watched = crate::policy_watch::gauge(state.metrics.lock().expect("metrics lock poisoned").registry());
         tokio::spawn(crate::policy_watch::watch(config.etcd.clone(), tx, watched))
     });
     (task, rx)

@@ -15,6 +15,18 @@ use crate::{config::Etcd, registry::etcd::connect};
 
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
+/// `governor_etcd_policy_key_watched`, registered in `catalog`: registered
+/// only where a policy key is set, so that its alert says nothing of nodes
+/// without one.
+pub fn gauge(catalog: &crate::metrics::Catalog) -> prometheus::IntGauge {
+    let watched = prometheus::IntGauge::new(
+        "governor_etcd_policy_key_watched",
+        "1 while the etcd policy key (etcd.policy_key) is read and watched; 0 while the watch is down and retried",
+    )
+    .expect("valid metric");
+    catalog.register(watched)
+}
+
 /// Runs until the daemon loop drops its receiver. `watched` is 1 while the
 /// key is read and watched, 0 from the first failure until it is again.
 pub async fn watch(config: Etcd, updates: mpsc::Sender<Option<String>>, watched: prometheus::IntGauge) {

@@ -14,10 +14,12 @@ fn repo_file(path: &str) -> String {
     std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{}: {e}", full.display()))
 }
 
-/// Every metric governor registers (its own and the registry's).
+/// Every metric governor registers (its own, the registry's and the policy
+/// key watch's).
 fn registered() -> BTreeSet<String> {
     let metrics = Metrics::new(SeriesLimits { per_metric: 10, budget: 100, ttl_seconds: 0 }, &[]);
     let _registry = RegistryMetrics::new(metrics.registry());
+    let _watch = governor::policy_watch::gauge(metrics.registry());
     metrics.registry().names().into_iter().collect()
 }
 

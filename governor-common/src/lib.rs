@@ -62,14 +62,12 @@ pub mod counter {
     pub const SLOTS: u32 = 8;
 }
 
-/// The most bytes of a socket a program copies in one helper call. One
-/// copy costs one helper call; reading field by field costs one per field.
-pub const SOCK_COPY_MAX: usize = 64;
-
 /// Where the fields the programs read sit inside the kernel's `struct sock`
 /// (its first member, `struct sock_common`, holds the addresses), resolved
-/// from the running kernel's BTF at start-up: the raw tracepoints hand the
-/// programs the socket, not a formatted record.
+/// from the running kernel's BTF at start-up: the `tp_btf` tracepoints hand
+/// the programs the socket, not a formatted record, and the programs load
+/// each field with one instruction that the verifier checks against the
+/// socket's BTF type.
 ///
 /// Offsets are bytes from the start of the socket.
 #[repr(C)]
@@ -92,22 +90,8 @@ pub struct SockLayout {
     pub ports_be: u16,
     /// `skc_state` (`unsigned char`).
     pub state: u16,
-    /// `sk_protocol` (`u16`), outside `sock_common`: read on its own.
+    /// `sk_protocol` (`u16`), outside `sock_common`.
     pub protocol: u16,
-    /// Family, ports, state and IPv4 addresses, copied in one read.
-    pub addr: Span,
-    /// IPv6 addresses, copied only for IPv6 sockets.
-    pub addr6: Span,
-}
-
-/// A run of bytes in a socket that a program copies in one helper call (at
-/// most [`SOCK_COPY_MAX`] bytes). The helper's cost grows with the bytes
-/// copied, so programs copy only the spans they need.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Span {
-    pub start: u16,
-    pub len: u16,
 }
 
 impl SockLayout {
@@ -124,8 +108,6 @@ impl SockLayout {
         ports_be: 0,
         state: 0,
         protocol: 0,
-        addr: Span { start: 0, len: 0 },
-        addr6: Span { start: 0, len: 0 },
     };
 }
 
@@ -639,14 +621,12 @@ pub const POLICY_DECISION_SLOTS: u32 = POLICY_SLOTS * 2;
 mod pod {
     use super::{
         BandwidthKey, BandwidthRule, BreakerEntry, ConnEvent, EndpointKey, EndpointStats, FlowAddrs, KernelConfig,
-        ListenerInfo, Owner, PolicyRule, PolicyState, SockEntry, SockInfo, SockLayout, SockOffsets, Span, TcpEvent,
+        ListenerInfo, Owner, PolicyRule, PolicyState, SockEntry, SockInfo, SockLayout, SockOffsets, TcpEvent,
     };
 
     // SAFETY: all of these are #[repr(C)], made of integers with explicit
     // padding fields, so every bit pattern is valid and none has holes.
     unsafe impl aya::Pod for SockLayout {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for Span {}
     // SAFETY: as above.
     unsafe impl aya::Pod for KernelConfig {}
     // SAFETY: as above.
@@ -689,9 +669,8 @@ mod tests {
 
     #[test]
     fn layouts_are_pinned() {
-        assert_eq!((size_of::<Span>(), align_of::<Span>()), (4, 2));
-        assert_eq!((size_of::<SockLayout>(), align_of::<SockLayout>()), (28, 2));
-        assert_eq!((size_of::<KernelConfig>(), align_of::<KernelConfig>()), (344, 8));
+        assert_eq!((size_of::<SockLayout>(), align_of::<SockLayout>()), (20, 2));
+        assert_eq!((size_of::<KernelConfig>(), align_of::<KernelConfig>()), (336, 8));
         assert_eq!((size_of::<SockOffsets>(), align_of::<SockOffsets>()), (44, 4));
         assert_eq!((size_of::<Owner>(), align_of::<Owner>()), (32, 8));
         assert_eq!((size_of::<FlowAddrs>(), align_of::<FlowAddrs>()), (40, 2));

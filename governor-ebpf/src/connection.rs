@@ -25,8 +25,8 @@ use aya_ebpf::{
     helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
 };
 use governor_common::{
-    ConnEvent, FlowCounts, KernelConfig, ListenerInfo, Owner, SockEntry, SockInfo, SockLayout, SockOffsets, announce,
-    counter, direction, event_kind, histogram,
+    ConnEvent, FlowCounts, KernelConfig, ListenerInfo, Owner, SockEntry, SockInfo, SockOffsets, announce, counter,
+    direction, event_kind, histogram,
 };
 
 use crate::{
@@ -34,7 +34,7 @@ use crate::{
     maps::{
         EVENTS, EndpointCounter, GOVERNOR_CONFIG, LISTENERS, SOCKETS, change_announce, count, count_endpoint, observe,
     },
-    record::{Flow, Record, sock_field},
+    record::{Flow, sock_field},
 };
 
 pub const TCP_ESTABLISHED: i32 = 1;
@@ -50,7 +50,7 @@ const EPIPE: u32 = 32;
 
 /// One transition of the socket at `skaddr`.
 #[inline(always)]
-pub fn transition(r: &mut Record, l: &SockLayout, skaddr: u64, old: i32, new: i32) -> Result<(), i64> {
+pub fn transition(skaddr: u64, old: i32, new: i32) -> Result<(), i64> {
     // Each arm is a function of its own (a BPF-to-BPF call): inlined
     // together, their locals overflow the 512-byte stack. They return 0 or
     // a negative error: a `Result` would be returned through memory.
@@ -60,10 +60,10 @@ pub fn transition(r: &mut Record, l: &SockLayout, skaddr: u64, old: i32, new: i3
         // completes (`established`), a few microseconds later in the same
         // softirq: most that die before never reach user space anyway.
         (TCP_LISTEN, TCP_SYN_RECV) => 0,
-        (_, TCP_LISTEN) => listen(r, l, skaddr),
-        (TCP_LISTEN, _) => listen_closed(r, l, skaddr),
-        (TCP_SYN_SENT, TCP_CLOSE) => connect_failed(r, l, skaddr),
-        (_, TCP_ESTABLISHED) => established(r, l, skaddr, old),
+        (_, TCP_LISTEN) => listen(skaddr),
+        (TCP_LISTEN, _) => listen_closed(skaddr),
+        (TCP_SYN_SENT, TCP_CLOSE) => connect_failed(skaddr),
+        (_, TCP_ESTABLISHED) => established(skaddr, old),
         (_, TCP_CLOSE) => closed(skaddr, old),
         (_, TCP_CLOSE_WAIT) => close_wait(skaddr),
         (TCP_CLOSE_WAIT, _) => close_wait_left(skaddr, new),
@@ -108,6 +108,20 @@ fn counting_flows() -> bool {
     unsafe { core::ptr::read_volatile(&raw const GOVERNOR_CONFIG.flags) & KernelConfig::COUNT_FLOWS != 0 }
 }
 
+/// `sk_err` of the socket at `skaddr` (a `tp_btf` argument); 0 on kernels
+/// without it.
+#[inline(always)]
+fn sk_err(skaddr: u64) -> u32 {
+    // SAFETY: plain read of an immutable global set at load.
+    let offset = unsafe { core::ptr::read_volatile(&raw const GOVERNOR_CONFIG.sock.sk_err) };
+    if offset == SockOffsets::ABSENT {
+        return 0;
+    }
+    // SAFETY: a field of the socket at its BTF offset; the verifier checks
+    // the load against the socket's type.
+    unsafe { core::ptr::read_volatile((skaddr + u64::from(offset)) as *const u32) }
+}
+
 #[inline(always)]
 fn offsets() -> SockOffsets {
     // SAFETY: plain read of an immutable global set at load.
@@ -143,13 +157,13 @@ fn try_active_open(skaddr: u64) -> Result<(), i64> {
 }
 
 #[inline(never)]
-fn listen(r: &mut Record, l: &SockLayout, skaddr: u64) -> i64 {
-    code(try_listen(r, l, skaddr))
+fn listen(skaddr: u64) -> i64 {
+    code(try_listen(skaddr))
 }
 
 #[inline(always)]
-fn try_listen(r: &mut Record, l: &SockLayout, skaddr: u64) -> Result<(), i64> {
-    let flow = Flow::read(skaddr, r, l)?;
+fn try_listen(skaddr: u64) -> Result<(), i64> {
+    let flow = Flow::of(skaddr)?;
     let owner = current_owner();
     let _ = LISTENERS.insert(flow.local_exact(), ListenerInfo { owner, skaddr }, 0);
     let info = SockInfo { open_ns: now(), owner, addrs: flow.addrs(), state: TCP_LISTEN as u8, ..SockInfo::default() };
@@ -158,13 +172,13 @@ fn try_listen(r: &mut Record, l: &SockLayout, skaddr: u64) -> Result<(), i64> {
 }
 
 #[inline(never)]
-fn listen_closed(r: &mut Record, l: &SockLayout, skaddr: u64) -> i64 {
-    code(try_listen_closed(r, l, skaddr))
+fn listen_closed(skaddr: u64) -> i64 {
+    code(try_listen_closed(skaddr))
 }
 
 #[inline(always)]
-fn try_listen_closed(r: &mut Record, l: &SockLayout, skaddr: u64) -> Result<(), i64> {
-    let flow = Flow::read(skaddr, r, l)?;
+fn try_listen_closed(skaddr: u64) -> Result<(), i64> {
+    let flow = Flow::of(skaddr)?;
     let key = flow.local_exact();
     let mut info = SockInfo { addrs: flow.addrs(), state: TCP_CLOSE as u8, ..SockInfo::default() };
     if let Some(listener) = LISTENERS.get_ptr(key) {
@@ -180,13 +194,13 @@ fn try_listen_closed(r: &mut Record, l: &SockLayout, skaddr: u64) -> Result<(), 
 }
 
 #[inline(never)]
-fn established(r: &mut Record, l: &SockLayout, skaddr: u64, old: i32) -> i64 {
-    code(try_established(r, l, skaddr, old))
+fn established(skaddr: u64, old: i32) -> i64 {
+    code(try_established(skaddr, old))
 }
 
 #[inline(always)]
-fn try_established(r: &mut Record, l: &SockLayout, skaddr: u64, old: i32) -> Result<(), i64> {
-    let flow = Flow::read(skaddr, r, l)?;
+fn try_established(skaddr: u64, old: i32) -> Result<(), i64> {
+    let flow = Flow::of(skaddr)?;
     if old == TCP_SYN_RECV {
         passive_established(&flow, skaddr);
         return Ok(());
@@ -268,14 +282,14 @@ fn passive_established(flow: &Flow, skaddr: u64) {
 /// `SYN_SENT` straight to `CLOSE`: refused (`ECONNREFUSED`), timed out
 /// (`ETIMEDOUT`), unreachable, or abandoned by the caller (no error).
 #[inline(never)]
-fn connect_failed(r: &mut Record, l: &SockLayout, skaddr: u64) -> i64 {
-    code(try_connect_failed(r, l, skaddr))
+fn connect_failed(skaddr: u64) -> i64 {
+    code(try_connect_failed(skaddr))
 }
 
 #[inline(always)]
-fn try_connect_failed(r: &mut Record, l: &SockLayout, skaddr: u64) -> Result<(), i64> {
-    let flow = Flow::read(skaddr, r, l)?;
-    let error = sock_field::<u32>(skaddr, offsets().sk_err).unwrap_or(0);
+fn try_connect_failed(skaddr: u64) -> Result<(), i64> {
+    let flow = Flow::of(skaddr)?;
+    let error = sk_err(skaddr);
     let mut info = match SOCKETS.get_ptr(skaddr) {
         // SAFETY: a live map value.
         Some(entry) => unsafe { (*entry).info },
@@ -338,7 +352,7 @@ fn try_closed(skaddr: u64, old: i32) -> Result<(), i64> {
     // SAFETY: a live map value.
     let mut info = unsafe { (*entry).info };
     let _ = SOCKETS.remove(skaddr);
-    let error = sock_field::<u32>(skaddr, offsets().sk_err).unwrap_or(0);
+    let error = sk_err(skaddr);
     if told || error == ECONNRESET || error == EPIPE {
         info.state = old as u8;
         emit(event_kind::CLOSED, at, skaddr, &info, error);

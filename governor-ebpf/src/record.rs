@@ -2,100 +2,31 @@
 //! packet answered) at offsets user space resolved from the running
 //! kernel's BTF. Nothing here assumes one kernel's layout.
 //!
-//! A program copies a span of the socket onto its stack (one helper call)
-//! and picks the fields out of the copy; the bounds checks give the verifier
-//! the limits it needs for the variable offsets.
+//! The tracepoint programs get the socket as a pointer the verifier knows
+//! the BTF type of, and read each field with one load at its offset: the
+//! offsets come from the frozen `GOVERNOR_CONFIG`, so they are constants to
+//! the verifier, which checks every load against the socket's type. Fields
+//! of `struct tcp_sock` (beyond `struct sock`), the packet of a reset sent
+//! without a socket, and sockets the table sweep reaches by their address
+//! are read with `bpf_probe_read_kernel`.
 
 use core::{ffi::c_void, mem::MaybeUninit};
 
 use aya_ebpf::helpers::{bpf_ktime_get_ns, generated::bpf_probe_read_kernel};
-use governor_common::{
-    AF_INET, AF_INET6, EndpointKey, FlowAddrs, SOCK_COPY_MAX, SockLayout, SockOffsets, Span, TcpEvent,
-};
+use governor_common::{AF_INET, AF_INET6, EndpointKey, FlowAddrs, SockLayout, SockOffsets, TcpEvent};
 
 use crate::maps::{EVENTS, GOVERNOR_CONFIG, count};
 
-/// A copy of one span of a socket. Only the `len` bytes copied are ever
-/// read: zeroing the whole buffer first would cost a memset on every event.
-pub struct Record<'a> {
-    bytes: &'a mut Buffer,
-    start: usize,
-    len: usize,
+/// A field of `GOVERNOR_CONFIG.layout`, read where it is used: a value
+/// loaded from the frozen global is a constant to the verifier, which the
+/// direct loads below need (copied onto the stack first, it would not be).
+macro_rules! layout {
+    ($field:ident) => {
+        // SAFETY: plain read of an immutable global set at load.
+        unsafe { core::ptr::read_volatile(&raw const crate::maps::GOVERNOR_CONFIG.layout.$field) }
+    };
 }
-
-/// The bytes of a [`Record`]: a local of its own in the program's stack
-/// frame. Inside the `Record` struct, LLVM folds the uninitialised bytes and
-/// the neighbouring fields into one memset of the whole struct, which costs
-/// more than the rest of the program.
-pub type Buffer = MaybeUninit<[u8; SOCK_COPY_MAX]>;
-
-impl<'a> Record<'a> {
-    /// An empty copy into `bytes` (one per program: moving a filled buffer
-    /// around would overflow the 512-byte BPF stack).
-    #[inline(always)]
-    pub fn new(bytes: &'a mut Buffer) -> Self {
-        Self { bytes, start: 0, len: 0 }
-    }
-
-    /// Copies `span` of the kernel object at `base` (a socket), replacing
-    /// what was copied before.
-    #[inline(always)]
-    pub fn fill(&mut self, base: u64, span: Span) -> Result<(), i64> {
-        let len = usize::from(span.len);
-        if len == 0 || len > SOCK_COPY_MAX {
-            return Err(-1);
-        }
-        self.len = 0;
-        // SAFETY: the helper copes with any source address and writes
-        // exactly `len` bytes (within the buffer) or fails.
-        let rc = unsafe {
-            bpf_probe_read_kernel(
-                self.bytes.as_mut_ptr().cast::<c_void>(),
-                u32::from(span.len),
-                (base + u64::from(span.start)) as *const c_void,
-            )
-        };
-        if rc != 0 {
-            return Err(rc);
-        }
-        self.start = usize::from(span.start);
-        self.len = len;
-        Ok(())
-    }
-
-    /// Does the copy hold all of `span`?
-    #[inline(always)]
-    pub fn holds(&self, span: Span) -> bool {
-        let start = usize::from(span.start);
-        self.len > 0 && start >= self.start && start + usize::from(span.len) <= self.start + self.len
-    }
-
-    #[inline(always)]
-    fn array<const N: usize>(&self, offset: u16) -> Result<[u8; N], i64> {
-        let offset = usize::from(offset);
-        if offset < self.start {
-            return Err(-1);
-        }
-        let at = offset - self.start;
-        // `fill` keeps `len` within the buffer, but the verifier may not
-        // have kept that bound: it checks the one it sees here.
-        if at + N > self.len || self.len > SOCK_COPY_MAX {
-            return Err(-1);
-        }
-        // SAFETY: `at + N <= len`: these bytes were written by `fill`.
-        Ok(unsafe { self.bytes.as_ptr().cast::<u8>().add(at).cast::<[u8; N]>().read_unaligned() })
-    }
-
-    #[inline(always)]
-    pub fn u8(&self, offset: u16) -> Result<u8, i64> {
-        self.array::<1>(offset).map(|[b]| b)
-    }
-
-    #[inline(always)]
-    pub fn u16(&self, offset: u16) -> Result<u16, i64> {
-        self.array(offset).map(u16::from_ne_bytes)
-    }
-}
+pub(crate) use layout;
 
 /// Both ends of a connection, local first.
 pub struct Flow {
@@ -107,28 +38,26 @@ pub struct Flow {
 }
 
 impl Flow {
-    /// Reads family, ports and addresses of the socket at `sk`, copying
-    /// the spans that hold them unless `r` already does.
+    /// Reads family, ports and addresses of the socket at `sk`, a pointer
+    /// the kernel passed to a `tp_btf` program: plain loads at the BTF
+    /// offsets, which the verifier checks against `struct sock` (no helper
+    /// call, no copy).
     #[inline(always)]
-    pub fn read(sk: u64, r: &mut Record, l: &SockLayout) -> Result<Self, i64> {
-        if !r.holds(l.addr) {
-            r.fill(sk, l.addr)?;
-        }
-        let family = r.u16(l.family)?;
-        let mut sport = r.u16(l.sport)?;
-        let mut dport = r.u16(l.dport)?;
-        if l.ports_be & SockLayout::SPORT_BE != 0 {
+    pub fn of(sk: u64) -> Result<Self, i64> {
+        let family: u16 = direct(sk, layout!(family));
+        let mut sport: u16 = direct(sk, layout!(sport));
+        let mut dport: u16 = direct(sk, layout!(dport));
+        let ports_be = layout!(ports_be);
+        if ports_be & SockLayout::SPORT_BE != 0 {
             sport = u16::from_be(sport);
         }
-        if l.ports_be & SockLayout::DPORT_BE != 0 {
+        if ports_be & SockLayout::DPORT_BE != 0 {
             dport = u16::from_be(dport);
         }
         let (saddr, daddr) = match family {
-            AF_INET => (widen(r.array(l.saddr4)?), widen(r.array(l.daddr4)?)),
-            AF_INET6 => {
-                r.fill(sk, l.addr6)?;
-                (r.array(l.saddr6)?, r.array(l.daddr6)?)
-            }
+            AF_INET => (widen(direct(sk, layout!(saddr4))), widen(direct(sk, layout!(daddr4)))),
+            // A kernel without IPv6 has no such sockets, nor offsets.
+            AF_INET6 if layout!(saddr6) != 0 => (direct6(sk, layout!(saddr6)), direct6(sk, layout!(daddr6))),
             _ => return Err(-1),
         };
         Ok(Self { family, sport, dport, saddr, daddr })
@@ -138,6 +67,10 @@ impl Flow {
     /// packet that drew it (`skb`): its destination is the local side.
     #[inline(always)]
     pub fn answered(skb: u64, o: &SockOffsets) -> Result<Self, i64> {
+        // The verifier wants the null check before any arithmetic.
+        if skb == 0 {
+            return Err(-1);
+        }
         if o.skb_head == SockOffsets::ABSENT
             || o.skb_network_header == SockOffsets::ABSENT
             || o.skb_transport_header == SockOffsets::ABSENT
@@ -233,6 +166,23 @@ impl Flow {
         // event would cost more than the event itself.
         entry.submit(u64::from(aya_ebpf::bindings::BPF_RB_NO_WAKEUP));
     }
+}
+
+/// A `T` of the socket at `sk` (a `tp_btf` argument) at `offset`: one load,
+/// checked by the verifier against the socket's BTF type.
+#[inline(always)]
+pub fn direct<T: Copy>(sk: u64, offset: u16) -> T {
+    // SAFETY: the verifier admits the load only inside a field of the
+    // socket of the right size; a bad pointer reads as zero.
+    unsafe { core::ptr::read_volatile((sk + u64::from(offset)) as *const T) }
+}
+
+/// An IPv6 address of the socket at `sk` at `offset`, in two loads.
+#[inline(always)]
+fn direct6(sk: u64, offset: u16) -> [u8; 16] {
+    let low: u64 = direct(sk, offset);
+    let high: u64 = direct(sk, offset + 8);
+    (u128::from(low) | u128::from(high) << 64).to_le_bytes()
 }
 
 /// A `T` copied from kernel memory at `addr`.

@@ -1,4 +1,4 @@
-//! `sock:inet_sock_set_state` as a raw tracepoint: every TCP state change
+//! `sock:inet_sock_set_state` as a BTF tracepoint (`tp_btf`): every TCP state change
 //! on the host. Arguments: `const struct sock *sk`, `int oldstate`,
 //! `int newstate` (checked against the kernel's BTF at start-up). Fields
 //! are read from the socket at BTF offsets only by the transitions that
@@ -7,35 +7,34 @@
 
 #![expect(clippy::cast_possible_truncation, reason = "the states are C ints passed in 64-bit argument slots")]
 
-use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
+use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 use governor_common::{IPPROTO_TCP, counter};
 
 use crate::{
     connection,
     maps::{GOVERNOR_CONFIG, count, count_transition},
-    record::{Buffer, Record, read_kernel},
 };
 
-#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
-pub fn gov_state(ctx: RawTracePointContext) -> i32 {
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn gov_state(ctx: BtfTracePointContext) -> i32 {
     if try_gov_state(&ctx).is_err() {
         count(counter::READ_ERRORS);
     }
     0
 }
 
-fn try_gov_state(ctx: &RawTracePointContext) -> Result<(), i64> {
-    // SAFETY: plain read of an immutable global set at load.
-    let l = unsafe { core::ptr::read_volatile(&raw const GOVERNOR_CONFIG.layout) };
+fn try_gov_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
     let sk: u64 = ctx.arg(0);
-    let protocol: u16 = read_kernel(sk + u64::from(l.protocol))?;
+    // SAFETY: plain read of an immutable global set at load.
+    let at = unsafe { core::ptr::read_volatile(&raw const GOVERNOR_CONFIG.layout.protocol) };
+    // SAFETY: a field of the socket the kernel passed, at its BTF offset;
+    // the verifier checks the access against the type.
+    let protocol: u16 = unsafe { core::ptr::read_volatile((sk + u64::from(at)) as *const u16) };
     if protocol != IPPROTO_TCP {
         return Ok(());
     }
     let old = ctx.arg::<u64>(1) as i32;
     let new = ctx.arg::<u64>(2) as i32;
     count_transition(old.cast_unsigned(), new.cast_unsigned());
-    let mut buffer = Buffer::uninit();
-    let mut r = Record::new(&mut buffer);
-    connection::transition(&mut r, &l, sk, old, new)
+    connection::transition(sk, old, new)
 }

@@ -170,7 +170,23 @@ impl Btf {
         None
     }
 
-    /// The arguments a raw tracepoint program gets from the tracepoint
+    /// The type id of the tracepoint `name`'s `btf_trace_<name>` typedef:
+    /// what a `tp_btf` program names as the tracepoint it attaches to.
+    pub fn tracepoint_type_id(&self, name: &str) -> Result<u32, BtfError> {
+        let index = self.index()?;
+        let typedef = format!("btf_trace_{name}");
+        let position = index
+            .iter()
+            .position(|&at| {
+                (self.u32(at + 4).unwrap_or(0) >> 24) & 0x1f == KIND_TYPEDEF
+                    && self.name(self.u32(at).unwrap_or(0)) == typedef
+            })
+            .ok_or_else(|| BtfError::NoTracepoint(name.to_owned()))?;
+        // Type ids count from 1 (0 is void).
+        u32::try_from(position + 1).map_err(|_| BtfError::NoTracepoint(name.to_owned()))
+    }
+
+    /// The arguments a `tp_btf` program gets from the tracepoint
     /// `name`, as C types (`struct sock *`, `int`, `enum sk_rst_reason`,
     /// qualifiers left out), from its `btf_trace_<name>` prototype (whose
     /// first parameter, the tracepoint's private data, is not passed).
@@ -311,17 +327,16 @@ pub enum LayoutError {
     Btf(#[from] BtfError),
     #[error("struct sock does not start with struct sock_common in this kernel's BTF")]
     NotSockCommon,
-    #[error("the {what} fields of struct sock_common span {len} bytes, more than the {max} governor copies at once")]
-    SpanTooLarge { what: &'static str, len: u32, max: usize },
     #[error("struct sock field at offset {0} is beyond what governor can address")]
     OffsetTooLarge(u32),
 }
 
 /// Where addresses, ports, state and protocol sit in `struct sock`. The
-/// IPv6 addresses are optional (a kernel without IPv6 lacks them: IPv6
-/// sockets then count as read errors, there are none).
+/// IPv6 addresses are optional (a kernel without IPv6 lacks them, and has
+/// no IPv6 sockets; their offsets are then 0, which the programs take as
+/// absent).
 pub fn sock_layout(btf: &Btf) -> Result<governor_common::SockLayout, LayoutError> {
-    use governor_common::{SOCK_COPY_MAX, SockLayout, Span};
+    use governor_common::SockLayout;
     if btf.member_offset("sock", "__sk_common")? != 0 {
         return Err(LayoutError::NotSockCommon);
     }
@@ -329,19 +344,9 @@ pub fn sock_layout(btf: &Btf) -> Result<governor_common::SockLayout, LayoutError
     let (family, sport, dport) = (common("skc_family")?, common("skc_num")?, common("skc_dport")?);
     let (saddr4, daddr4, state) = (common("skc_rcv_saddr")?, common("skc_daddr")?, common("skc_state")?);
     let protocol = btf.member_offset("sock", "sk_protocol")?;
-    let span = |what: &'static str, fields: &[(u32, u32)]| -> Result<Span, LayoutError> {
-        let start = fields.iter().map(|f| f.0).min().unwrap_or(0);
-        let end = fields.iter().map(|f| f.0 + f.1).max().unwrap_or(0);
-        let len = end - start;
-        if len as usize > SOCK_COPY_MAX {
-            return Err(LayoutError::SpanTooLarge { what, len, max: SOCK_COPY_MAX });
-        }
-        Ok(Span { start: narrow(start)?, len: narrow(len)? })
-    };
-    let addr = span("address", &[(family, 2), (sport, 2), (dport, 2), (saddr4, 4), (daddr4, 4), (state, 1)])?;
-    let (saddr6, daddr6, addr6) = match (common("skc_v6_rcv_saddr"), common("skc_v6_daddr")) {
-        (Ok(s), Ok(d)) => (s, d, span("IPv6 address", &[(s, 16), (d, 16)])?),
-        _ => (0, 0, Span::default()),
+    let (saddr6, daddr6) = match (common("skc_v6_rcv_saddr"), common("skc_v6_daddr")) {
+        (Ok(s), Ok(d)) => (s, d),
+        _ => (0, 0),
     };
     Ok(SockLayout {
         family: narrow(family)?,
@@ -354,8 +359,6 @@ pub fn sock_layout(btf: &Btf) -> Result<governor_common::SockLayout, LayoutError
         ports_be: SockLayout::DPORT_BE,
         state: narrow(state)?,
         protocol: narrow(protocol)?,
-        addr,
-        addr6,
     })
 }
 

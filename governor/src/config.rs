@@ -101,8 +101,8 @@ pub struct Ebpf {
     pub ring_buffer_bytes: RingBufferBytes,
     /// How often the event ring buffer is drained, in milliseconds.
     pub event_drain_interval_ms: Bounded<10, 1000>,
-    /// Not used since the programs became raw tracepoints, which need no
-    /// tracefs; accepted so that older config files still load.
+    /// Not used since the programs became raw (now BTF) tracepoints, which
+    /// need no tracefs; accepted so that older config files still load.
     pub tracefs: PathBuf,
     /// Where bpffs is (or gets) mounted.
     pub bpffs: PathBuf,

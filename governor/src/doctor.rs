@@ -109,15 +109,34 @@ pub fn checks(config: &Config) -> Vec<Check> {
         },
     });
 
+    out.push(match kernel.as_ref().map_err(ToString::to_string) {
+        Err(e) => Check::not(Outcome::Fail, TP_BTF, e, "use a kernel built with CONFIG_DEBUG_INFO_BTF=y"),
+        Ok(b) => tp_btf_check(b),
+    });
     out.extend(kernel_support());
     out
+}
+
+const TP_BTF: &str = "program type tracing (tp_btf)";
+
+/// Loads the smallest `tp_btf` program for the first tracepoint: the
+/// program type governor's tracepoint programs are.
+fn tp_btf_check(btf: &btf::Btf) -> Check {
+    let tp = &tracepoints::TRACEPOINTS[0];
+    let fix = "use Linux 5.8 or later built with CONFIG_BPF_EVENTS, and run as root";
+    match btf.tracepoint_type_id(tp.name) {
+        Err(e) => Check::not(Outcome::Fail, TP_BTF, e.to_string(), fix),
+        Ok(id) => match crate::bpf_sys::tp_btf_loads(id) {
+            Ok(()) => Check::pass(TP_BTF, "supported"),
+            Err(e) => Check::not(Outcome::Fail, TP_BTF, format!("loading one fails: {e}"), fix),
+        },
+    }
 }
 
 /// The program and map types governor loads.
 fn kernel_support() -> Vec<Check> {
     let mut out = Vec::new();
     for (label, kind, missing, fix) in [
-        ("program type raw_tracepoint", ProgramType::RawTracePoint, Outcome::Fail, "enable CONFIG_BPF_EVENTS"),
         (
             "program type cgroup_skb",
             ProgramType::CgroupSkb,

@@ -9,7 +9,7 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{CgroupAttachMode, CgroupSkbAttachType, Program, RawTracePoint, links::FdLink},
+    programs::{BtfTracePoint, CgroupAttachMode, CgroupSkbAttachType, Program, RawTracePoint, links::FdLink},
 };
 use governor_common::{
     BandwidthKey, BandwidthRule, BreakerEntry, ConnEvent, EndpointKey, EndpointStats, KernelConfig,
@@ -99,15 +99,20 @@ impl Probes {
         }
         let mut ebpf = loader.load(OBJECT)?;
         let mut attached = 0;
+        let btf = aya::Btf::from_sys_fs().map_err(|e| EbpfError::Program {
+            program: "gov_state",
+            hook: "the kernel's BTF".to_owned(),
+            source: e.into(),
+        })?;
         for tp in &TRACEPOINTS {
-            let program: &mut RawTracePoint = ebpf
+            let program: &mut BtfTracePoint = ebpf
                 .program_mut(tp.program)
                 .ok_or(EbpfError::Missing { kind: "program", name: tp.program })?
                 .try_into()
                 .map_err(|source| EbpfError::Program { program: tp.program, hook: tp.to_string(), source })?;
             let fail = |source| EbpfError::Program { program: tp.program, hook: tp.to_string(), source };
-            program.load().map_err(fail)?;
-            program.attach(tp.name).map_err(fail)?;
+            program.load(tp.name, &btf).map_err(fail)?;
+            program.attach().map_err(fail)?;
             attached += 1;
         }
         let sampler = FlowSampler::load(&mut ebpf)?;

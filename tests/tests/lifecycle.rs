@@ -30,12 +30,12 @@ fn ready_then_sigterm_exits_zero_and_detaches_everything() {
     assert_eq!(gov.value(r#"governor_ebpf_map_capacity{map="endpoints"}"#), 16384);
 
     let ours: HashSet<u32> = governor_program_ids().difference(&before).copied().collect();
-    assert_eq!(ours.len(), 5, "the daemon loaded its four raw tracepoint programs and the flow sampler");
+    assert_eq!(ours.len(), 5, "the daemon loaded its four tracepoint programs and the flow sampler");
 
     let (status, took) = gov.terminate();
     eprintln!("governor exited {status} {took:?} after SIGTERM");
     assert_eq!(status.code(), Some(0), "exit status after SIGTERM");
-    // The kernel frees a detached raw tracepoint program after a grace
+    // The kernel frees a detached tracepoint program after a grace
     // period, shortly after the daemon is gone: wait for it, bounded.
     let mut left: Vec<u32> = Vec::new();
     for _ in 0..50 {
@@ -147,7 +147,7 @@ fn doctor_passes_on_this_host() {
         "tracepoint tcp:tcp_send_reset",
         "tracepoint sock:inet_sock_set_state",
         "kernel BTF",
-        "program type raw_tracepoint",
+        "program type tracing (tp_btf)",
         "socket layout",
         "program type cgroup_skb",
         "cgroup v2",

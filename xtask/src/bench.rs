@@ -435,13 +435,13 @@ fn report(
          the tables, not per connection).\n\n\
          | program | ns per call | calls per connection |\n|---|---|---|\n{per_program}\n\
          Time inside governor's programs: **{in_programs:.0} ns per connection**.\n\
-         The programs are raw tracepoints (the kernel formats no record for\n\
-         them) and nothing runs per packet. Most of their time goes to the\n\
-         per-socket table (an LRU hash: one insert, lookups and one delete per\n\
-         socket) and the ring buffer (one event per opened and closed socket,\n\
-         one per reset); the rest of the overhead is the daemon reading those\n\
-         events (its CPU above) and what both do to the caches of a machine\n\
-         whose two CPUs the loop keeps busy.\n",
+         The programs are BTF tracepoints (the kernel formats no record for\n\
+         them, and they load the socket's fields directly) and nothing runs\n\
+         per packet. Most of their time goes to the per-socket table (an LRU\n\
+         hash: one insert, lookups and one delete per socket) and the\n\
+         endpoint table; the rest of the overhead is the daemon (its CPU\n\
+         above) and what both do to the caches of a machine whose two CPUs\n\
+         the loop keeps busy.\n",
         rounds = args.rounds,
         seconds = args.seconds,
         date = sh("date -u +%Y-%m-%d"),

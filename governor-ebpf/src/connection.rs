@@ -34,7 +34,7 @@ use crate::{
     maps::{
         EVENTS, EndpointCounter, GOVERNOR_CONFIG, LISTENERS, SOCKETS, change_announce, count, count_endpoint, observe,
     },
-    record::{Flow, sock_field},
+    record::{Flow, direct, sock_field},
 };
 
 pub const TCP_ESTABLISHED: i32 = 1;
@@ -117,9 +117,7 @@ fn sk_err(skaddr: u64) -> u32 {
     if offset == SockOffsets::ABSENT {
         return 0;
     }
-    // SAFETY: a field of the socket at its BTF offset; the verifier checks
-    // the load against the socket's type.
-    unsafe { core::ptr::read_volatile((skaddr + u64::from(offset)) as *const u32) }
+    direct(skaddr, offset)
 }
 
 #[inline(always)]

@@ -171,10 +171,10 @@ impl Flow {
 /// A `T` of the socket at `sk` (a `tp_btf` argument) at `offset`: one load,
 /// checked by the verifier against the socket's BTF type.
 #[inline(always)]
-pub fn direct<T: Copy>(sk: u64, offset: u16) -> T {
+pub fn direct<T: Copy>(sk: u64, offset: impl Into<u64>) -> T {
     // SAFETY: the verifier admits the load only inside a field of the
     // socket of the right size; a bad pointer reads as zero.
-    unsafe { core::ptr::read_volatile((sk + u64::from(offset)) as *const T) }
+    unsafe { core::ptr::read_volatile((sk + offset.into()) as *const T) }
 }
 
 /// An IPv6 address of the socket at `sk` at `offset`, in two loads.

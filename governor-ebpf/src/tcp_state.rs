@@ -12,7 +12,8 @@ use governor_common::{IPPROTO_TCP, counter};
 
 use crate::{
     connection,
-    maps::{GOVERNOR_CONFIG, count, count_transition},
+    maps::{count, count_transition},
+    record::{direct, layout},
 };
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
@@ -25,11 +26,7 @@ pub fn gov_state(ctx: BtfTracePointContext) -> i32 {
 
 fn try_gov_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
     let sk: u64 = ctx.arg(0);
-    // SAFETY: plain read of an immutable global set at load.
-    let at = unsafe { core::ptr::read_volatile(&raw const GOVERNOR_CONFIG.layout.protocol) };
-    // SAFETY: a field of the socket the kernel passed, at its BTF offset;
-    // the verifier checks the access against the type.
-    let protocol: u16 = unsafe { core::ptr::read_volatile((sk + u64::from(at)) as *const u16) };
+    let protocol: u16 = direct(sk, layout!(protocol));
     if protocol != IPPROTO_TCP {
         return Ok(());
     }

@@ -166,6 +166,12 @@ pub struct SockOffsets {
     /// `struct sock.sk_shutdown` (`u8`): `RCV_SHUTDOWN` once a FIN arrived,
     /// whose sequence number `bytes_received` counts as a byte.
     pub sk_shutdown: u32,
+    /// `struct sock_common.skc_net` (the socket's network namespace) and
+    /// `struct net.ns.inum` (its inode number, as `/proc/<pid>/ns/net`
+    /// shows it): listeners are told apart by namespace, so that two pods
+    /// listening on the same wildcard address and port are two listeners.
+    pub skc_net: u32,
+    pub net_inum: u32,
 }
 
 impl SockOffsets {
@@ -199,6 +205,8 @@ impl KernelConfig {
             data_segs_out: SockOffsets::ABSENT,
             data_segs_in: SockOffsets::ABSENT,
             sk_shutdown: SockOffsets::ABSENT,
+            skc_net: SockOffsets::ABSENT,
+            net_inum: SockOffsets::ABSENT,
         },
     };
 }
@@ -670,8 +678,8 @@ mod tests {
     #[test]
     fn layouts_are_pinned() {
         assert_eq!((size_of::<SockLayout>(), align_of::<SockLayout>()), (20, 2));
-        assert_eq!((size_of::<KernelConfig>(), align_of::<KernelConfig>()), (336, 8));
-        assert_eq!((size_of::<SockOffsets>(), align_of::<SockOffsets>()), (44, 4));
+        assert_eq!((size_of::<KernelConfig>(), align_of::<KernelConfig>()), (344, 8));
+        assert_eq!((size_of::<SockOffsets>(), align_of::<SockOffsets>()), (52, 4));
         assert_eq!((size_of::<Owner>(), align_of::<Owner>()), (32, 8));
         assert_eq!((size_of::<FlowAddrs>(), align_of::<FlowAddrs>()), (40, 2));
         assert_eq!((size_of::<SockInfo>(), align_of::<SockInfo>()), (120, 8));

@@ -25,8 +25,8 @@ use aya_ebpf::{
     helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
 };
 use governor_common::{
-    ConnEvent, FlowCounts, KernelConfig, ListenerInfo, Owner, SockEntry, SockInfo, SockOffsets, announce, counter,
-    direction, event_kind, histogram,
+    ConnEvent, EndpointKey, FlowCounts, KernelConfig, ListenerInfo, Owner, SockEntry, SockInfo, SockOffsets, announce,
+    counter, direction, event_kind, histogram,
 };
 
 use crate::{
@@ -108,6 +108,36 @@ fn counting_flows() -> bool {
     unsafe { core::ptr::read_volatile(&raw const GOVERNOR_CONFIG.flags) & KernelConfig::COUNT_FLOWS != 0 }
 }
 
+/// The key of the listener a socket at `skaddr` with `flow` belongs to:
+/// its local address and port, and its network namespace in the key's
+/// spare word, so that pods listening on the same wildcard address and port
+/// in namespaces of their own are different listeners.
+#[inline(always)]
+fn listener_key(flow: &Flow, skaddr: u64) -> EndpointKey {
+    EndpointKey { pad: netns(skaddr), ..flow.local_exact() }
+}
+
+/// The inode number of the network namespace of the socket at `skaddr` (a
+/// `tp_btf` argument); 0 on kernels where its fields were not found.
+#[inline(always)]
+fn netns(skaddr: u64) -> u32 {
+    // SAFETY: plain reads of an immutable global set at load.
+    let (net, inum) = unsafe {
+        (
+            core::ptr::read_volatile(&raw const GOVERNOR_CONFIG.sock.skc_net),
+            core::ptr::read_volatile(&raw const GOVERNOR_CONFIG.sock.net_inum),
+        )
+    };
+    if net == SockOffsets::ABSENT || inum == SockOffsets::ABSENT {
+        return 0;
+    }
+    // `skc_net` holds the pointer to the namespace: the verifier types the
+    // loaded pointer as `struct net`, and the second load is checked
+    // against that.
+    let net: u64 = direct(skaddr, net);
+    direct(net, inum)
+}
+
 /// `sk_err` of the socket at `skaddr` (a `tp_btf` argument); 0 on kernels
 /// without it.
 #[inline(always)]
@@ -163,7 +193,7 @@ fn listen(skaddr: u64) -> i64 {
 fn try_listen(skaddr: u64) -> Result<(), i64> {
     let flow = Flow::of(skaddr)?;
     let owner = current_owner();
-    let _ = LISTENERS.insert(flow.local_exact(), ListenerInfo { owner, skaddr }, 0);
+    let _ = LISTENERS.insert(listener_key(&flow, skaddr), ListenerInfo { owner, skaddr }, 0);
     let info = SockInfo { open_ns: now(), owner, addrs: flow.addrs(), state: TCP_LISTEN as u8, ..SockInfo::default() };
     emit(event_kind::LISTEN, info.open_ns, skaddr, &info, 0);
     Ok(())
@@ -177,7 +207,7 @@ fn listen_closed(skaddr: u64) -> i64 {
 #[inline(always)]
 fn try_listen_closed(skaddr: u64) -> Result<(), i64> {
     let flow = Flow::of(skaddr)?;
-    let key = flow.local_exact();
+    let key = listener_key(&flow, skaddr);
     let mut info = SockInfo { addrs: flow.addrs(), state: TCP_CLOSE as u8, ..SockInfo::default() };
     if let Some(listener) = LISTENERS.get_ptr(key) {
         // SAFETY: a live map value.
@@ -245,7 +275,7 @@ fn try_established(skaddr: u64, old: i32) -> Result<(), i64> {
 #[inline(always)]
 fn passive_established(flow: &Flow, skaddr: u64) {
     let at = now();
-    let mut key = flow.local_exact();
+    let mut key = listener_key(flow, skaddr);
     let mut listener = LISTENERS.get_ptr(key);
     if listener.is_none() {
         key.addr = [0; 16];

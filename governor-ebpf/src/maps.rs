@@ -48,7 +48,8 @@ pub static ENDPOINTS: LruHashMap<EndpointKey, EndpointStats> = LruHashMap::with_
 pub static SOCKETS: LruHashMap<u64, SockEntry> = LruHashMap::with_max_entries(65_536, 0);
 
 /// Owners of listening sockets by local address and port (no ephemeral
-/// collapsing), so that accepted connections take their listener's owner.
+/// collapsing) and network namespace (the key's `pad`), so that accepted
+/// connections take their listener's owner.
 #[map]
 pub static LISTENERS: LruHashMap<EndpointKey, ListenerInfo> = LruHashMap::with_max_entries(4096, 0);
 

@@ -318,6 +318,11 @@ pub fn sock_offsets(btf: &Btf) -> governor_common::SockOffsets {
         data_segs_out: btf.member_offset("tcp_sock", "data_segs_out").unwrap_or(absent),
         data_segs_in: btf.member_offset("tcp_sock", "data_segs_in").unwrap_or(absent),
         sk_shutdown: btf.member_offset("sock", "sk_shutdown").unwrap_or(absent),
+        skc_net: btf.member_offset("sock_common", "skc_net").unwrap_or(absent),
+        net_inum: btf
+            .member_offset("net", "ns")
+            .and_then(|ns| Ok(ns + btf.member_offset("ns_common", "inum")?))
+            .unwrap_or(absent),
     }
 }
 

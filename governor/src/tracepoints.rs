@@ -158,6 +158,9 @@ mod tests {
         assert!(btf.tracepoint_type_id("inet_sock_set_state").unwrap() > 0);
         assert!(btf.tracepoint_type_id("no_such_tracepoint").is_err());
         assert!(config.sock.skb_head != governor_common::SockOffsets::ABSENT);
+        // The network namespace of a socket, for the listeners' keys.
+        assert!(config.sock.skc_net != governor_common::SockOffsets::ABSENT);
+        assert!(config.sock.net_inum != governor_common::SockOffsets::ABSENT);
         assert_eq!(
             btf.tracepoint_args("tcp_send_reset").unwrap(),
             strings(&["struct sock *", "struct sk_buff *", "enum sk_rst_reason"])

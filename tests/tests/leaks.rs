@@ -130,3 +130,36 @@ fn connections_accepted_by_wildcard_listeners_are_attributed_to_the_listening_pr
     v4.close_all();
     v6.close_all();
 }
+
+#[test]
+fn listeners_on_the_same_address_in_two_namespaces_keep_their_own_connections() {
+    require_root();
+    // Two pods, as it were: each namespace has the same address, and a
+    // server of its own on the same wildcard address and port.
+    let (a, b) = (Netns::new("attrns-a"), Netns::new("attrns-b"));
+    a.add_address("10.212.0.1/32");
+    b.add_address("10.212.0.1/32");
+    let mut gov = Governor::start();
+    let mut servers = [
+        Helper::start(HELPER, &a, "serve", "0.0.0.0:20086", 2),
+        Helper::start(HELPER, &b, "serve", "0.0.0.0:20086", 3),
+    ];
+    let mut clients = [
+        Helper::start(HELPER, &a, "connect", "10.212.0.1:20086", 2),
+        Helper::start(HELPER, &b, "connect", "10.212.0.1:20086", 3),
+    ];
+    for server in &mut servers {
+        server.wait_ready();
+    }
+    for (server, count) in servers.iter().zip([2, 3]) {
+        let pid = server.pid();
+        let doc =
+            gov.wait_json(&format!("/api/v1/connections?pid={pid}"), "server's connections", |d| d["total"] == count);
+        for c in doc["connections"].as_array().expect("connections") {
+            assert_eq!((&c["direction"], &c["command"]), (&"passive".into(), &"tcp-helper".into()), "{c:#}");
+        }
+    }
+    for helper in clients.iter_mut().chain(servers.iter_mut()) {
+        helper.close_all();
+    }
+}

@@ -34,7 +34,7 @@ use crate::{
     maps::{
         EVENTS, EndpointCounter, GOVERNOR_CONFIG, LISTENERS, SOCKETS, change_announce, count, count_endpoint, observe,
     },
-    record::{Flow, direct, sock_field},
+    record::{Flow, direct, offset, sock_field},
 };
 
 pub const TCP_ESTABLISHED: i32 = 1;
@@ -121,13 +121,7 @@ fn listener_key(flow: &Flow, skaddr: u64) -> EndpointKey {
 /// `tp_btf` argument); 0 on kernels where its fields were not found.
 #[inline(always)]
 fn netns(skaddr: u64) -> u32 {
-    // SAFETY: plain reads of an immutable global set at load.
-    let (net, inum) = unsafe {
-        (
-            core::ptr::read_volatile(&raw const GOVERNOR_CONFIG.sock.skc_net),
-            core::ptr::read_volatile(&raw const GOVERNOR_CONFIG.sock.net_inum),
-        )
-    };
+    let (net, inum) = (offset!(skc_net), offset!(net_inum));
     if net == SockOffsets::ABSENT || inum == SockOffsets::ABSENT {
         return 0;
     }
@@ -142,18 +136,11 @@ fn netns(skaddr: u64) -> u32 {
 /// without it.
 #[inline(always)]
 fn sk_err(skaddr: u64) -> u32 {
-    // SAFETY: plain read of an immutable global set at load.
-    let offset = unsafe { core::ptr::read_volatile(&raw const GOVERNOR_CONFIG.sock.sk_err) };
-    if offset == SockOffsets::ABSENT {
+    let at = offset!(sk_err);
+    if at == SockOffsets::ABSENT {
         return 0;
     }
-    direct(skaddr, offset)
-}
-
-#[inline(always)]
-fn offsets() -> SockOffsets {
-    // SAFETY: plain read of an immutable global set at load.
-    unsafe { core::ptr::read_volatile(&raw const GOVERNOR_CONFIG.sock) }
+    direct(skaddr, at)
 }
 
 #[inline(always)]
@@ -285,7 +272,9 @@ fn passive_established(flow: &Flow, skaddr: u64) {
         // SAFETY: a live map value.
         unsafe { (*listener).owner }
     });
-    let srtt = sock_field::<u32>(skaddr, offsets().srtt_us).unwrap_or(0);
+    // Only this field: copying all of `SockOffsets` costs a load and a
+    // store per field.
+    let srtt = sock_field::<u32>(skaddr, offset!(srtt_us)).unwrap_or(0);
     let handshake_ns = u64::from(srtt) * 1000 / 8;
     let open_ns = at - handshake_ns;
     let info = SockInfo {

@@ -28,6 +28,16 @@ macro_rules! layout {
 }
 pub(crate) use layout;
 
+/// A field of `GOVERNOR_CONFIG.sock`, read where it is used, as
+/// [`layout!`] reads the layout's.
+macro_rules! offset {
+    ($field:ident) => {
+        // SAFETY: plain read of an immutable global set at load.
+        unsafe { core::ptr::read_volatile(&raw const crate::maps::GOVERNOR_CONFIG.sock.$field) }
+    };
+}
+pub(crate) use offset;
+
 /// Both ends of a connection, local first.
 pub struct Flow {
     pub family: u16,

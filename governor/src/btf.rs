@@ -174,16 +174,21 @@ impl Btf {
     /// what a `tp_btf` program names as the tracepoint it attaches to.
     pub fn tracepoint_type_id(&self, name: &str) -> Result<u32, BtfError> {
         let index = self.index()?;
+        let position = self.tracepoint_typedef(&index, name)?;
+        // Type ids count from 1 (0 is void).
+        u32::try_from(position + 1).map_err(|_| BtfError::NoTracepoint(name.to_owned()))
+    }
+
+    /// Where in `index` the `btf_trace_<name>` typedef is.
+    fn tracepoint_typedef(&self, index: &[usize], name: &str) -> Result<usize, BtfError> {
         let typedef = format!("btf_trace_{name}");
-        let position = index
+        index
             .iter()
             .position(|&at| {
                 (self.u32(at + 4).unwrap_or(0) >> 24) & 0x1f == KIND_TYPEDEF
                     && self.name(self.u32(at).unwrap_or(0)) == typedef
             })
-            .ok_or_else(|| BtfError::NoTracepoint(name.to_owned()))?;
-        // Type ids count from 1 (0 is void).
-        u32::try_from(position + 1).map_err(|_| BtfError::NoTracepoint(name.to_owned()))
+            .ok_or_else(|| BtfError::NoTracepoint(name.to_owned()))
     }
 
     /// The arguments a `tp_btf` program gets from the tracepoint
@@ -192,16 +197,8 @@ impl Btf {
     /// first parameter, the tracepoint's private data, is not passed).
     pub fn tracepoint_args(&self, name: &str) -> Result<Vec<String>, BtfError> {
         let index = self.index()?;
-        let typedef = format!("btf_trace_{name}");
         let missing = || BtfError::NoTracepoint(name.to_owned());
-        let at = index
-            .iter()
-            .copied()
-            .find(|&at| {
-                (self.u32(at + 4).unwrap_or(0) >> 24) & 0x1f == KIND_TYPEDEF
-                    && self.name(self.u32(at).unwrap_or(0)) == typedef
-            })
-            .ok_or_else(missing)?;
+        let at = index[self.tracepoint_typedef(&index, name)?];
         let ptr = self.resolve(&index, self.u32(at + 8).ok_or_else(missing)?).ok_or_else(missing)?;
         if (self.u32(ptr + 4).unwrap_or(0) >> 24) & 0x1f != KIND_PTR {
             return Err(missing());

@@ -202,6 +202,12 @@ fn try_listen_closed(skaddr: u64) -> Result<(), i64> {
         if listener.skaddr == skaddr {
             info.owner = listener.owner;
             let _ = LISTENERS.remove(key);
+        } else if listener.skaddr == 0 {
+            // Added by user space for a listener open before the programs
+            // attached, whose address it cannot know: most likely this
+            // one. The entry stays (another socket of a reuseport group
+            // may still listen) until a `listen()` on the key replaces it.
+            info.owner = listener.owner;
         }
     }
     emit(event_kind::LISTEN_CLOSED, now(), skaddr, &info, 0);

@@ -298,6 +298,12 @@ fn due(last: Option<u64>, now: u64, interval: u64) -> bool {
     last.is_none_or(|last| now.abs_diff(last) >= interval)
 }
 
+/// Inode number (the cgroup id) to path relative to `root` of every cgroup
+/// under `root`, within the same bounds as the resolver's walks.
+pub fn cgroup_paths(root: &Path) -> HashMap<u64, String> {
+    walk(root, MAX_CGROUP_DEPTH, MAX_CGROUP_DIRS).0
+}
+
 /// Inode number to relative path of every directory under `root`, at most
 /// `max_depth` below it and `max_dirs` in all, and whether the walk stopped
 /// early. Symlinks are not followed, other file systems are not entered, and

@@ -232,11 +232,19 @@ pub struct Attribution {
     /// The kubelet's pod log directory (`<namespace>_<pod>_<uid>` entries),
     /// for pod names; missing is fine.
     pub pod_log_dir: PathBuf,
+    /// The host's `/proc`, read once at start-up for the listeners that
+    /// were open before governor attached (their owners); a container
+    /// without the host's process namespace mounts it elsewhere.
+    pub proc_root: PathBuf,
 }
 
 impl Default for Attribution {
     fn default() -> Self {
-        Self { cgroup_root: PathBuf::from("/sys/fs/cgroup"), pod_log_dir: PathBuf::from("/var/log/pods") }
+        Self {
+            cgroup_root: PathBuf::from("/sys/fs/cgroup"),
+            pod_log_dir: PathBuf::from("/var/log/pods"),
+            proc_root: PathBuf::from("/proc"),
+        }
     }
 }
 
@@ -585,6 +593,7 @@ max_endpoints = 500
 [attribution]
 cgroup_root = "/cg"
 pod_log_dir = "/pods"
+proc_root = "/host/proc"
 
 [enforcement]
 pinned = true
@@ -721,7 +730,10 @@ format = "host_port"
                 max_endpoints: Bounded(500),
             }
         );
-        assert_eq!(attribution, Attribution { cgroup_root: "/cg".into(), pod_log_dir: "/pods".into() });
+        assert_eq!(
+            attribution,
+            Attribution { cgroup_root: "/cg".into(), pod_log_dir: "/pods".into(), proc_root: "/host/proc".into() }
+        );
         assert_eq!(
             daemon,
             Daemon {

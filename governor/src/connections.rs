@@ -26,6 +26,9 @@ pub mod errno {
     pub const ECONNREFUSED: u32 = 111;
 }
 
+/// `TCP_LISTEN` (`include/net/tcp_states.h`).
+const TCP_LISTEN: u8 = 10;
+
 /// Why a connect failed, as `governor_tcp_connect_failures_total` labels it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum FailureReason {
@@ -142,6 +145,9 @@ pub struct Tracker {
     conns: Slab<Conn>,
     close_wait: foldhash::HashSet<u64>,
     listeners: foldhash::HashMap<u64, Conn>,
+    /// Listeners that were open before the programs attached, by socket
+    /// inode: their kernel addresses are not known.
+    preexisting: foldhash::HashMap<u64, Conn>,
 }
 
 impl Tracker {
@@ -180,10 +186,37 @@ impl Tracker {
                 Outcome::None
             }
             event_kind::LISTEN_CLOSED => {
-                self.listeners.remove(&skaddr);
+                if self.listeners.remove(&skaddr).is_none() {
+                    // One opened before the programs attached: the kernel
+                    // names its owner, and the address tells which it was.
+                    let closed = Conn::from_info(&info);
+                    self.preexisting.retain(|_, l| {
+                        (l.owner.tgid, l.addrs.family, l.addrs.saddr, l.addrs.sport)
+                            != (closed.owner.tgid, closed.addrs.family, closed.addrs.saddr, closed.addrs.sport)
+                    });
+                }
                 Outcome::None
             }
             _ => Outcome::None,
+        }
+    }
+
+    /// Adds the listeners that were open before the programs attached (read
+    /// from `/proc`): the kernel tells only of those opened since.
+    pub fn add_preexisting(&mut self, listeners: &[crate::listening::Listener]) {
+        for l in listeners {
+            let addrs =
+                FlowAddrs { saddr: l.key.addr, family: l.key.family, sport: l.key.port, ..FlowAddrs::default() };
+            let conn = Conn {
+                owner: l.owner,
+                addrs,
+                // As the kernel's `LISTEN` events have them.
+                direction: 0,
+                state: TCP_LISTEN,
+                established_ns: 0,
+                close_wait_ns: 0,
+            };
+            self.preexisting.insert(l.inode, conn);
         }
     }
 
@@ -285,7 +318,7 @@ pub fn by_process(t: &Tracker) -> Vec<ProcessSockets> {
     for (_, conn) in &t.conns {
         ProcessSockets::of(&mut out, conn).count(conn);
     }
-    for l in t.listeners.values() {
+    for l in t.listeners.values().chain(t.preexisting.values()) {
         ProcessSockets::of(&mut out, l).listeners.push(l.local());
     }
     let mut v: Vec<_> = out.into_values().collect();

@@ -25,7 +25,7 @@ use crate::{
     health::Engine,
     host::{self, BPFFS, MountOutcome},
     http::{self, AppState},
-    labels,
+    labels, listening,
     metrics::{self, Metrics, SeriesLimits},
     monitor::Monitor,
     pin::Pins,
@@ -49,13 +49,14 @@ pub async fn run(config: Config, path: Option<PathBuf>, dry_run: bool) -> anyhow
     let flows = if config.ebpf.count_flows { Some(probes.flows()?) } else { None };
     info!(programs = probes.attached(), "eBPF programs attached");
     let metrics = daemon_metrics(&config, &probes, &reasons);
-    let monitor = Monitor::new(
+    let mut monitor = Monitor::new(
         Engine::new(config.health.engine_config()),
         Attributor::new(config.attribution.cgroup_root.clone(), Some(config.attribution.pod_log_dir.clone())),
         config.health.leak_close_wait_seconds.get().into(),
         reasons,
         unix_offset(),
     );
+    seed_listeners(&config, &mut probes, &mut monitor);
     let registry_metrics =
         (config.etcd.enabled() && !config.registries.is_empty()).then(|| RegistryMetrics::new(metrics.registry()));
     let health_events = monitor.subscribe();
@@ -142,6 +143,32 @@ pub async fn run(config: Config, path: Option<PathBuf>, dry_run: bool) -> anyhow
         Err(_) => debug!("HTTP server still had open connections; leaving them"),
     }
     Ok(())
+}
+
+/// The listeners that were open before the programs attached, with their
+/// owners from `/proc`: into the kernel's listener table (the connections
+/// they accept from now on get an owner) and into the process view. Best
+/// effort: what cannot be read is logged, never fatal.
+fn seed_listeners(config: &Config, probes: &mut Probes, monitor: &mut Monitor) {
+    let proc_root = &config.attribution.proc_root;
+    let scan = listening::scan(proc_root, &config.attribution.cgroup_root);
+    match probes.seed_listeners(&scan.listeners) {
+        Ok(added) => info!(
+            listeners = added,
+            unowned = scan.unowned,
+            unreadable_processes = scan.unreadable,
+            proc_root = %proc_root.display(),
+            "attributed the listeners opened before start"
+        ),
+        Err(e) => warn!(error = %e, "cannot add the listeners opened before start to the kernel's table"),
+    }
+    if scan.unreadable > 0 {
+        debug!(
+            unreadable_processes = scan.unreadable,
+            "some processes' namespaces or descriptors could not be read (exited, or not allowed: CAP_SYS_PTRACE)"
+        );
+    }
+    monitor.tracker.add_preexisting(&scan.listeners);
 }
 
 /// Checks the host, mounts bpffs when it is missing, and reads what the

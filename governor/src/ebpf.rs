@@ -12,12 +12,15 @@ use aya::{
     programs::{BtfTracePoint, CgroupAttachMode, CgroupSkbAttachType, Program, RawTracePoint, links::FdLink},
 };
 use governor_common::{
-    BandwidthKey, BandwidthRule, BreakerEntry, ConnEvent, EndpointKey, EndpointStats, KernelConfig,
+    BandwidthKey, BandwidthRule, BreakerEntry, ConnEvent, EndpointKey, EndpointStats, KernelConfig, ListenerInfo,
     POLICY_DECISION_SLOTS, POLICY_HAS_CAPS, POLICY_SLOTS, PolicyRule, PolicyState, RESET_REASON_SLOTS, SockEntry,
     SockInfo, TRANSITION_SLOTS, TcpEvent, counter, event_kind, policy_kind,
 };
 
 use crate::{pin::Pins, policy::Compiled, stats::KernelSnapshot, tracepoints::TRACEPOINTS};
+
+/// `bpf_map_update_elem` flag: add, never replace (`include/uapi/linux/bpf.h`).
+const BPF_NOEXIST: u64 = 1;
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/governor"));
 
@@ -386,6 +389,29 @@ impl Probes {
 
     pub fn socket_capacity(&self) -> u32 {
         self.socket_capacity
+    }
+
+    /// Tells the programs of listeners that were open before they attached
+    /// (see `listening`), so that the connections those accept have an
+    /// owner. A listener the programs saw meanwhile keeps their entry,
+    /// which is newer. Returns how many were added.
+    pub fn seed_listeners(&mut self, listeners: &[crate::listening::Listener]) -> Result<usize, EbpfError> {
+        let fail = |source| EbpfError::Map { map: "LISTENERS", source };
+        let mut map: HashMap<&mut MapData, EndpointKey, ListenerInfo> =
+            HashMap::try_from(self.map_mut("LISTENERS")?).map_err(fail)?;
+        let mut added = 0;
+        for l in listeners {
+            // No socket address: /proc does not show it. The programs take
+            // such an entry's owner when its listener closes, and leave the
+            // entry for the next listen() on the address to replace.
+            let info = ListenerInfo { owner: l.owner, skaddr: 0 };
+            match map.insert(l.key, info, BPF_NOEXIST) {
+                Ok(()) => added += 1,
+                Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(e) => return Err(fail(e)),
+            }
+        }
+        Ok(added)
     }
 
     /// Every entry of the kernel's per-socket table (after lost events).

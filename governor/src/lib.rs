@@ -22,6 +22,7 @@ pub mod health;
 pub mod host;
 pub mod http;
 pub mod labels;
+pub mod listening;
 pub mod metrics;
 pub mod monitor;
 pub mod pin;

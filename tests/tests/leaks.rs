@@ -132,6 +132,54 @@ fn connections_accepted_by_wildcard_listeners_are_attributed_to_the_listening_pr
 }
 
 #[test]
+fn listeners_open_before_governor_started_give_their_connections_an_owner() {
+    require_root();
+    let ns = Netns::new("attrpre");
+    ns.add_address("10.213.0.1/32");
+    // Listening before governor starts, as every service on a node is when
+    // governor restarts or is upgraded: on the exact address, on the IPv4
+    // wildcard, and on the IPv6 wildcard taking IPv4 connections.
+    let ports = ["20087", "20088", "20089"];
+    let mut servers = [
+        Helper::start(HELPER, &ns, "serve", "10.213.0.1:20087", 2),
+        Helper::start(HELPER, &ns, "serve", "0.0.0.0:20088", 2),
+        Helper::start(HELPER, &ns, "serve", "[::]:20089", 2),
+    ];
+    let mut gov = Governor::start();
+    let mut clients = ports.map(|port| Helper::start(HELPER, &ns, "connect", &format!("10.213.0.1:{port}"), 2));
+    for server in &mut servers {
+        server.wait_ready();
+    }
+    for (server, port) in servers.iter().zip(ports) {
+        let pid = server.pid();
+        let doc = gov.wait_json(&format!("/api/v1/connections?pid={pid}"), "server's connections", |d| d["total"] == 2);
+        for c in doc["connections"].as_array().expect("connections") {
+            assert_eq!((&c["direction"], &c["command"]), (&"passive".into(), &"tcp-helper".into()), "{c:#}");
+            assert!(c["local"].as_str().is_some_and(|l| l.ends_with(port)), "{c:#}");
+        }
+        // The process view has the listener and the process's cgroup, as
+        // for a listener opened under governor.
+        let doc = gov.json("/api/v1/processes");
+        let p = process(&doc, pid).unwrap_or_else(|| panic!("server {pid} in {doc:#}"));
+        let listeners = p["listeners"].as_array().expect("listeners");
+        assert!(listeners.len() == 1 && listeners[0].as_str().is_some_and(|l| l.ends_with(port)), "{p:#}");
+        let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("server's cgroup");
+        let cgroup = cgroup.lines().find_map(|l| l.strip_prefix("0::")).expect("cgroup v2 path");
+        assert_eq!(p["attribution"]["cgroup"], cgroup, "{p:#}");
+    }
+    // Their close is reported with the owner governor gave them: the
+    // listener leaves the process view.
+    for client in &mut clients {
+        client.close_all();
+    }
+    let pids = servers.each_ref().map(Helper::pid);
+    drop(servers);
+    gov.wait_json("/api/v1/processes", "the servers' listeners gone", |d| {
+        pids.iter().all(|&pid| process(d, pid).is_none_or(|p| p["listeners"].as_array().is_some_and(Vec::is_empty)))
+    });
+}
+
+#[test]
 fn listeners_on_the_same_address_in_two_namespaces_keep_their_own_connections() {
     require_root();
     // Two pods, as it were: each namespace has the same address, and a

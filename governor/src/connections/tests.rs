@@ -129,6 +129,30 @@ fn listeners_belong_to_their_process_and_the_table_can_be_reloaded() {
 }
 
 #[test]
+fn listeners_open_before_the_programs_stay_until_the_kernel_reports_their_close() {
+    let mut t = Tracker::default();
+    let listener = |tgid, port| crate::listening::Listener {
+        key: EndpointKey { pad: 4_026_531_840, ..key([10, 0, 0, 1], port) },
+        owner: owner(tgid),
+        inode: u64::from(tgid) << 16 | u64::from(port),
+    };
+    t.add_preexisting(&[listener(42, 80), listener(42, 443), listener(43, 80)]);
+    let listening = |t: &Tracker| by_process(t).into_iter().map(|p| (p.owner.tgid, p.listeners)).collect::<Vec<_>>();
+    let names = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    assert_eq!(listening(&t), [(42, names(&["10.0.0.1:443", "10.0.0.1:80"])), (43, names(&["10.0.0.1:80"]))]);
+    // The kernel reports the close of one of them with the owner it was
+    // given and a socket address the mirror never heard of.
+    let closed = SockInfo { owner: owner(42), addrs: addrs(1, 80, 0, 0), state: 7, ..Default::default() };
+    t.apply(&event(event_kind::LISTEN_CLOSED, 0xffff_8880_0000_1000, S, closed, 0));
+    assert_eq!(listening(&t), [(42, names(&["10.0.0.1:443"])), (43, names(&["10.0.0.1:80"]))]);
+    // A close the mirror knows by its address leaves them alone.
+    let l = SockInfo { owner: owner(43), addrs: addrs(1, 8080, 0, 0), state: 10, ..Default::default() };
+    t.apply(&event(event_kind::LISTEN, 9, S, l, 0));
+    t.apply(&event(event_kind::LISTEN_CLOSED, 9, S, SockInfo { owner: owner(43), ..closed }, 0));
+    assert_eq!(listening(&t), [(42, names(&["10.0.0.1:443"])), (43, names(&["10.0.0.1:80"]))]);
+}
+
+#[test]
 fn the_close_wait_index_follows_every_change() {
     let mut t = Tracker::default();
     for (skaddr, tgid) in [(1, 42), (2, 42), (3, 43)] {

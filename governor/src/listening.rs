@@ -1,0 +1,253 @@
+//! Listening sockets that were open before the programs attached.
+//!
+//! The kernel programs learn who owns a listener when it calls `listen()`,
+//! and accepted connections take their listener's owner. A service that was
+//! already listening when governor started (after every restart or upgrade
+//! of governor) would leave its accepted connections, and their
+//! `CLOSE_WAIT` leaks, without an owner until it listened again. So at
+//! start-up governor reads those listeners from `/proc`: each network
+//! namespace's `net/tcp` and `net/tcp6` name the listening sockets by
+//! inode, and each process's `fd` directory tells who holds them.
+//!
+//! Best effort and bounded: a process that exits meanwhile, or whose entries
+//! cannot be read, is skipped and counted; nothing here fails the daemon.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    fs,
+    os::unix::fs::MetadataExt,
+    path::Path,
+};
+
+use governor_common::{AF_INET, AF_INET6, EndpointKey, Owner};
+
+/// `TCP_LISTEN` as `/proc/net/tcp` prints it.
+const LISTEN: &str = "0A";
+/// Processes looked at, at most.
+const MAX_PROCESSES: usize = 200_000;
+/// File descriptors looked at, at most, over all processes.
+const MAX_FDS: usize = 2_000_000;
+
+/// A listening socket and the process that holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listener {
+    /// As the kernel programs key listeners: the local address and port,
+    /// and the network namespace's inode number in the spare word.
+    pub key: EndpointKey,
+    pub owner: Owner,
+    /// The socket's inode number.
+    pub inode: u64,
+}
+
+/// What one look through `/proc` found.
+#[derive(Debug, Default)]
+pub struct Scan {
+    pub listeners: Vec<Listener>,
+    /// Processes whose namespace or descriptors could not be read.
+    pub unreadable: usize,
+    /// Listening sockets no readable process holds.
+    pub unowned: usize,
+}
+
+/// A listening socket as `/proc/<pid>/net/tcp{,6}` shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Socket {
+    pub family: u16,
+    /// As the kernel stores it: an IPv4 address in the first four bytes.
+    pub addr: [u8; 16],
+    /// Host order.
+    pub port: u16,
+    pub inode: u64,
+}
+
+/// The listening sockets of one `/proc/net/tcp` (`family` `AF_INET`) or
+/// `/proc/net/tcp6` (`AF_INET6`) table; lines that do not parse are
+/// skipped.
+pub fn parse_table(text: &str, family: u16) -> Vec<Socket> {
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            // sl local rem st tx:rx tr:when retrnsmt uid timeout inode ...
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.get(3) != Some(&LISTEN) {
+                return None;
+            }
+            let (addr, port) = fields.get(1)?.split_once(':')?;
+            Some(Socket {
+                family,
+                addr: parse_addr(addr, family)?,
+                port: u16::from_str_radix(port, 16).ok()?,
+                inode: fields.get(9)?.parse().ok()?,
+            })
+        })
+        .filter(|s| s.inode != 0)
+        .collect()
+}
+
+/// An address as the tables print it: each 32-bit word of the address as
+/// it sits in memory, printed as a host-order hex number.
+fn parse_addr(hex: &str, family: u16) -> Option<[u8; 16]> {
+    let words = match family {
+        AF_INET => 1,
+        AF_INET6 => 4,
+        _ => return None,
+    };
+    if hex.len() != words * 8 {
+        return None;
+    }
+    let mut addr = [0u8; 16];
+    for (i, chunk) in addr.chunks_exact_mut(4).take(words).enumerate() {
+        let word = u32::from_str_radix(hex.get(i * 8..i * 8 + 8)?, 16).ok()?;
+        chunk.copy_from_slice(&word.to_ne_bytes());
+    }
+    Some(addr)
+}
+
+/// The inode of a `socket:[N]` descriptor link.
+pub fn socket_inode(link: &str) -> Option<u64> {
+    link.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+}
+
+/// The cgroup v2 path in a `/proc/<pid>/cgroup` file.
+pub fn cgroup_path(text: &str) -> Option<&str> {
+    text.lines().find_map(|l| l.strip_prefix("0::"))
+}
+
+/// The listening sockets under `proc_root` (the host's `/proc`) and their
+/// owners, keyed as the kernel programs key them. Cgroup ids are the
+/// inode numbers of the owners' directories under `cgroup_root`.
+pub fn scan(proc_root: &Path, cgroup_root: &Path) -> Scan {
+    let mut scan = Scan::default();
+    let pids = processes(proc_root);
+    // One process per network namespace is enough to read its tables.
+    let mut namespaces: BTreeMap<u64, u32> = BTreeMap::new();
+    for &pid in &pids {
+        match fs::metadata(proc_root.join(format!("{pid}/ns/net"))) {
+            Ok(meta) => {
+                namespaces.entry(meta.ino()).or_insert(pid);
+            }
+            Err(_) => scan.unreadable += 1,
+        }
+    }
+    let mut wanted: HashMap<u64, (u64, Socket)> = HashMap::new();
+    for (&netns, &pid) in &namespaces {
+        for (file, family) in [("tcp", AF_INET), ("tcp6", AF_INET6)] {
+            // A namespace without IPv6 has no tcp6 table.
+            let Ok(text) = fs::read_to_string(proc_root.join(format!("{pid}/net/{file}"))) else { continue };
+            for socket in parse_table(&text, family) {
+                wanted.insert(socket.inode, (netns, socket));
+            }
+        }
+    }
+    let mut owners = Owners::new(cgroup_root);
+    let mut fds = 0;
+    // Lowest pid first: a listener shared by a parent and its workers is
+    // the parent's, which opened it.
+    for &pid in &pids {
+        if wanted.is_empty() || fds >= MAX_FDS {
+            break;
+        }
+        let Ok(entries) = fs::read_dir(proc_root.join(format!("{pid}/fd"))) else {
+            scan.unreadable += 1;
+            continue;
+        };
+        for entry in entries.flatten() {
+            fds += 1;
+            let Some(inode) = fs::read_link(entry.path()).ok().and_then(|l| socket_inode(&l.to_string_lossy())) else {
+                continue;
+            };
+            let Some((netns, socket)) = wanted.remove(&inode) else { continue };
+            let Some(owner) = owners.of(proc_root, pid) else { continue };
+            scan.listeners.push(Listener {
+                key: EndpointKey {
+                    addr: socket.addr,
+                    port: socket.port,
+                    family: socket.family,
+                    // The namespace's inode number is what the kernel's
+                    // `net->ns.inum` holds: 32 bits.
+                    pad: u32::try_from(netns).unwrap_or(0),
+                },
+                owner,
+                inode,
+            });
+        }
+    }
+    scan.unowned = wanted.len();
+    scan
+}
+
+/// The process ids under `proc_root`, ascending.
+fn processes(proc_root: &Path) -> Vec<u32> {
+    let mut pids: Vec<u32> = fs::read_dir(proc_root)
+        .map(|entries| {
+            entries.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).take(MAX_PROCESSES).collect()
+        })
+        .unwrap_or_default();
+    pids.sort_unstable();
+    pids
+}
+
+/// Owners of processes, as the kernel programs would have captured them in
+/// `listen()`: the process as thread group and thread, its command name,
+/// its cgroup's id.
+struct Owners<'a> {
+    cgroup_root: &'a Path,
+    /// Cgroup directories by path, read once and only when a process sits
+    /// in another cgroup namespace (its path then starts with `/..`).
+    walked: Option<HashMap<String, u64>>,
+    seen: HashSet<u32>,
+    known: HashMap<u32, Owner>,
+}
+
+impl<'a> Owners<'a> {
+    fn new(cgroup_root: &'a Path) -> Self {
+        Self { cgroup_root, walked: None, seen: HashSet::new(), known: HashMap::new() }
+    }
+
+    fn of(&mut self, proc_root: &Path, pid: u32) -> Option<Owner> {
+        if self.seen.insert(pid) {
+            let comm = fs::read_to_string(proc_root.join(format!("{pid}/comm"))).ok()?;
+            let cgroup = fs::read_to_string(proc_root.join(format!("{pid}/cgroup"))).unwrap_or_default();
+            let cgroup_id = cgroup_path(&cgroup).map_or(0, |path| self.cgroup_id(path));
+            let mut name = [0u8; 16];
+            let comm = comm.trim_end_matches('\n').as_bytes();
+            let len = comm.len().min(15);
+            name[..len].copy_from_slice(&comm[..len]);
+            self.known.insert(pid, Owner { cgroup_id, tgid: pid, pid, comm: name });
+        }
+        self.known.get(&pid).copied()
+    }
+
+    /// The id of the cgroup at `path` (as `/proc/<pid>/cgroup` shows it);
+    /// 0 when it is not found.
+    fn cgroup_id(&mut self, path: &str) -> u64 {
+        let relative = path.trim_start_matches('/');
+        if !relative.starts_with("..") {
+            return fs::metadata(self.cgroup_root.join(relative)).map_or(0, |m| m.ino());
+        }
+        // Seen from another cgroup namespace: the path is relative to that
+        // namespace's root, which this process cannot name. The part after
+        // the `..` steps names the process's own cgroup well enough (a
+        // container's cgroup carries its id): take the one directory that
+        // ends with it.
+        let mut tail = relative;
+        while let Some(rest) = tail.strip_prefix("..") {
+            tail = rest.trim_start_matches('/');
+        }
+        if tail.is_empty() {
+            return 0;
+        }
+        let walked = self.walked.get_or_insert_with(|| {
+            crate::attribution::cgroup_paths(self.cgroup_root).into_iter().map(|(id, path)| (path, id)).collect()
+        });
+        let suffix = format!("/{tail}");
+        let mut found = walked.iter().filter(|(path, _)| path.ends_with(&suffix)).map(|(_, &id)| id);
+        match (found.next(), found.next()) {
+            (Some(id), None) => id,
+            _ => 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

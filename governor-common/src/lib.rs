@@ -379,13 +379,24 @@ pub struct SockInfo {
     pub direction: u8,
     /// Current TCP state.
     pub state: u8,
-    pub pad: [u8; 6],
+    /// The bits of [`sock_flags`].
+    pub flags: u8,
+    pub pad: [u8; 5],
     /// What user space was told of this connection and how far its entry
     /// is written: the bits of [`announce`], a count of the changes made
     /// to the entry, and a ticket taken from `open_ns` (so that an entry
     /// reused for another socket never matches an old reading). Read by
     /// user space only when it rebuilds its view from the table.
     pub announce: u64,
+}
+
+/// What else the per-socket table knows of an entry.
+pub mod sock_flags {
+    /// The programs did not see the connection open (it did before they
+    /// attached, or its entry was evicted): it was found entering
+    /// `CLOSE_WAIT`, its open and handshake times are unknown, and its
+    /// lifetime is not counted.
+    pub const OPEN_UNSEEN: u8 = 1;
 }
 
 /// Connections are not reported as they open or close: most live for less

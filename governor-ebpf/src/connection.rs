@@ -26,7 +26,7 @@ use aya_ebpf::{
 };
 use governor_common::{
     ConnEvent, EndpointKey, FlowCounts, KernelConfig, ListenerInfo, Owner, SockEntry, SockInfo, SockOffsets, announce,
-    counter, direction, event_kind, histogram,
+    counter, direction, event_kind, histogram, sock_flags,
 };
 
 use crate::{
@@ -268,16 +268,7 @@ fn try_established(skaddr: u64, old: i32) -> Result<(), i64> {
 #[inline(always)]
 fn passive_established(flow: &Flow, skaddr: u64) {
     let at = now();
-    let mut key = listener_key(flow, skaddr);
-    let mut listener = LISTENERS.get_ptr(key);
-    if listener.is_none() {
-        key.addr = [0; 16];
-        listener = LISTENERS.get_ptr(key);
-    }
-    let owner = listener.map_or(Owner::default(), |listener| {
-        // SAFETY: a live map value.
-        unsafe { (*listener).owner }
-    });
+    let owner = listener_of(flow, skaddr).unwrap_or_default();
     // Only this field: copying all of `SockOffsets` costs a load and a
     // store per field.
     let srtt = sock_field::<u32>(skaddr, offset!(srtt_us)).unwrap_or(0);
@@ -300,6 +291,22 @@ fn passive_established(flow: &Flow, skaddr: u64) {
         count(counter::SOCKET_UPDATE_FAILED);
     }
     observe(histogram::HANDSHAKE_PASSIVE, handshake_ns);
+}
+
+/// The owner of the listener a connection at `skaddr` with `flow` arrived
+/// on: the one bound to its local address, else the one bound to the
+/// wildcard address of its family; `None` when there is none (an outgoing
+/// connection, or a listener nobody told the programs of).
+#[inline(always)]
+fn listener_of(flow: &Flow, skaddr: u64) -> Option<Owner> {
+    let mut key = listener_key(flow, skaddr);
+    let mut listener = LISTENERS.get_ptr(key);
+    if listener.is_none() {
+        key.addr = [0; 16];
+        listener = LISTENERS.get_ptr(key);
+    }
+    // SAFETY: a live map value.
+    listener.map(|listener| unsafe { (*listener).owner })
 }
 
 /// `SYN_SENT` straight to `CLOSE`: refused (`ECONNREFUSED`), timed out
@@ -362,9 +369,16 @@ fn try_closed(skaddr: u64, old: i32) -> Result<(), i64> {
     let told = change_announce(unsafe { &raw mut (*entry).info.announce }, announce::CLOSING, 0) & announce::OPEN != 0;
     let at = now();
     // SAFETY: a live map value.
-    let (established_ns, active) =
-        unsafe { ((*entry).info.established_ns, (*entry).info.direction == direction::ACTIVE) };
-    observe(histogram::DURATION, at - established_ns);
+    let (established_ns, active, unseen) = unsafe {
+        (
+            (*entry).info.established_ns,
+            (*entry).info.direction == direction::ACTIVE,
+            (*entry).info.flags & sock_flags::OPEN_UNSEEN != 0,
+        )
+    };
+    if !unseen {
+        observe(histogram::DURATION, at - established_ns);
+    }
     // User space hears of the close if it was told of the connection, or
     // when an outgoing connection was reset (a connect failure of its
     // own); every other close is only counted.
@@ -390,13 +404,39 @@ fn close_wait(skaddr: u64) -> i64 {
 
 #[inline(always)]
 fn try_close_wait(skaddr: u64) -> Result<(), i64> {
+    let at = now();
     if let Some(entry) = SOCKETS.get_ptr_mut(skaddr) {
         // SAFETY: a live map value, written under the socket lock.
         let info = unsafe { &mut (*entry).info };
-        info.close_wait_ns = now();
+        info.close_wait_ns = at;
         info.state = TCP_CLOSE_WAIT as u8;
         // The sweep tells user space if it stays there.
         change_announce(&raw mut info.announce, 0, 0);
+        return Ok(());
+    }
+    // Opened before the programs attached (a restart of governor finds
+    // every long-lived connection so), or evicted: a leak starts here, so
+    // the connection is tracked from here. A local listener on its address
+    // makes it an accepted one, of the listener's owner; otherwise it is
+    // taken for an outgoing one, owner unknown.
+    let flow = Flow::of(skaddr)?;
+    let listener = listener_of(&flow, skaddr);
+    let info = SockInfo {
+        open_ns: at,
+        established_ns: at,
+        close_wait_ns: at,
+        owner: listener.unwrap_or_default(),
+        addrs: flow.addrs(),
+        direction: if listener.is_some() { direction::PASSIVE } else { direction::ACTIVE },
+        state: TCP_CLOSE_WAIT as u8,
+        flags: sock_flags::OPEN_UNSEEN,
+        // Written whole: the sweep may announce it at once.
+        announce: announce::changed(announce::new(at), announce::ESTABLISHED, 0),
+        ..SockInfo::default()
+    };
+    let flow = FlowCounts { window_start_ns: at, ..FlowCounts::default() };
+    if SOCKETS.insert(skaddr, SockEntry { info, flow }, u64::from(BPF_NOEXIST)).is_err() {
+        count(counter::SOCKET_UPDATE_FAILED);
     }
     Ok(())
 }

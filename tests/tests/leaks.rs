@@ -59,6 +59,41 @@ fn a_server_holding_close_wait_sockets_is_marked_leaking_until_it_closes_them() 
 }
 
 #[test]
+fn connections_open_before_governor_started_are_seen_leaking_once_they_enter_close_wait() {
+    const HELD: usize = 20;
+    require_root();
+    let ns = Netns::new("leakpre");
+    ns.add_address("10.214.0.1/32");
+    // Both ends connected before governor starts, as a service's pooled
+    // connections are when governor restarts or is upgraded.
+    let mut server = Helper::start(HELPER, &ns, "serve", "10.214.0.1:20090", HELD);
+    let mut clients = Helper::start(HELPER, &ns, "connect", "10.214.0.1:20090", HELD);
+    server.wait_ready();
+    let pid = server.pid();
+    let mut gov = Governor::start_with(&[("health.leak_close_wait_seconds", LEAK_SECONDS)]);
+    // The clients go; the server keeps its ends, now in CLOSE_WAIT.
+    clients.close_all();
+    let doc =
+        gov.wait_json("/api/v1/processes", "server leaking", |d| process(d, pid).is_some_and(|p| p["leaking"] == true));
+    let p = process(&doc, pid).expect("server listed");
+    assert_eq!((&p["close_wait"], &p["command"]), (&HELD.into(), &"tcp-helper".into()), "{p:#}");
+    let label = format!("tcp-helper/{pid}");
+    assert_eq!(gov.value(&series("governor_tcp_close_wait_connections", &[("process", &label)])), HELD as u64);
+    let conns = gov.json(&format!("/api/v1/connections?pid={pid}&state=CLOSE_WAIT"));
+    assert_eq!(conns["total"], HELD, "{conns:#}");
+    for c in conns["connections"].as_array().expect("connections") {
+        assert_eq!((&c["direction"], &c["local"]), (&"passive".into(), &"10.214.0.1:20090".into()), "{c:#}");
+    }
+
+    server.close_all();
+    gov.wait_json("/api/v1/processes", "leak mark cleared", |d| {
+        process(d, pid).is_none_or(|p| p["close_wait"] == 0 && p["leaking"] == false)
+    });
+    assert_eq!(gov.settle(&series("governor_connection_leak_suspected", &[("process", &label)]), 0), 0);
+    assert_eq!(gov.json(&format!("/api/v1/connections?pid={pid}"))["total"], 0);
+}
+
+#[test]
 fn connections_are_attributed_to_the_connecting_and_the_listening_process() {
     require_root();
     let ns = Netns::new("attr");

@@ -34,7 +34,7 @@ use crate::{
     maps::{
         EVENTS, EndpointCounter, GOVERNOR_CONFIG, LISTENERS, SOCKETS, change_announce, count, count_endpoint, observe,
     },
-    record::{Flow, direct, offset, sock_field},
+    record::{Flow, SockRead, TcpSock, direct, offset},
 };
 
 pub const TCP_ESTABLISHED: i32 = 1;
@@ -269,9 +269,8 @@ fn try_established(skaddr: u64, old: i32) -> Result<(), i64> {
 fn passive_established(flow: &Flow, skaddr: u64) {
     let at = now();
     let owner = listener_of(flow, skaddr).unwrap_or_default();
-    // Only this field: copying all of `SockOffsets` costs a load and a
-    // store per field.
-    let srtt = sock_field::<u32>(skaddr, offset!(srtt_us)).unwrap_or(0);
+    // A plain load: the helper gives the socket as the `tcp_sock` it is.
+    let srtt = TcpSock::of(skaddr).and_then(|tp| tp.field::<u32>(offset!(srtt_us))).unwrap_or(0);
     let handshake_ns = u64::from(srtt) * 1000 / 8;
     let open_ns = at - handshake_ns;
     let info = SockInfo {
@@ -357,7 +356,9 @@ fn try_closed(skaddr: u64, old: i32) -> Result<(), i64> {
     if established && counting_flows() {
         // The last copy of the counts: the endpoint gets the bytes since
         // the sampler last ran.
-        flow::sample(entry, skaddr);
+        if let Some(tp) = TcpSock::of(skaddr) {
+            flow::sample(entry, &tp);
+        }
     }
     if !established {
         // An outgoing one that never completed its handshake.

@@ -10,14 +10,14 @@ use aya_ebpf::helpers::bpf_ktime_get_ns;
 use governor_common::{FLOW_RATE_WINDOW_NS, FlowCounts, SockEntry, direction};
 
 use crate::{
-    maps::{GOVERNOR_CONFIG, add, endpoint_entry, swap},
-    record::{endpoint, sock_field},
+    maps::{add, endpoint_entry, swap},
+    record::{SockRead, endpoint, offset},
 };
 
 /// `RCV_SHUTDOWN` in `sk_shutdown`.
 const RCV_SHUTDOWN: u8 = 1;
 
-/// Copies the counts of the socket at `sk` into its `entry` and adds what
+/// Copies the counts of the socket `sk` into its `entry` and adds what
 /// grew to its window and its endpoint. The socket's two byte counts are
 /// read first: the rest is read only for a direction whose count moved, so
 /// idle flows (and connections that never carried data) cost two reads.
@@ -26,30 +26,28 @@ const RCV_SHUTDOWN: u8 = 1;
 /// are swapped in atomically, so the sampler and a close racing on one
 /// flow add each byte once.
 #[inline(always)]
-pub fn sample(entry: *mut SockEntry, sk: u64) {
-    // SAFETY: plain read of an immutable global set at load.
-    let o = unsafe { core::ptr::read_volatile(&raw const GOVERNOR_CONFIG.sock) };
+pub fn sample(entry: *mut SockEntry, sk: &impl SockRead) {
     // SAFETY: `entry` is a live map value; the fields below stay inside it.
     let f = unsafe { &mut (*entry).flow };
     let mut grew = [0u64; 2];
-    if let Some(raw) = sock_field::<u64>(sk, o.bytes_sent)
+    if let Some(raw) = sk.field::<u64>(offset!(bytes_sent))
         && raw != f.seen_sent
     {
         f.seen_sent = raw;
-        f.packets_sent = u64::from(sock_field::<u32>(sk, o.data_segs_out).unwrap_or(0));
+        f.packets_sent = u64::from(sk.field::<u32>(offset!(data_segs_out)).unwrap_or(0));
         // Each byte once: retransmissions are counted apart.
-        let sent = raw.saturating_sub(sock_field(sk, o.bytes_retrans).unwrap_or(0));
+        let sent = raw.saturating_sub(sk.field(offset!(bytes_retrans)).unwrap_or(0));
         grew[0] = grown(&raw mut f.bytes_sent, sent);
     }
-    if let Some(raw) = sock_field::<u64>(sk, o.bytes_received)
+    if let Some(raw) = sk.field::<u64>(offset!(bytes_received))
         && raw != f.seen_received
     {
         f.seen_received = raw;
-        f.packets_received = u64::from(sock_field::<u32>(sk, o.data_segs_in).unwrap_or(0));
+        f.packets_received = u64::from(sk.field::<u32>(offset!(data_segs_in)).unwrap_or(0));
         // `bytes_received` counts a FIN's sequence number too; a reset
         // (`sk_err` set) also shuts the receive side without one.
-        let fin = sock_field::<u8>(sk, o.sk_shutdown).unwrap_or(0) & RCV_SHUTDOWN != 0
-            && sock_field::<u32>(sk, o.sk_err).unwrap_or(0) == 0;
+        let fin = sk.field::<u8>(offset!(sk_shutdown)).unwrap_or(0) & RCV_SHUTDOWN != 0
+            && sk.field::<u32>(offset!(sk_err)).unwrap_or(0) == 0;
         grew[1] = grown(&raw mut f.bytes_received, raw.saturating_sub(u64::from(fin)));
     }
     if grew == [0, 0] {

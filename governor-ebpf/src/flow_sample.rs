@@ -26,6 +26,7 @@ use crate::{
     connection,
     flow::sample,
     maps::{GOVERNOR_CONFIG, SOCKETS},
+    record::Probed,
 };
 
 /// Where a walk is. It lives in a map value, not on the stack: the
@@ -94,7 +95,7 @@ extern "C" fn sample_one(_map: *mut c_void, key: *mut c_void, value: *mut c_void
         // SAFETY: plain read of an immutable global set at load.
         let flags = unsafe { core::ptr::read_volatile(&raw const GOVERNOR_CONFIG.flags) };
         if flags & KernelConfig::COUNT_FLOWS != 0 {
-            sample(entry, sk);
+            sample(entry, &Probed(sk));
         }
         connection::announce(entry, sk);
     }

@@ -6,13 +6,17 @@
 //! the BTF type of, and read each field with one load at its offset: the
 //! offsets come from the frozen `GOVERNOR_CONFIG`, so they are constants to
 //! the verifier, which checks every load against the socket's type. Fields
-//! of `struct tcp_sock` (beyond `struct sock`), the packet of a reset sent
-//! without a socket, and sockets the table sweep reaches by their address
-//! are read with `bpf_probe_read_kernel`.
+//! of `struct tcp_sock` (beyond `struct sock`) are loaded the same way from
+//! the socket as `bpf_skc_to_tcp_sock` gives it ([`TcpSock`]). The packet
+//! of a reset sent without a socket, and sockets the table sweep reaches by
+//! their address ([`Probed`]), are read with `bpf_probe_read_kernel`.
 
 use core::{ffi::c_void, mem::MaybeUninit};
 
-use aya_ebpf::helpers::{bpf_ktime_get_ns, generated::bpf_probe_read_kernel};
+use aya_ebpf::helpers::{
+    bpf_ktime_get_ns,
+    generated::{bpf_probe_read_kernel, bpf_skc_to_tcp_sock},
+};
 use governor_common::{AF_INET, AF_INET6, EndpointKey, FlowAddrs, SockLayout, SockOffsets, TcpEvent};
 
 use crate::maps::{EVENTS, GOVERNOR_CONFIG, count};
@@ -215,6 +219,47 @@ pub fn read_kernel<T: Copy>(addr: u64) -> Result<T, i64> {
         Ok(unsafe { value.assume_init() })
     } else {
         Err(rc)
+    }
+}
+
+/// Reads a field of a socket at a BTF-resolved offset; `None` when this
+/// kernel lacks the field ([`SockOffsets::ABSENT`]) or the read fails. The
+/// offset must come from [`offset!`] where it is used, so that the direct
+/// loads see a constant.
+pub trait SockRead {
+    fn field<T: Copy>(&self, offset: u32) -> Option<T>;
+}
+
+/// A socket known only by its address (the table sweep's): probe reads.
+pub struct Probed(pub u64);
+
+impl SockRead for Probed {
+    #[inline(always)]
+    fn field<T: Copy>(&self, offset: u32) -> Option<T> {
+        sock_field(self.0, offset)
+    }
+}
+
+/// A socket a `tp_btf` program was given, as the `struct tcp_sock` it is:
+/// plain loads, checked by the verifier against that type, for the fields
+/// past `struct sock` too.
+pub struct TcpSock(u64);
+
+impl TcpSock {
+    /// `None` for a socket that is not a full TCP socket.
+    #[inline(always)]
+    pub fn of(sk: u64) -> Option<Self> {
+        // SAFETY: `sk` is a socket pointer the kernel passed to the program;
+        // the helper checks its type and returns NULL when it is not one.
+        let tp = unsafe { bpf_skc_to_tcp_sock(sk as *mut c_void) };
+        if tp.is_null() { None } else { Some(Self(tp as u64)) }
+    }
+}
+
+impl SockRead for TcpSock {
+    #[inline(always)]
+    fn field<T: Copy>(&self, offset: u32) -> Option<T> {
+        (offset != SockOffsets::ABSENT).then(|| direct(self.0, offset))
     }
 }
 

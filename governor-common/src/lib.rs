@@ -172,6 +172,13 @@ pub struct SockOffsets {
     /// listening on the same wildcard address and port are two listeners.
     pub skc_net: u32,
     pub net_inum: u32,
+    /// `struct sock.sk_socket` (the `struct socket` of a socket a process
+    /// still holds) and, from there, the socket's inode number
+    /// (`struct socket_alloc.vfs_inode` plus `struct inode.i_ino`): what
+    /// `/proc/<pid>/fd` shows, for the owners of connections the programs
+    /// did not see open.
+    pub sk_socket: u32,
+    pub socket_ino: u32,
 }
 
 impl SockOffsets {
@@ -207,6 +214,8 @@ impl KernelConfig {
             sk_shutdown: SockOffsets::ABSENT,
             skc_net: SockOffsets::ABSENT,
             net_inum: SockOffsets::ABSENT,
+            sk_socket: SockOffsets::ABSENT,
+            socket_ino: SockOffsets::ABSENT,
         },
     };
 }
@@ -462,6 +471,11 @@ pub struct ConnEvent {
     pub error: u32,
     pub skaddr: u64,
     pub info: SockInfo,
+    /// The socket's inode number when the table does not know its owner
+    /// (announcements only; 0 otherwise): user space finds the owner by it
+    /// in `/proc`.
+    pub inode: u32,
+    pub pad: u32,
 }
 
 /// A discrete event carried by the ring buffer. `saddr`/`sport` are the local
@@ -689,13 +703,13 @@ mod tests {
     #[test]
     fn layouts_are_pinned() {
         assert_eq!((size_of::<SockLayout>(), align_of::<SockLayout>()), (20, 2));
-        assert_eq!((size_of::<KernelConfig>(), align_of::<KernelConfig>()), (344, 8));
-        assert_eq!((size_of::<SockOffsets>(), align_of::<SockOffsets>()), (52, 4));
+        assert_eq!((size_of::<KernelConfig>(), align_of::<KernelConfig>()), (352, 8));
+        assert_eq!((size_of::<SockOffsets>(), align_of::<SockOffsets>()), (60, 4));
         assert_eq!((size_of::<Owner>(), align_of::<Owner>()), (32, 8));
         assert_eq!((size_of::<FlowAddrs>(), align_of::<FlowAddrs>()), (40, 2));
         assert_eq!((size_of::<SockInfo>(), align_of::<SockInfo>()), (120, 8));
         assert_eq!((size_of::<ListenerInfo>(), align_of::<ListenerInfo>()), (40, 8));
-        assert_eq!((size_of::<ConnEvent>(), align_of::<ConnEvent>()), (144, 8));
+        assert_eq!((size_of::<ConnEvent>(), align_of::<ConnEvent>()), (152, 8));
         assert_eq!((size_of::<EndpointKey>(), align_of::<EndpointKey>()), (24, 4));
         assert_eq!((size_of::<EndpointStats>(), align_of::<EndpointStats>()), (64, 8));
         assert_eq!((size_of::<FlowCounts>(), align_of::<FlowCounts>()), (96, 8));

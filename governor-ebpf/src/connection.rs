@@ -34,7 +34,7 @@ use crate::{
     maps::{
         EVENTS, EndpointCounter, GOVERNOR_CONFIG, LISTENERS, SOCKETS, change_announce, count, count_endpoint, observe,
     },
-    record::{Flow, SockRead, TcpSock, direct, offset},
+    record::{Flow, Probed, SockRead, TcpSock, direct, offset},
 };
 
 pub const TCP_ESTABLISHED: i32 = 1;
@@ -510,12 +510,29 @@ pub fn announce(entry: *mut SockEntry, skaddr: u64) {
         (*event).error = 0;
         (*event).skaddr = skaddr;
         (*event).info = (*entry).info;
+        // Only the sweep has time for the two reads, and only an entry
+        // without an owner needs them.
+        (*event).inode = if (*entry).info.owner.tgid == 0 { socket_inode(skaddr) } else { 0 };
+        (*event).pad = 0;
     }
     if crate::maps::compare_exchange(word, current, current | tell) == current {
         reserved.submit(u64::from(aya_ebpf::bindings::BPF_RB_NO_WAKEUP));
     } else {
         reserved.discard(u64::from(aya_ebpf::bindings::BPF_RB_NO_WAKEUP));
     }
+}
+
+/// The inode number of the socket at `skaddr` (the sweep's: an address),
+/// which `/proc/<pid>/fd` of its holder shows; 0 when no process holds it
+/// any more or the kernel lacks the fields.
+#[inline(always)]
+#[expect(clippy::cast_possible_truncation, reason = "socket inode numbers are 32-bit (get_next_ino)")]
+fn socket_inode(skaddr: u64) -> u32 {
+    let Some(socket) = Probed(skaddr).field::<u64>(offset!(sk_socket)) else { return 0 };
+    if socket == 0 {
+        return 0;
+    }
+    Probed(socket).field::<u64>(offset!(socket_ino)).unwrap_or(0) as u32
 }
 
 /// Sends a connection event stamped `at` (a clock reading the caller
@@ -537,6 +554,8 @@ fn emit(kind: u32, at: u64, skaddr: u64, info: &SockInfo, error: u32) {
         (*event).error = error;
         (*event).skaddr = skaddr;
         (*event).info = *info;
+        (*event).inode = 0;
+        (*event).pad = 0;
     }
     entry.submit(u64::from(aya_ebpf::bindings::BPF_RB_NO_WAKEUP));
 }

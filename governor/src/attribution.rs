@@ -396,10 +396,12 @@ impl Attributor {
     }
 }
 
-/// `namespace/pod` when both are known, else `command/pid`.
+/// `namespace/pod` when both are known, else `command/pid`; `unknown` for
+/// sockets whose owner is not known (pid 0).
 pub fn process_label(command: &str, pid: u32, attribution: &Attribution) -> String {
     match (&attribution.pod_namespace, &attribution.pod_name) {
         (Some(namespace), Some(name)) => format!("{namespace}/{name}"),
+        _ if pid == 0 => "unknown".to_owned(),
         _ => format!("{command}/{pid}"),
     }
 }

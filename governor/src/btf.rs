@@ -320,6 +320,11 @@ pub fn sock_offsets(btf: &Btf) -> governor_common::SockOffsets {
             .member_offset("net", "ns")
             .and_then(|ns| Ok(ns + btf.member_offset("ns_common", "inum")?))
             .unwrap_or(absent),
+        sk_socket: btf.member_offset("sock", "sk_socket").unwrap_or(absent),
+        socket_ino: btf
+            .member_offset("socket_alloc", "vfs_inode")
+            .and_then(|inode| Ok(inode + btf.member_offset("inode", "i_ino")?))
+            .unwrap_or(absent),
     }
 }
 

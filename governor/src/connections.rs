@@ -148,11 +148,18 @@ pub struct Tracker {
     /// Listeners that were open before the programs attached, by socket
     /// inode: their kernel addresses are not known.
     preexisting: foldhash::HashMap<u64, Conn>,
+    /// Connections the kernel knows no owner of (open before the programs
+    /// attached), with their sockets' inode numbers: their owners are
+    /// looked up in `/proc` ([`Tracker::unowned`], [`Tracker::adopt`]).
+    unowned: foldhash::HashMap<u64, u32>,
 }
 
 impl Tracker {
     pub fn apply(&mut self, ev: &ConnEvent) -> Outcome {
-        let ConnEvent { kind, error, skaddr, info, .. } = *ev;
+        let ConnEvent { kind, error, skaddr, info, inode, .. } = *ev;
+        if inode != 0 && info.owner.tgid == 0 && matches!(kind, event_kind::OPENED | event_kind::CLOSE_WAIT) {
+            self.unowned.insert(skaddr, inode);
+        }
         match kind {
             event_kind::OPENED => {
                 self.put(skaddr, Conn::from_info(&info));
@@ -235,11 +242,33 @@ impl Tracker {
         }
     }
 
+    /// The connections without an owner whose sockets' inode numbers are
+    /// known: `(kernel address, inode)`.
+    pub fn unowned(&self) -> Vec<(u64, u32)> {
+        self.unowned.iter().map(|(&skaddr, &inode)| (skaddr, inode)).collect()
+    }
+
+    /// Gives the connection at `skaddr` the owner found holding its socket
+    /// `inode`, if it is still that socket and still without one. A socket
+    /// whose holder was not found (`None`) is not looked for again.
+    pub fn adopt(&mut self, skaddr: u64, inode: u32, owner: Option<Owner>) {
+        if self.unowned.get(&skaddr) != Some(&inode) {
+            return;
+        }
+        self.unowned.remove(&skaddr);
+        if let (Some(owner), Some(&i)) = (owner, self.index.get(&skaddr))
+            && self.conns[i].owner.tgid == 0
+        {
+            self.conns[i].owner = owner;
+        }
+    }
+
     fn remove(&mut self, skaddr: u64) {
         if let Some(i) = self.index.remove(&skaddr) {
             self.conns.remove(i);
         }
         self.close_wait.remove(&skaddr);
+        self.unowned.remove(&skaddr);
     }
 
     /// Replaces the mirror with a reading of the kernel's table (after lost
@@ -247,14 +276,34 @@ impl Tracker {
     /// report closing; the rest are told by later sweeps. Listeners are
     /// kept: the table does not hold them.
     pub fn replace(&mut self, table: impl IntoIterator<Item = (u64, SockInfo)>) {
+        // Owners found in /proc are the mirror's alone: they stay with
+        // their connections (the same socket: the same start).
+        let adopted: foldhash::HashMap<u64, (u64, Owner)> = self
+            .index
+            .iter()
+            .map(|(&skaddr, &i)| (skaddr, &self.conns[i]))
+            .filter(|(_, c)| c.owner.tgid != 0)
+            .map(|(skaddr, c)| (skaddr, (c.established_ns, c.owner)))
+            .collect();
         self.index.clear();
         self.conns.clear();
         self.close_wait.clear();
+        let unowned = std::mem::take(&mut self.unowned);
         for (skaddr, info) in table {
             let told = info.announce & (announce::OPEN | announce::CLOSING) == announce::OPEN;
             if told && info.established_ns != 0 {
                 let close_wait_ns = if info.announce & announce::CLOSE_WAIT == 0 { 0 } else { info.close_wait_ns };
-                self.put(skaddr, Conn { close_wait_ns, ..Conn::from_info(&info) });
+                let mut conn = Conn { close_wait_ns, ..Conn::from_info(&info) };
+                match adopted.get(&skaddr) {
+                    Some(&(established_ns, owner)) if conn.owner.tgid == 0 && established_ns == conn.established_ns => {
+                        conn.owner = owner;
+                    }
+                    _ => {}
+                }
+                if let Some(&inode) = unowned.get(&skaddr).filter(|_| conn.owner.tgid == 0) {
+                    self.unowned.insert(skaddr, inode);
+                }
+                self.put(skaddr, conn);
             }
         }
     }

@@ -49,14 +49,7 @@ pub async fn run(config: Config, path: Option<PathBuf>, dry_run: bool) -> anyhow
     let flows = if config.ebpf.count_flows { Some(probes.flows()?) } else { None };
     info!(programs = probes.attached(), "eBPF programs attached");
     let metrics = daemon_metrics(&config, &probes, &reasons);
-    let mut monitor = Monitor::new(
-        Engine::new(config.health.engine_config()),
-        Attributor::new(config.attribution.cgroup_root.clone(), Some(config.attribution.pod_log_dir.clone())),
-        config.health.leak_close_wait_seconds.get().into(),
-        reasons,
-        unix_offset(),
-    );
-    seed_listeners(&config, &mut probes, &mut monitor);
+    let monitor = start_monitor(&config, &mut probes, reasons);
     let registry_metrics =
         (config.etcd.enabled() && !config.registries.is_empty()).then(|| RegistryMetrics::new(metrics.registry()));
     let health_events = monitor.subscribe();
@@ -90,6 +83,7 @@ pub async fn run(config: Config, path: Option<PathBuf>, dry_run: bool) -> anyhow
     let mut aggregator = Aggregator::default();
     let started = std::time::Instant::now();
     let mut resync = Resync::default();
+    let mut owners = OwnerLookup::new();
 
     let signal_name = loop {
         tokio::select! {
@@ -111,6 +105,7 @@ pub async fn run(config: Config, path: Option<PathBuf>, dry_run: bool) -> anyhow
                     enforcement.step_breakers(&state);
                 }
             }
+            _ = owners.tick.tick() => owners.start(&config.attribution, &state),
             _ = renew.tick(), if config.enforcement.pinned => renew_lease(&mut probes, lease, &state),
             _ = sighup.recv() => reloader.reload(&mut probes, &mut enforcement, &state, "SIGHUP"),
             Some(value) = policy_rx.recv() => {
@@ -128,7 +123,7 @@ pub async fn run(config: Config, path: Option<PathBuf>, dry_run: bool) -> anyhow
         info!(lease_seconds = lease.as_secs(), "pinned mode: policies stay until the next daemon or the lease ends");
     }
     // Nothing is half-done: each registry action is one transaction.
-    registry.into_iter().chain(policy_watch).chain(Some(sweeper)).for_each(|task| task.abort());
+    registry.into_iter().chain(policy_watch).chain(Some(sweeper)).chain(owners.running).for_each(|task| task.abort());
     state.set_ready(false);
     let _ = drain_events(&mut events, &state);
     read_maps(&mut probes, &mut aggregator, &state, started.elapsed().as_secs(), &mut resync);
@@ -143,6 +138,76 @@ pub async fn run(config: Config, path: Option<PathBuf>, dry_run: bool) -> anyhow
         Err(_) => debug!("HTTP server still had open connections; leaving them"),
     }
     Ok(())
+}
+
+/// Seconds between two lookups of owners in `/proc`; there is none while
+/// every connection has an owner.
+const OWNER_LOOKUP_SECONDS: u64 = 5;
+
+/// Owners of connections the kernel knows none of (open before the
+/// programs attached), looked up in `/proc` off the loop, one lookup at a
+/// time.
+struct OwnerLookup {
+    tick: tokio::time::Interval,
+    running: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl OwnerLookup {
+    fn new() -> Self {
+        let mut tick = interval(Duration::from_secs(OWNER_LOOKUP_SECONDS));
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        Self { tick, running: None }
+    }
+
+    fn start(&mut self, attribution: &crate::config::Attribution, state: &Arc<AppState>) {
+        if self.running.as_ref().is_none_or(tokio::task::JoinHandle::is_finished) {
+            self.running = adopt_unowned(attribution, state);
+        }
+    }
+}
+
+/// Looks up in `/proc` who holds the sockets of connections the kernel
+/// knows no owner of, and gives them to the process view; `None` when
+/// there are none. Each socket is looked for once.
+fn adopt_unowned(
+    attribution: &crate::config::Attribution,
+    state: &Arc<AppState>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let unowned = state.monitor.lock().expect("monitor lock poisoned").tracker.unowned();
+    if unowned.is_empty() {
+        return None;
+    }
+    let (proc_root, cgroup_root) = (attribution.proc_root.clone(), attribution.cgroup_root.clone());
+    let state = Arc::clone(state);
+    Some(tokio::spawn(async move {
+        let inodes: Vec<u64> = unowned.iter().map(|&(_, inode)| u64::from(inode)).collect();
+        let lookup = tokio::task::spawn_blocking(move || listening::holders(&proc_root, &cgroup_root, inodes));
+        let Ok(holders) = lookup.await else { return };
+        let mut monitor = state.monitor.lock().expect("monitor lock poisoned");
+        for &(skaddr, inode) in &unowned {
+            monitor.tracker.adopt(skaddr, inode, holders.owners.get(&u64::from(inode)).copied());
+        }
+        debug!(
+            sockets = unowned.len(),
+            found = holders.owners.len(),
+            unreadable_processes = holders.unreadable,
+            "looked up the owners of connections opened before start"
+        );
+    }))
+}
+
+/// The daemon's judge of endpoints and processes, told of the listeners
+/// that were open before the programs attached.
+fn start_monitor(config: &Config, probes: &mut Probes, reasons: Vec<(u32, String)>) -> Monitor {
+    let mut monitor = Monitor::new(
+        Engine::new(config.health.engine_config()),
+        Attributor::new(config.attribution.cgroup_root.clone(), Some(config.attribution.pod_log_dir.clone())),
+        config.health.leak_close_wait_seconds.get().into(),
+        reasons,
+        unix_offset(),
+    );
+    seed_listeners(config, probes, &mut monitor);
+    monitor
 }
 
 /// The listeners that were open before the programs attached, with their

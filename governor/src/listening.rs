@@ -1,13 +1,18 @@
-//! Listening sockets that were open before the programs attached.
+//! Sockets that were open before the programs attached, and their owners,
+//! from `/proc`.
 //!
 //! The kernel programs learn who owns a listener when it calls `listen()`,
 //! and accepted connections take their listener's owner. A service that was
 //! already listening when governor started (after every restart or upgrade
 //! of governor) would leave its accepted connections, and their
 //! `CLOSE_WAIT` leaks, without an owner until it listened again. So at
-//! start-up governor reads those listeners from `/proc`: each network
+//! start-up governor reads those listeners ([`scan`]): each network
 //! namespace's `net/tcp` and `net/tcp6` name the listening sockets by
-//! inode, and each process's `fd` directory tells who holds them.
+//! inode, and each process's `fd` directory tells who holds them. The
+//! owners of connections opened before governor started, which the kernel
+//! tracks from the moment they enter `CLOSE_WAIT` without knowing whose
+//! they are, are found the same way by their sockets' inodes
+//! ([`holders`]).
 //!
 //! Best effort and bounded: a process that exits meanwhile, or whose entries
 //! cannot be read, is skipped and counted; nothing here fails the daemon.
@@ -139,16 +144,55 @@ pub fn scan(proc_root: &Path, cgroup_root: &Path) -> Scan {
             }
         }
     }
+    let holders = holders_among(proc_root, cgroup_root, &pids, &wanted.keys().copied().collect());
+    scan.unreadable += holders.unreadable;
+    for (inode, owner) in holders.owners {
+        let Some((netns, socket)) = wanted.remove(&inode) else { continue };
+        scan.listeners.push(Listener {
+            key: EndpointKey {
+                addr: socket.addr,
+                port: socket.port,
+                family: socket.family,
+                // The namespace's inode number is what the kernel's
+                // `net->ns.inum` holds: 32 bits.
+                pad: u32::try_from(netns).unwrap_or(0),
+            },
+            owner,
+            inode,
+        });
+    }
+    scan.listeners.sort_by_key(|l| l.inode);
+    scan.unowned = wanted.len();
+    scan
+}
+
+/// Who holds some sockets.
+#[derive(Debug, Default)]
+pub struct Holders {
+    /// By socket inode number.
+    pub owners: HashMap<u64, Owner>,
+    /// Processes whose descriptors could not be read.
+    pub unreadable: usize,
+}
+
+/// The processes under `proc_root` holding the sockets with the inode
+/// numbers `inodes` (the lowest pid of those holding one), as owners.
+pub fn holders(proc_root: &Path, cgroup_root: &Path, inodes: impl IntoIterator<Item = u64>) -> Holders {
+    holders_among(proc_root, cgroup_root, &processes(proc_root), &inodes.into_iter().collect())
+}
+
+fn holders_among(proc_root: &Path, cgroup_root: &Path, pids: &[u32], inodes: &HashSet<u64>) -> Holders {
+    let mut holders = Holders::default();
     let mut owners = Owners::new(cgroup_root);
     let mut fds = 0;
-    // Lowest pid first: a listener shared by a parent and its workers is
-    // the parent's, which opened it.
-    for &pid in &pids {
-        if wanted.is_empty() || fds >= MAX_FDS {
+    // Lowest pid first: a socket shared by a parent and its workers is the
+    // parent's, which opened it.
+    for &pid in pids {
+        if holders.owners.len() == inodes.len() || fds >= MAX_FDS {
             break;
         }
         let Ok(entries) = fs::read_dir(proc_root.join(format!("{pid}/fd"))) else {
-            scan.unreadable += 1;
+            holders.unreadable += 1;
             continue;
         };
         for entry in entries.flatten() {
@@ -156,24 +200,15 @@ pub fn scan(proc_root: &Path, cgroup_root: &Path) -> Scan {
             let Some(inode) = fs::read_link(entry.path()).ok().and_then(|l| socket_inode(&l.to_string_lossy())) else {
                 continue;
             };
-            let Some((netns, socket)) = wanted.remove(&inode) else { continue };
-            let Some(owner) = owners.of(proc_root, pid) else { continue };
-            scan.listeners.push(Listener {
-                key: EndpointKey {
-                    addr: socket.addr,
-                    port: socket.port,
-                    family: socket.family,
-                    // The namespace's inode number is what the kernel's
-                    // `net->ns.inum` holds: 32 bits.
-                    pad: u32::try_from(netns).unwrap_or(0),
-                },
-                owner,
-                inode,
-            });
+            if !inodes.contains(&inode) || holders.owners.contains_key(&inode) {
+                continue;
+            }
+            if let Some(owner) = owners.of(proc_root, pid) {
+                holders.owners.insert(inode, owner);
+            }
         }
     }
-    scan.unowned = wanted.len();
-    scan
+    holders
 }
 
 /// The process ids under `proc_root`, ascending.

@@ -161,6 +161,9 @@ mod tests {
         // The network namespace of a socket, for the listeners' keys.
         assert!(config.sock.skc_net != governor_common::SockOffsets::ABSENT);
         assert!(config.sock.net_inum != governor_common::SockOffsets::ABSENT);
+        // The inode of a socket, for owners found in /proc.
+        assert!(config.sock.sk_socket != governor_common::SockOffsets::ABSENT);
+        assert!(config.sock.socket_ino > 0 && config.sock.socket_ino != governor_common::SockOffsets::ABSENT);
         assert_eq!(
             btf.tracepoint_args("tcp_send_reset").unwrap(),
             strings(&["struct sock *", "struct sk_buff *", "enum sk_rst_reason"])

@@ -94,6 +94,43 @@ fn connections_open_before_governor_started_are_seen_leaking_once_they_enter_clo
 }
 
 #[test]
+fn a_client_holding_connections_open_before_governor_started_is_found_and_marked_leaking() {
+    const HELD: usize = 12;
+    require_root();
+    let ns = Netns::new("leakcli");
+    ns.add_address("10.215.0.1/32");
+    let mut server = Helper::start(HELPER, &ns, "serve", "10.215.0.1:20091", HELD);
+    let mut client = Helper::start(HELPER, &ns, "connect", "10.215.0.1:20091", HELD);
+    server.wait_ready();
+    let pid = client.pid();
+    let mut gov = Governor::start_with(&[("health.leak_close_wait_seconds", LEAK_SECONDS)]);
+    // The server closes; the client keeps its ends, now in CLOSE_WAIT: an
+    // HTTP client that never closes what the server closed. The kernel saw
+    // neither the connect nor the owner: governor finds it in /proc.
+    server.close_all();
+    let doc =
+        gov.wait_json("/api/v1/processes", "client leaking", |d| process(d, pid).is_some_and(|p| p["leaking"] == true));
+    let p = process(&doc, pid).expect("client listed");
+    assert_eq!((&p["close_wait"], &p["command"]), (&HELD.into(), &"tcp-helper".into()), "{p:#}");
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("client's cgroup");
+    let cgroup = cgroup.lines().find_map(|l| l.strip_prefix("0::")).expect("cgroup v2 path");
+    assert_eq!(p["attribution"]["cgroup"], cgroup, "{p:#}");
+    let conns = gov.json(&format!("/api/v1/connections?pid={pid}&state=CLOSE_WAIT"));
+    assert_eq!(conns["total"], HELD, "{conns:#}");
+    for c in conns["connections"].as_array().expect("connections") {
+        assert_eq!((&c["direction"], &c["remote"]), (&"active".into(), &"10.215.0.1:20091".into()), "{c:#}");
+    }
+    let label = format!("tcp-helper/{pid}");
+    assert_eq!(gov.value(&series("governor_tcp_close_wait_connections", &[("process", &label)])), HELD as u64);
+
+    client.close_all();
+    gov.wait_json("/api/v1/processes", "leak mark cleared", |d| {
+        process(d, pid).is_none_or(|p| p["close_wait"] == 0 && p["leaking"] == false)
+    });
+    assert_eq!(gov.settle(&series("governor_connection_leak_suspected", &[("process", &label)]), 0), 0);
+}
+
+#[test]
 fn connections_are_attributed_to_the_connecting_and_the_listening_process() {
     require_root();
     let ns = Netns::new("attr");

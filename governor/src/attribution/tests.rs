@@ -314,6 +314,7 @@ fn attributor_names_pods() {
     assert_eq!(attributor.attribute(container, 10), named);
     assert_eq!(process_label("java", 42, &named), "shop/cart-7d9f");
     assert_eq!(process_label("java", 42, &unnamed), "java/42");
+    assert_eq!(process_label("", 0, &unnamed), "unknown", "no owner known");
 
     let host = Attribution { cgroup: Some("/system.slice/kubelet.service".to_owned()), ..Attribution::default() };
     assert_eq!(attributor.attribute(service, 10), host);

@@ -24,7 +24,7 @@ fn owner(tgid: u32) -> Owner {
 }
 
 fn event(kind: u32, skaddr: u64, at: u64, info: SockInfo, error: u32) -> ConnEvent {
-    ConnEvent { timestamp_ns: at, kind, error, skaddr, info }
+    ConnEvent { timestamp_ns: at, kind, error, skaddr, info, ..ConnEvent::default() }
 }
 
 fn passive(tgid: u32, remote: u8) -> SockInfo {
@@ -150,6 +150,46 @@ fn listeners_open_before_the_programs_stay_until_the_kernel_reports_their_close(
     t.apply(&event(event_kind::LISTEN, 9, S, l, 0));
     t.apply(&event(event_kind::LISTEN_CLOSED, 9, S, SockInfo { owner: owner(43), ..closed }, 0));
     assert_eq!(listening(&t), [(42, names(&["10.0.0.1:443"])), (43, names(&["10.0.0.1:80"]))]);
+}
+
+#[test]
+fn connections_without_an_owner_take_the_one_found_holding_their_socket() {
+    let mut t = Tracker::default();
+    let unowned = |remote| SockInfo { owner: Owner::default(), close_wait_ns: 2 * S, state: 8, ..passive(0, remote) };
+    let with_inode = |kind, skaddr, info, inode| ConnEvent { inode, ..event(kind, skaddr, 2 * S, info, 0) };
+    t.apply(&with_inode(event_kind::CLOSE_WAIT, 1, unowned(3), 501));
+    t.apply(&with_inode(event_kind::CLOSE_WAIT, 2, unowned(4), 502));
+    t.apply(&with_inode(event_kind::CLOSE_WAIT, 3, unowned(5), 503));
+    // An owned connection's inode is not wanted.
+    t.apply(&with_inode(event_kind::OPENED, 4, passive(42, 6), 504));
+    let mut wanted = t.unowned();
+    wanted.sort_unstable();
+    assert_eq!(wanted, [(1, 501), (2, 502), (3, 503)]);
+    t.adopt(1, 501, Some(owner(77)));
+    // Another socket at the address meanwhile: not this one's owner.
+    t.adopt(2, 999, Some(owner(78)));
+    // Not found: not looked for again.
+    t.adopt(3, 503, None);
+    let mut wanted = t.unowned();
+    wanted.sort_unstable();
+    assert_eq!(wanted, [(2, 502)]);
+    let by_pid: Vec<(u32, u64)> = close_wait_by_process(&t).iter().map(|p| (p.owner.tgid, p.close_wait)).collect();
+    assert_eq!(by_pid, [(0, 2), (77, 1)]);
+    // A rebuild from the kernel's table keeps the owner found, for the
+    // same connection only, and what is still to look up.
+    let told =
+        |info: SockInfo| SockInfo { announce: announce::ESTABLISHED | announce::OPEN | announce::CLOSE_WAIT, ..info };
+    t.replace([
+        (1, told(unowned(3))),
+        (2, told(unowned(4))),
+        (3, told(SockInfo { established_ns: 9 * S, ..unowned(5) })),
+    ]);
+    let by_pid: Vec<(u32, u64)> = close_wait_by_process(&t).iter().map(|p| (p.owner.tgid, p.close_wait)).collect();
+    assert_eq!(by_pid, [(0, 2), (77, 1)]);
+    assert_eq!(t.unowned(), [(2, 502)]);
+    // Closed: nothing left to look up.
+    t.apply(&event(event_kind::CLOSED, 2, 3 * S, told(unowned(4)), 0));
+    assert!(t.unowned().is_empty());
 }
 
 #[test]

@@ -349,6 +349,9 @@ fn try_closed(skaddr: u64, old: i32) -> Result<(), i64> {
         if old != TCP_CLOSE {
             count(counter::SOCKET_UNTRACKED);
         }
+        if old == TCP_CLOSE_WAIT {
+            untracked_left_close_wait(skaddr, TCP_CLOSE);
+        }
         return Ok(());
     };
     // SAFETY: a live map value.
@@ -457,8 +460,25 @@ fn try_close_wait_left(skaddr: u64, new: i32) -> Result<(), i64> {
         if change_announce(&raw mut info.announce, 0, announce::CLOSE_WAIT) & announce::CLOSE_WAIT != 0 {
             emit(event_kind::CLOSE_WAIT_LEFT, now(), skaddr, info, 0);
         }
+    } else {
+        untracked_left_close_wait(skaddr, new);
     }
     Ok(())
+}
+
+/// A socket the table does not hold left `CLOSE_WAIT` (to `new`): it was
+/// there before the programs attached, and user space, which found it in
+/// `/proc` at start-up, knows it by its inode, which the event carries. The
+/// owner still holds the socket here (it is closing it), so the inode is
+/// still there to read. Rare: most sockets enter `CLOSE_WAIT` tracked.
+#[inline(never)]
+fn untracked_left_close_wait(skaddr: u64, new: i32) {
+    let inode = socket_inode(skaddr);
+    if inode == 0 {
+        return;
+    }
+    let info = SockInfo { state: new as u8, ..SockInfo::default() };
+    emit_inode(event_kind::CLOSE_WAIT_LEFT, now(), skaddr, &info, 0, inode);
 }
 
 #[inline(always)]
@@ -541,6 +561,12 @@ fn socket_inode(skaddr: u64) -> u32 {
 /// fit beside the record copy.
 #[inline(always)]
 fn emit(kind: u32, at: u64, skaddr: u64, info: &SockInfo, error: u32) {
+    emit_inode(kind, at, skaddr, info, error, 0);
+}
+
+/// [`emit`] with the socket's inode number.
+#[inline(always)]
+fn emit_inode(kind: u32, at: u64, skaddr: u64, info: &SockInfo, error: u32, inode: u32) {
     let Some(mut entry) = EVENTS.reserve::<ConnEvent>(0) else {
         count(counter::EVENTS_LOST);
         return;
@@ -554,7 +580,7 @@ fn emit(kind: u32, at: u64, skaddr: u64, info: &SockInfo, error: u32) {
         (*event).error = error;
         (*event).skaddr = skaddr;
         (*event).info = *info;
-        (*event).inode = 0;
+        (*event).inode = inode;
         (*event).pad = 0;
     }
     entry.submit(u64::from(aya_ebpf::bindings::BPF_RB_NO_WAKEUP));

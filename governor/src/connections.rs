@@ -160,6 +160,12 @@ impl Tracker {
         if inode != 0 && info.owner.tgid == 0 && matches!(kind, event_kind::OPENED | event_kind::CLOSE_WAIT) {
             self.unowned.insert(skaddr, inode);
         }
+        if inode != 0 && matches!(kind, event_kind::CLOSE_WAIT_LEFT | event_kind::CLOSED) {
+            // A socket the kernel's table never held left `CLOSE_WAIT`: one
+            // found there at start-up, known by its inode.
+            self.remove(u64::from(inode));
+            return Outcome::None;
+        }
         match kind {
             event_kind::OPENED => {
                 self.put(skaddr, Conn::from_info(&info));
@@ -239,6 +245,26 @@ impl Tracker {
             Entry::Vacant(e) => {
                 e.insert(self.conns.insert(conn));
             }
+        }
+    }
+
+    /// Adds the connections found in `CLOSE_WAIT` at start-up (read from
+    /// `/proc`), keyed by their sockets' inode numbers (no kernel address
+    /// is that small): the kernel's table does not hold them, and tells of
+    /// their leaving `CLOSE_WAIT` by inode. They count as in `CLOSE_WAIT`
+    /// since `at` (kernel monotonic ns): the time they entered it is not
+    /// known.
+    pub fn add_close_waiting(&mut self, held: &[crate::listening::Held], at: u64) {
+        for h in held {
+            let conn = Conn {
+                owner: h.owner,
+                addrs: h.addrs,
+                direction: h.direction,
+                state: crate::listening::TCP_CLOSE_WAIT,
+                established_ns: at,
+                close_wait_ns: at,
+            };
+            self.put(h.inode, conn);
         }
     }
 

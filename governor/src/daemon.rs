@@ -212,7 +212,8 @@ fn start_monitor(config: &Config, probes: &mut Probes, reasons: Vec<(u32, String
 
 /// The listeners that were open before the programs attached, with their
 /// owners from `/proc`: into the kernel's listener table (the connections
-/// they accept from now on get an owner) and into the process view. Best
+/// they accept from now on get an owner) and into the process view; and
+/// the connections already in `CLOSE_WAIT`, into the process view. Best
 /// effort: what cannot be read is logged, never fatal.
 fn seed_listeners(config: &Config, probes: &mut Probes, monitor: &mut Monitor) {
     let proc_root = &config.attribution.proc_root;
@@ -234,6 +235,10 @@ fn seed_listeners(config: &Config, probes: &mut Probes, monitor: &mut Monitor) {
         );
     }
     monitor.tracker.add_preexisting(&scan.listeners);
+    if !scan.close_wait.is_empty() {
+        info!(connections = scan.close_wait.len(), "connections already in CLOSE_WAIT at start, counted from now");
+    }
+    monitor.tracker.add_close_waiting(&scan.close_wait, http::now().ns);
 }
 
 /// Checks the host, mounts bpffs when it is missing, and reads what the

@@ -12,7 +12,8 @@
 //! owners of connections opened before governor started, which the kernel
 //! tracks from the moment they enter `CLOSE_WAIT` without knowing whose
 //! they are, are found the same way by their sockets' inodes
-//! ([`holders`]).
+//! ([`holders`]). Connections already in `CLOSE_WAIT` at start-up (a
+//! leak that began before governor did) are read from the same tables.
 //!
 //! Best effort and bounded: a process that exits meanwhile, or whose entries
 //! cannot be read, is skipped and counted; nothing here fails the daemon.
@@ -24,10 +25,12 @@ use std::{
     path::Path,
 };
 
-use governor_common::{AF_INET, AF_INET6, EndpointKey, Owner};
+use governor_common::{AF_INET, AF_INET6, EndpointKey, FlowAddrs, Owner, direction};
 
-/// `TCP_LISTEN` as `/proc/net/tcp` prints it.
-const LISTEN: &str = "0A";
+/// States as `include/net/tcp_states.h` numbers them (`/proc/net/tcp`
+/// prints them in hex).
+pub const TCP_CLOSE_WAIT: u8 = 8;
+pub const TCP_LISTEN: u8 = 10;
 /// Processes looked at, at most.
 const MAX_PROCESSES: usize = 200_000;
 /// File descriptors looked at, at most, over all processes.
@@ -44,46 +47,66 @@ pub struct Listener {
     pub inode: u64,
 }
 
+/// A connection in `CLOSE_WAIT` and the process that holds it (none found:
+/// the default owner).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Held {
+    pub addrs: FlowAddrs,
+    /// Accepted (a listener of its namespace has its local port) or not.
+    pub direction: u8,
+    pub owner: Owner,
+    pub inode: u64,
+}
+
 /// What one look through `/proc` found.
 #[derive(Debug, Default)]
 pub struct Scan {
     pub listeners: Vec<Listener>,
+    /// Connections already in `CLOSE_WAIT`: leaks that started before
+    /// governor did, or soon will be.
+    pub close_wait: Vec<Held>,
     /// Processes whose namespace or descriptors could not be read.
     pub unreadable: usize,
     /// Listening sockets no readable process holds.
     pub unowned: usize,
 }
 
-/// A listening socket as `/proc/<pid>/net/tcp{,6}` shows it.
+/// A socket of interest as `/proc/<pid>/net/tcp{,6}` shows it: listening,
+/// or in `CLOSE_WAIT`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Socket {
-    pub family: u16,
-    /// As the kernel stores it: an IPv4 address in the first four bytes.
-    pub addr: [u8; 16],
-    /// Host order.
-    pub port: u16,
+    /// `TCP_LISTEN` or `TCP_CLOSE_WAIT`.
+    pub state: u8,
+    /// Both ends as the kernel stores them (an IPv4 address in the first
+    /// four bytes), ports in host order.
+    pub addrs: FlowAddrs,
     pub inode: u64,
 }
 
-/// The listening sockets of one `/proc/net/tcp` (`family` `AF_INET`) or
-/// `/proc/net/tcp6` (`AF_INET6`) table; lines that do not parse are
-/// skipped.
+/// The listening and `CLOSE_WAIT` sockets of one `/proc/net/tcp` (`family`
+/// `AF_INET`) or `/proc/net/tcp6` (`AF_INET6`) table; lines that do not
+/// parse are skipped.
 pub fn parse_table(text: &str, family: u16) -> Vec<Socket> {
     text.lines()
         .skip(1)
         .filter_map(|line| {
             // sl local rem st tx:rx tr:when retrnsmt uid timeout inode ...
             let fields: Vec<&str> = line.split_whitespace().collect();
-            if fields.get(3) != Some(&LISTEN) {
+            let state = u8::from_str_radix(fields.get(3)?, 16).ok()?;
+            if state != TCP_LISTEN && state != TCP_CLOSE_WAIT {
                 return None;
             }
-            let (addr, port) = fields.get(1)?.split_once(':')?;
-            Some(Socket {
+            let (saddr, sport) = fields.get(1)?.split_once(':')?;
+            let (daddr, dport) = fields.get(2)?.split_once(':')?;
+            let addrs = FlowAddrs {
+                saddr: parse_addr(saddr, family)?,
+                daddr: parse_addr(daddr, family)?,
                 family,
-                addr: parse_addr(addr, family)?,
-                port: u16::from_str_radix(port, 16).ok()?,
-                inode: fields.get(9)?.parse().ok()?,
-            })
+                sport: u16::from_str_radix(sport, 16).ok()?,
+                dport: u16::from_str_radix(dport, 16).ok()?,
+                pad: 0,
+            };
+            Some(Socket { state, addrs, inode: fields.get(9)?.parse().ok()? })
         })
         .filter(|s| s.inode != 0)
         .collect()
@@ -146,13 +169,32 @@ pub fn scan(proc_root: &Path, cgroup_root: &Path) -> Scan {
     }
     let holders = holders_among(proc_root, cgroup_root, &pids, &wanted.keys().copied().collect());
     scan.unreadable += holders.unreadable;
-    for (inode, owner) in holders.owners {
-        let Some((netns, socket)) = wanted.remove(&inode) else { continue };
+    // Listening ports by namespace and address (the wildcard address too).
+    let listening: HashSet<(u64, u16, [u8; 16], u16)> = wanted
+        .values()
+        .filter(|(_, socket)| socket.state == TCP_LISTEN)
+        .map(|&(netns, socket)| (netns, socket.addrs.family, socket.addrs.saddr, socket.addrs.sport))
+        .collect();
+    for (inode, (netns, socket)) in wanted {
+        let owner = holders.owners.get(&inode).copied();
+        if socket.state == TCP_CLOSE_WAIT {
+            let a = socket.addrs;
+            let accepted = listening.contains(&(netns, a.family, a.saddr, a.sport))
+                || listening.contains(&(netns, a.family, [0; 16], a.sport));
+            let direction = if accepted { direction::PASSIVE } else { direction::ACTIVE };
+            scan.close_wait.push(Held { addrs: a, direction, owner: owner.unwrap_or_default(), inode });
+            continue;
+        }
+        let Some(owner) = owner else {
+            scan.unowned += 1;
+            continue;
+        };
+        let a = socket.addrs;
         scan.listeners.push(Listener {
             key: EndpointKey {
-                addr: socket.addr,
-                port: socket.port,
-                family: socket.family,
+                addr: a.saddr,
+                port: a.sport,
+                family: a.family,
                 // The namespace's inode number is what the kernel's
                 // `net->ns.inum` holds: 32 bits.
                 pad: u32::try_from(netns).unwrap_or(0),
@@ -162,7 +204,7 @@ pub fn scan(proc_root: &Path, cgroup_root: &Path) -> Scan {
         });
     }
     scan.listeners.sort_by_key(|l| l.inode);
-    scan.unowned = wanted.len();
+    scan.close_wait.sort_by_key(|h| h.inode);
     scan
 }
 

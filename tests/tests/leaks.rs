@@ -94,6 +94,41 @@ fn connections_open_before_governor_started_are_seen_leaking_once_they_enter_clo
 }
 
 #[test]
+fn a_leak_that_began_before_governor_started_is_reported_until_the_server_closes() {
+    const HELD: usize = 15;
+    require_root();
+    let ns = Netns::new("leakold");
+    ns.add_address("10.216.0.1/32");
+    let mut server = Helper::start(HELPER, &ns, "serve", "10.216.0.1:20092", HELD);
+    let mut clients = Helper::start(HELPER, &ns, "connect", "10.216.0.1:20092", HELD);
+    server.wait_ready();
+    // The leak is under way before governor starts: the clients are gone,
+    // the server's ends sit in CLOSE_WAIT.
+    clients.close_all();
+    let pid = server.pid();
+    let mut gov = Governor::start_with(&[("health.leak_close_wait_seconds", LEAK_SECONDS)]);
+    let doc =
+        gov.wait_json("/api/v1/processes", "server leaking", |d| process(d, pid).is_some_and(|p| p["leaking"] == true));
+    let p = process(&doc, pid).expect("server listed");
+    assert_eq!((&p["close_wait"], &p["command"]), (&HELD.into(), &"tcp-helper".into()), "{p:#}");
+    let conns = gov.json(&format!("/api/v1/connections?pid={pid}&state=CLOSE_WAIT"));
+    assert_eq!(conns["total"], HELD, "{conns:#}");
+    for c in conns["connections"].as_array().expect("connections") {
+        assert_eq!((&c["direction"], &c["local"]), (&"passive".into(), &"10.216.0.1:20092".into()), "{c:#}");
+    }
+    let label = format!("tcp-helper/{pid}");
+    assert_eq!(gov.value(&series("governor_connection_leak_suspected", &[("process", &label)])), 1);
+
+    // Their closes reach governor although its table never held them.
+    server.close_all();
+    gov.wait_json("/api/v1/processes", "leak mark cleared", |d| {
+        process(d, pid).is_none_or(|p| p["close_wait"] == 0 && p["leaking"] == false)
+    });
+    assert_eq!(gov.settle(&series("governor_connection_leak_suspected", &[("process", &label)]), 0), 0);
+    assert_eq!(gov.json(&format!("/api/v1/connections?pid={pid}"))["total"], 0);
+}
+
+#[test]
 fn a_client_holding_connections_open_before_governor_started_is_found_and_marked_leaking() {
     const HELD: usize = 12;
     require_root();

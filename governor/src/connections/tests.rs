@@ -193,6 +193,33 @@ fn connections_without_an_owner_take_the_one_found_holding_their_socket() {
 }
 
 #[test]
+fn connections_in_close_wait_at_start_stay_until_the_kernel_tells_of_their_inode() {
+    let mut t = Tracker::default();
+    let held = |inode, tgid| crate::listening::Held {
+        addrs: addrs(1, 80, 2, 40000),
+        direction: direction::PASSIVE,
+        owner: owner(tgid),
+        inode,
+    };
+    t.add_close_waiting(&[held(7001, 42), held(7002, 42), held(7003, 43)], 5 * S);
+    let waiting = |t: &Tracker| {
+        close_wait_by_process(t)
+            .iter()
+            .map(|p| (p.owner.tgid, p.close_wait, p.oldest_close_wait_ns))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(waiting(&t), [(42, 2, 5 * S), (43, 1, 5 * S)]);
+    // The kernel tells of one leaving CLOSE_WAIT by its inode (its address
+    // is one the mirror never heard of), and of another closing at once.
+    let left = SockInfo { state: 9, ..Default::default() };
+    t.apply(&ConnEvent { inode: 7001, ..event(event_kind::CLOSE_WAIT_LEFT, 0xffff_8880_0000_2000, 6 * S, left, 0) });
+    let closed = SockInfo { state: 7, ..Default::default() };
+    t.apply(&ConnEvent { inode: 7003, ..event(event_kind::CLOSED, 0xffff_8880_0000_3000, 6 * S, closed, 0) });
+    assert_eq!(waiting(&t), [(42, 1, 5 * S)]);
+    assert_eq!(t.len(), 1, "nothing added for the addresses the kernel named");
+}
+
+#[test]
 fn the_close_wait_index_follows_every_change() {
     let mut t = Tracker::default();
     for (skaddr, tgid) in [(1, 42), (2, 42), (3, 43)] {

@@ -7,11 +7,13 @@ use std::{
 use super::*;
 
 // Copied from this machine's tables with a listener on 127.0.0.2, one on
-// `::1`, one on `::ffff:127.0.0.1`, and an established connection.
+// `::1`, one on `::ffff:127.0.0.1`, and an established connection; the
+// last line is that connection again as it shows in CLOSE_WAIT.
 const TCP: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
    0: 00000000:07E8 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 37 1 0000000089308071 100 0 0 10 0
    1: 0200007F:E359 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 245965750 1 00000000998d8739 100 0 0 10 0
    2: 0100007F:26E6 0100007F:A2C4 01 00000000:00000000 00:00000000 00000000     0        0 245965751 1 00000000998d8740 20 4 30 10 -1
+   3: 0100007F:26E6 0100007F:A2C4 08 00000000:00000000 00:00000000 00000000     0        0 245965752 1 00000000998d8741 20 4 30 10 -1
 ";
 const TCP6: &str = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
    0: 0000000000000000FFFF00000100007F:998B 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 245965749 1 00000000e7d144ae 100 0 0 10 0
@@ -24,26 +26,32 @@ fn v4(a: Ipv4Addr) -> [u8; 16] {
     addr
 }
 
+fn listening(family: u16, saddr: [u8; 16], sport: u16, inode: u64) -> Socket {
+    Socket { state: TCP_LISTEN, addrs: FlowAddrs { saddr, family, sport, ..FlowAddrs::default() }, inode }
+}
+
 #[test]
-fn listening_sockets_of_both_tables_are_read_as_the_kernel_stores_them() {
+fn listening_and_close_wait_sockets_of_both_tables_are_read_as_the_kernel_stores_them() {
+    let localhost = v4(Ipv4Addr::LOCALHOST);
+    let close_wait = Socket {
+        state: TCP_CLOSE_WAIT,
+        addrs: FlowAddrs { saddr: localhost, daddr: localhost, family: AF_INET, sport: 9958, dport: 41668, pad: 0 },
+        inode: 245_965_752,
+    };
     assert_eq!(
         parse_table(TCP, AF_INET),
         [
-            Socket { family: AF_INET, addr: [0; 16], port: 2024, inode: 37 },
-            Socket { family: AF_INET, addr: v4(Ipv4Addr::new(127, 0, 0, 2)), port: 58201, inode: 245_965_750 },
+            listening(AF_INET, [0; 16], 2024, 37),
+            listening(AF_INET, v4(Ipv4Addr::new(127, 0, 0, 2)), 58201, 245_965_750),
+            close_wait,
         ],
-        "the established connection is not a listener"
+        "the established connection is neither"
     );
     assert_eq!(
         parse_table(TCP6, AF_INET6),
         [
-            Socket {
-                family: AF_INET6,
-                addr: Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0x7f00, 1).octets(),
-                port: 39307,
-                inode: 245_965_749
-            },
-            Socket { family: AF_INET6, addr: Ipv6Addr::LOCALHOST.octets(), port: 56351, inode: 245_965_748 },
+            listening(AF_INET6, Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0x7f00, 1).octets(), 39307, 245_965_749),
+            listening(AF_INET6, Ipv6Addr::LOCALHOST.octets(), 56351, 245_965_748),
         ]
     );
 }
@@ -51,11 +59,9 @@ fn listening_sockets_of_both_tables_are_read_as_the_kernel_stores_them() {
 #[test]
 fn malformed_lines_are_skipped() {
     let text = "header\n 0: 0100007F:ZZZZ 00000000:0000 0A x x x 0 0 12\n 1: 0100:0050 00000000:0000 0A x x x 0 0 13\n \
-                2: 0100007F:0050 00000000:0000 0A x x x 0 0\n 3: 0100007F:0050 00000000:0000 0A x x x 0 0 14\n";
-    assert_eq!(
-        parse_table(text, AF_INET),
-        [Socket { family: AF_INET, addr: v4(Ipv4Addr::LOCALHOST), port: 80, inode: 14 }]
-    );
+                2: 0100007F:0050 00000000:0000 0A x x x 0 0\n 3: 0100007F:0050 00000000:0000 0A x x x 0 0 14\n \
+                4: 0100007F:0050 00000000:0000 ZZ x x x 0 0 15\n 5: 0100007F:0050 00000000 08 x x x 0 0 16\n";
+    assert_eq!(parse_table(text, AF_INET), [listening(AF_INET, v4(Ipv4Addr::LOCALHOST), 80, 14)]);
     assert!(parse_table(TCP, 99).is_empty(), "an unknown family");
 }
 

@@ -152,6 +152,8 @@ pub struct Tracker {
     /// attached), with their sockets' inode numbers: their owners are
     /// looked up in `/proc` ([`Tracker::unowned`], [`Tracker::adopt`]).
     unowned: foldhash::HashMap<u64, u32>,
+    /// Connections found in `CLOSE_WAIT` at start-up, by socket inode.
+    found_at_start: foldhash::HashSet<u64>,
 }
 
 impl Tracker {
@@ -163,7 +165,9 @@ impl Tracker {
         if inode != 0 && matches!(kind, event_kind::CLOSE_WAIT_LEFT | event_kind::CLOSED) {
             // A socket the kernel's table never held left `CLOSE_WAIT`: one
             // found there at start-up, known by its inode.
-            self.remove(u64::from(inode));
+            if self.found_at_start.contains(&u64::from(inode)) {
+                self.remove(u64::from(inode));
+            }
             return Outcome::None;
         }
         match kind {
@@ -265,6 +269,7 @@ impl Tracker {
                 close_wait_ns: at,
             };
             self.put(h.inode, conn);
+            self.found_at_start.insert(h.inode);
         }
     }
 
@@ -295,6 +300,7 @@ impl Tracker {
         }
         self.close_wait.remove(&skaddr);
         self.unowned.remove(&skaddr);
+        self.found_at_start.remove(&skaddr);
     }
 
     /// Replaces the mirror with a reading of the kernel's table (after lost
@@ -311,9 +317,16 @@ impl Tracker {
             .filter(|(_, c)| c.owner.tgid != 0)
             .map(|(skaddr, c)| (skaddr, (c.established_ns, c.owner)))
             .collect();
+        // Those found in CLOSE_WAIT at start-up are not in the table: they
+        // stay.
+        let found: Vec<(u64, Conn)> =
+            self.found_at_start.iter().filter_map(|key| self.index.get(key).map(|&i| (*key, self.conns[i]))).collect();
         self.index.clear();
         self.conns.clear();
         self.close_wait.clear();
+        for (key, conn) in found {
+            self.put(key, conn);
+        }
         let unowned = std::mem::take(&mut self.unowned);
         for (skaddr, info) in table {
             let told = info.announce & (announce::OPEN | announce::CLOSING) == announce::OPEN;

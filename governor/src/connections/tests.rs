@@ -217,6 +217,10 @@ fn connections_in_close_wait_at_start_stay_until_the_kernel_tells_of_their_inode
     t.apply(&ConnEvent { inode: 7003, ..event(event_kind::CLOSED, 0xffff_8880_0000_3000, 6 * S, closed, 0) });
     assert_eq!(waiting(&t), [(42, 1, 5 * S)]);
     assert_eq!(t.len(), 1, "nothing added for the addresses the kernel named");
+    // A rebuild from the kernel's table (which never held it) keeps it.
+    t.replace([(0xffff_8880_0000_4000, told(passive(44, 9)))]);
+    assert_eq!(waiting(&t), [(42, 1, 5 * S)]);
+    assert_eq!(t.len(), 2);
 }
 
 #[test]

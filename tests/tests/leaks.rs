@@ -58,111 +58,91 @@ fn a_server_holding_close_wait_sockets_is_marked_leaking_until_it_closes_them() 
     assert_eq!(gov.value(&series("governor_tcp_close_wait_connections", &[("process", &label)])), 0);
 }
 
-#[test]
-fn connections_open_before_governor_started_are_seen_leaking_once_they_enter_close_wait() {
-    const HELD: usize = 20;
-    require_root();
-    let ns = Netns::new("leakpre");
-    ns.add_address("10.214.0.1/32");
-    // Both ends connected before governor starts, as a service's pooled
-    // connections are when governor restarts or is upgraded.
-    let mut server = Helper::start(HELPER, &ns, "serve", "10.214.0.1:20090", HELD);
-    let mut clients = Helper::start(HELPER, &ns, "connect", "10.214.0.1:20090", HELD);
+/// A server and a client process in a namespace of their own, with `held`
+/// connections between them, all made before governor starts: as a
+/// service's pooled connections are when governor restarts or is upgraded.
+fn connected_before_governor(ns: &str, ip: &str, port: u16, held: usize) -> (Netns, Helper, Helper) {
+    let ns = Netns::new(ns);
+    ns.add_address(&format!("{ip}/32"));
+    let addr = format!("{ip}:{port}");
+    let mut server = Helper::start(HELPER, &ns, "serve", &addr, held);
+    let client = Helper::start(HELPER, &ns, "connect", &addr, held);
     server.wait_ready();
-    let pid = server.pid();
-    let mut gov = Governor::start_with(&[("health.leak_close_wait_seconds", LEAK_SECONDS)]);
-    // The clients go; the server keeps its ends, now in CLOSE_WAIT.
-    clients.close_all();
-    let doc =
-        gov.wait_json("/api/v1/processes", "server leaking", |d| process(d, pid).is_some_and(|p| p["leaking"] == true));
-    let p = process(&doc, pid).expect("server listed");
-    assert_eq!((&p["close_wait"], &p["command"]), (&HELD.into(), &"tcp-helper".into()), "{p:#}");
-    let label = format!("tcp-helper/{pid}");
-    assert_eq!(gov.value(&series("governor_tcp_close_wait_connections", &[("process", &label)])), HELD as u64);
-    let conns = gov.json(&format!("/api/v1/connections?pid={pid}&state=CLOSE_WAIT"));
-    assert_eq!(conns["total"], HELD, "{conns:#}");
-    for c in conns["connections"].as_array().expect("connections") {
-        assert_eq!((&c["direction"], &c["local"]), (&"passive".into(), &"10.214.0.1:20090".into()), "{c:#}");
-    }
+    (ns, server, client)
+}
 
-    server.close_all();
+/// Waits until `pid` is marked leaking, then checks that it holds exactly
+/// `held` sockets in `CLOSE_WAIT`, each with `direction` and `side`
+/// (`"local"` or `"remote"`) at `endpoint`; returns the process.
+fn leaking(gov: &mut Governor, pid: u32, held: usize, direction: &str, (side, endpoint): (&str, &str)) -> Value {
+    let doc = gov
+        .wait_json("/api/v1/processes", "process leaking", |d| process(d, pid).is_some_and(|p| p["leaking"] == true));
+    let p = process(&doc, pid).expect("process listed").clone();
+    assert_eq!((&p["close_wait"], &p["command"]), (&held.into(), &"tcp-helper".into()), "{p:#}");
+    let conns = gov.json(&format!("/api/v1/connections?pid={pid}&state=CLOSE_WAIT"));
+    assert_eq!(conns["total"], held, "{conns:#}");
+    for c in conns["connections"].as_array().expect("connections") {
+        assert_eq!((&c["direction"], &c[side]), (&direction.into(), &endpoint.into()), "{c:#}");
+    }
+    let label = format!("tcp-helper/{pid}");
+    assert_eq!(gov.value(&series("governor_tcp_close_wait_connections", &[("process", &label)])), held as u64);
+    assert_eq!(gov.value(&series("governor_connection_leak_suspected", &[("process", &label)])), 1);
+    p
+}
+
+/// Waits until `pid` holds no socket in `CLOSE_WAIT` and its leak mark and
+/// series are gone.
+fn leak_cleared(gov: &mut Governor, pid: u32) {
     gov.wait_json("/api/v1/processes", "leak mark cleared", |d| {
         process(d, pid).is_none_or(|p| p["close_wait"] == 0 && p["leaking"] == false)
     });
+    let label = format!("tcp-helper/{pid}");
     assert_eq!(gov.settle(&series("governor_connection_leak_suspected", &[("process", &label)]), 0), 0);
-    assert_eq!(gov.json(&format!("/api/v1/connections?pid={pid}"))["total"], 0);
+    assert_eq!(gov.json(&format!("/api/v1/connections?pid={pid}&state=CLOSE_WAIT"))["total"], 0);
+}
+
+#[test]
+fn connections_open_before_governor_started_are_seen_leaking_once_they_enter_close_wait() {
+    require_root();
+    let (_ns, mut server, mut clients) = connected_before_governor("leakpre", "10.214.0.1", 20090, 20);
+    let mut gov = Governor::start_with(&[("health.leak_close_wait_seconds", LEAK_SECONDS)]);
+    // The clients go; the server keeps its ends, now in CLOSE_WAIT.
+    clients.close_all();
+    leaking(&mut gov, server.pid(), 20, "passive", ("local", "10.214.0.1:20090"));
+    server.close_all();
+    leak_cleared(&mut gov, server.pid());
 }
 
 #[test]
 fn a_leak_that_began_before_governor_started_is_reported_until_the_server_closes() {
-    const HELD: usize = 15;
     require_root();
-    let ns = Netns::new("leakold");
-    ns.add_address("10.216.0.1/32");
-    let mut server = Helper::start(HELPER, &ns, "serve", "10.216.0.1:20092", HELD);
-    let mut clients = Helper::start(HELPER, &ns, "connect", "10.216.0.1:20092", HELD);
-    server.wait_ready();
+    let (_ns, mut server, mut clients) = connected_before_governor("leakold", "10.216.0.1", 20092, 15);
     // The leak is under way before governor starts: the clients are gone,
     // the server's ends sit in CLOSE_WAIT.
     clients.close_all();
-    let pid = server.pid();
     let mut gov = Governor::start_with(&[("health.leak_close_wait_seconds", LEAK_SECONDS)]);
-    let doc =
-        gov.wait_json("/api/v1/processes", "server leaking", |d| process(d, pid).is_some_and(|p| p["leaking"] == true));
-    let p = process(&doc, pid).expect("server listed");
-    assert_eq!((&p["close_wait"], &p["command"]), (&HELD.into(), &"tcp-helper".into()), "{p:#}");
-    let conns = gov.json(&format!("/api/v1/connections?pid={pid}&state=CLOSE_WAIT"));
-    assert_eq!(conns["total"], HELD, "{conns:#}");
-    for c in conns["connections"].as_array().expect("connections") {
-        assert_eq!((&c["direction"], &c["local"]), (&"passive".into(), &"10.216.0.1:20092".into()), "{c:#}");
-    }
-    let label = format!("tcp-helper/{pid}");
-    assert_eq!(gov.value(&series("governor_connection_leak_suspected", &[("process", &label)])), 1);
-
+    leaking(&mut gov, server.pid(), 15, "passive", ("local", "10.216.0.1:20092"));
     // Their closes reach governor although its table never held them.
     server.close_all();
-    gov.wait_json("/api/v1/processes", "leak mark cleared", |d| {
-        process(d, pid).is_none_or(|p| p["close_wait"] == 0 && p["leaking"] == false)
-    });
-    assert_eq!(gov.settle(&series("governor_connection_leak_suspected", &[("process", &label)]), 0), 0);
-    assert_eq!(gov.json(&format!("/api/v1/connections?pid={pid}"))["total"], 0);
+    leak_cleared(&mut gov, server.pid());
 }
 
 #[test]
 fn a_client_holding_connections_open_before_governor_started_is_found_and_marked_leaking() {
-    const HELD: usize = 12;
     require_root();
-    let ns = Netns::new("leakcli");
-    ns.add_address("10.215.0.1/32");
-    let mut server = Helper::start(HELPER, &ns, "serve", "10.215.0.1:20091", HELD);
-    let mut client = Helper::start(HELPER, &ns, "connect", "10.215.0.1:20091", HELD);
-    server.wait_ready();
+    let (_ns, mut server, mut client) = connected_before_governor("leakcli", "10.215.0.1", 20091, 12);
     let pid = client.pid();
     let mut gov = Governor::start_with(&[("health.leak_close_wait_seconds", LEAK_SECONDS)]);
     // The server closes; the client keeps its ends, now in CLOSE_WAIT: an
     // HTTP client that never closes what the server closed. The kernel saw
     // neither the connect nor the owner: governor finds it in /proc.
     server.close_all();
-    let doc =
-        gov.wait_json("/api/v1/processes", "client leaking", |d| process(d, pid).is_some_and(|p| p["leaking"] == true));
-    let p = process(&doc, pid).expect("client listed");
-    assert_eq!((&p["close_wait"], &p["command"]), (&HELD.into(), &"tcp-helper".into()), "{p:#}");
+    let p = leaking(&mut gov, pid, 12, "active", ("remote", "10.215.0.1:20091"));
     let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("client's cgroup");
     let cgroup = cgroup.lines().find_map(|l| l.strip_prefix("0::")).expect("cgroup v2 path");
     assert_eq!(p["attribution"]["cgroup"], cgroup, "{p:#}");
-    let conns = gov.json(&format!("/api/v1/connections?pid={pid}&state=CLOSE_WAIT"));
-    assert_eq!(conns["total"], HELD, "{conns:#}");
-    for c in conns["connections"].as_array().expect("connections") {
-        assert_eq!((&c["direction"], &c["remote"]), (&"active".into(), &"10.215.0.1:20091".into()), "{c:#}");
-    }
-    let label = format!("tcp-helper/{pid}");
-    assert_eq!(gov.value(&series("governor_tcp_close_wait_connections", &[("process", &label)])), HELD as u64);
-
     client.close_all();
-    gov.wait_json("/api/v1/processes", "leak mark cleared", |d| {
-        process(d, pid).is_none_or(|p| p["close_wait"] == 0 && p["leaking"] == false)
-    });
-    assert_eq!(gov.settle(&series("governor_connection_leak_suspected", &[("process", &label)]), 0), 0);
+    leak_cleared(&mut gov, pid);
 }
 
 #[test]

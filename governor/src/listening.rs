@@ -237,11 +237,19 @@ fn holders_among(proc_root: &Path, cgroup_root: &Path, pids: &[u32], inodes: &Ha
             holders.unreadable += 1;
             continue;
         };
+        let mut denied = false;
         for entry in entries.flatten() {
             fds += 1;
-            let Some(inode) = fs::read_link(entry.path()).ok().and_then(|l| socket_inode(&l.to_string_lossy())) else {
-                continue;
+            // The directory lists for anyone; its links need the right to
+            // trace the process (`CAP_SYS_PTRACE` for most others').
+            let link = match fs::read_link(entry.path()) {
+                Ok(link) => link,
+                Err(e) => {
+                    denied |= e.kind() == std::io::ErrorKind::PermissionDenied;
+                    continue;
+                }
             };
+            let Some(inode) = socket_inode(&link.to_string_lossy()) else { continue };
             if !inodes.contains(&inode) || holders.owners.contains_key(&inode) {
                 continue;
             }
@@ -249,6 +257,7 @@ fn holders_among(proc_root: &Path, cgroup_root: &Path, pids: &[u32], inodes: &Ha
                 holders.owners.insert(inode, owner);
             }
         }
+        holders.unreadable += usize::from(denied);
     }
     holders
 }

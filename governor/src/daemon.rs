@@ -143,6 +143,11 @@ pub async fn run(config: Config, path: Option<PathBuf>, dry_run: bool) -> anyhow
 /// Seconds between two lookups of owners in `/proc`; there is none while
 /// every connection has an owner.
 const OWNER_LOOKUP_SECONDS: u64 = 5;
+/// A lookup walks every process's descriptors, which takes long on a busy
+/// node: the next one waits at least this many times as long as the last
+/// took, so that the walks take at most 5% of a CPU however often owner-less
+/// connections come.
+const OWNER_LOOKUP_SPACING: u32 = 20;
 
 /// Owners of connections the kernel knows none of (open before the
 /// programs attached), looked up in `/proc` off the loop, one lookup at a
@@ -150,28 +155,33 @@ const OWNER_LOOKUP_SECONDS: u64 = 5;
 struct OwnerLookup {
     tick: tokio::time::Interval,
     running: Option<tokio::task::JoinHandle<()>>,
+    /// No lookup starts before this.
+    not_before: Arc<std::sync::Mutex<std::time::Instant>>,
 }
 
 impl OwnerLookup {
     fn new() -> Self {
         let mut tick = interval(Duration::from_secs(OWNER_LOOKUP_SECONDS));
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        Self { tick, running: None }
+        Self { tick, running: None, not_before: Arc::new(std::sync::Mutex::new(std::time::Instant::now())) }
     }
 
     fn start(&mut self, attribution: &crate::config::Attribution, state: &Arc<AppState>) {
-        if self.running.as_ref().is_none_or(tokio::task::JoinHandle::is_finished) {
-            self.running = adopt_unowned(attribution, state);
+        let due = std::time::Instant::now() >= *self.not_before.lock().expect("lookup lock poisoned");
+        if due && self.running.as_ref().is_none_or(tokio::task::JoinHandle::is_finished) {
+            self.running = adopt_unowned(attribution, state, Arc::clone(&self.not_before));
         }
     }
 }
 
 /// Looks up in `/proc` who holds the sockets of connections the kernel
 /// knows no owner of, and gives them to the process view; `None` when
-/// there are none. Each socket is looked for once.
+/// there are none. Each socket is looked for once. Sets `not_before` for
+/// the next lookup from how long this one took.
 fn adopt_unowned(
     attribution: &crate::config::Attribution,
     state: &Arc<AppState>,
+    not_before: Arc<std::sync::Mutex<std::time::Instant>>,
 ) -> Option<tokio::task::JoinHandle<()>> {
     let unowned = state.monitor.lock().expect("monitor lock poisoned").tracker.unowned();
     if unowned.is_empty() {
@@ -181,8 +191,11 @@ fn adopt_unowned(
     let state = Arc::clone(state);
     Some(tokio::spawn(async move {
         let inodes: Vec<u64> = unowned.iter().map(|&(_, inode)| u64::from(inode)).collect();
+        let started = std::time::Instant::now();
         let lookup = tokio::task::spawn_blocking(move || listening::holders(&proc_root, &cgroup_root, inodes));
         let Ok(holders) = lookup.await else { return };
+        let took = started.elapsed();
+        *not_before.lock().expect("lookup lock poisoned") = std::time::Instant::now() + took * OWNER_LOOKUP_SPACING;
         let mut monitor = state.monitor.lock().expect("monitor lock poisoned");
         for &(skaddr, inode) in &unowned {
             monitor.tracker.adopt(skaddr, inode, holders.owners.get(&u64::from(inode)).copied());
@@ -191,6 +204,7 @@ fn adopt_unowned(
             sockets = unowned.len(),
             found = holders.owners.len(),
             unreadable_processes = holders.unreadable,
+            took_ms = took.as_millis(),
             "looked up the owners of connections opened before start"
         );
     }))

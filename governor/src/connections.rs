@@ -26,9 +26,6 @@ pub mod errno {
     pub const ECONNREFUSED: u32 = 111;
 }
 
-/// `TCP_LISTEN` (`include/net/tcp_states.h`).
-const TCP_LISTEN: u8 = 10;
-
 /// Why a connect failed, as `governor_tcp_connect_failures_total` labels it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum FailureReason {
@@ -229,7 +226,7 @@ impl Tracker {
                 addrs,
                 // As the kernel's `LISTEN` events have them.
                 direction: 0,
-                state: TCP_LISTEN,
+                state: crate::listening::TCP_LISTEN,
                 established_ns: 0,
                 close_wait_ns: 0,
             };

@@ -220,7 +220,7 @@ fn start_monitor(config: &Config, probes: &mut Probes, reasons: Vec<(u32, String
         reasons,
         unix_offset(),
     );
-    seed_listeners(config, probes, &mut monitor);
+    seed_from_proc(config, probes, &mut monitor);
     monitor
 }
 
@@ -229,7 +229,7 @@ fn start_monitor(config: &Config, probes: &mut Probes, reasons: Vec<(u32, String
 /// they accept from now on get an owner) and into the process view; and
 /// the connections already in `CLOSE_WAIT`, into the process view. Best
 /// effort: what cannot be read is logged, never fatal.
-fn seed_listeners(config: &Config, probes: &mut Probes, monitor: &mut Monitor) {
+fn seed_from_proc(config: &Config, probes: &mut Probes, monitor: &mut Monitor) {
     let proc_root = &config.attribution.proc_root;
     let scan = listening::scan(proc_root, &config.attribution.cgroup_root);
     match probes.seed_listeners(&scan.listeners) {

@@ -41,16 +41,21 @@ fn connects_whose_syns_are_dropped_time_out() {
     let mut gov = Governor::start();
     let name = "10.213.0.1:20086";
     let addr: SocketAddr = name.parse().expect("addr");
-    let timed_out = ns.run(move || {
+    // Each connect's outcome as text, so that a failure says what the
+    // kernel did instead of giving up.
+    let outcomes = ns.run(move || {
         let clients: Vec<_> =
             (0..3).map(|_| thread::spawn(move || TcpStream::connect_timeout(&addr, Duration::from_secs(30)))).collect();
         clients
             .into_iter()
-            .filter_map(|c| c.join().ok())
-            .filter(|r| matches!(r, Err(e) if e.kind() == std::io::ErrorKind::TimedOut))
-            .count()
+            .map(|c| match c.join().expect("connect thread") {
+                Ok(s) => format!("connected from {:?}", s.local_addr()),
+                Err(e) => format!("{:?}: {e}", e.kind()),
+            })
+            .collect::<Vec<_>>()
     });
-    assert_eq!(timed_out, 3, "the kernel gave up on each connect");
+    let timed_out = outcomes.iter().filter(|o| o.starts_with("TimedOut:")).count();
+    assert_eq!(timed_out, 3, "the kernel gave up on each connect: {outcomes:?}");
     assert_eq!(gov.settle(&failures(name, "timeout"), 3), 3);
     assert_eq!(gov.value(&failures(name, "refused")), 0);
 }

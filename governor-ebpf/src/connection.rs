@@ -47,6 +47,8 @@ pub const TCP_LISTEN: i32 = 10;
 /// `sk_err` of a connection reset by its peer.
 const ECONNRESET: u32 = 104;
 const EPIPE: u32 = 32;
+/// A map update refused for a key already there (`BPF_NOEXIST`).
+const EEXIST: i32 = 17;
 
 /// One transition of the socket at `skaddr`.
 #[inline(always)]
@@ -420,29 +422,72 @@ fn try_close_wait(skaddr: u64) -> Result<(), i64> {
     }
     // Opened before the programs attached (a restart of governor finds
     // every long-lived connection so), or evicted: a leak starts here, so
-    // the connection is tracked from here. A local listener on its address
-    // makes it an accepted one, of the listener's owner; otherwise it is
-    // taken for an outgoing one, owner unknown.
-    let flow = Flow::of(skaddr)?;
+    // the connection is tracked from here.
+    match track_found(skaddr, TCP_CLOSE_WAIT, at) {
+        rc if rc < 0 => Err(rc),
+        _ => Ok(()),
+    }
+}
+
+/// Adds the listener at `skaddr`, open before the programs attached, to
+/// the listener table, owner unknown, unless it is there already (user
+/// space adds those whose owners it found in `/proc` first): the
+/// connections it accepted are then known as accepted ones, and user space
+/// finds their owners by their sockets' inodes.
+#[inline(never)]
+pub fn track_found_listener(skaddr: u64) -> i64 {
+    let flow = match Flow::of(skaddr) {
+        Ok(flow) => flow,
+        Err(e) => return e,
+    };
+    let info = ListenerInfo { owner: Owner::default(), skaddr };
+    let _ = LISTENERS.insert(listener_key(&flow, skaddr), info, u64::from(BPF_NOEXIST));
+    0
+}
+
+/// Tracks from `at` an established connection (in `state`) whose opening
+/// the programs did not see: it was open before they attached, or its
+/// entry was evicted. A local listener on its address makes it an accepted
+/// one, of the listener's owner; otherwise it is taken for an outgoing
+/// one, owner unknown (user space looks for it by the socket's inode). Its
+/// flow counts start from the socket's own, so that only bytes moved from
+/// here on are added to its endpoint. An entry already there is kept.
+/// Returns 1 when an entry was added, 0 when not, a negative error when
+/// the socket could not be read (a `Result` would be returned through the
+/// stack, which the callers have no room for).
+#[inline(never)]
+pub fn track_found(skaddr: u64, state: i32, at: u64) -> i64 {
+    let flow = match Flow::of(skaddr) {
+        Ok(flow) => flow,
+        Err(e) => return e,
+    };
     let listener = listener_of(&flow, skaddr);
     let info = SockInfo {
         open_ns: at,
         established_ns: at,
-        close_wait_ns: at,
+        close_wait_ns: if state == TCP_CLOSE_WAIT { at } else { 0 },
         owner: listener.unwrap_or_default(),
         addrs: flow.addrs(),
         direction: if listener.is_some() { direction::PASSIVE } else { direction::ACTIVE },
-        state: TCP_CLOSE_WAIT as u8,
+        state: state as u8,
         flags: sock_flags::OPEN_UNSEEN,
         // Written whole: the sweep may announce it at once.
         announce: announce::changed(announce::new(at), announce::ESTABLISHED, 0),
         ..SockInfo::default()
     };
-    let flow = FlowCounts { window_start_ns: at, ..FlowCounts::default() };
-    if SOCKETS.insert(skaddr, SockEntry { info, flow }, u64::from(BPF_NOEXIST)).is_err() {
-        count(counter::SOCKET_UPDATE_FAILED);
+    let flow = match TcpSock::of(skaddr) {
+        Some(tp) => flow::baseline(&tp, at),
+        None => FlowCounts { window_start_ns: at, ..FlowCounts::default() },
+    };
+    match SOCKETS.insert(skaddr, SockEntry { info, flow }, u64::from(BPF_NOEXIST)) {
+        Ok(()) => 1,
+        // Tracked already: seen opening after the programs attached.
+        Err(e) if e == -EEXIST => 0,
+        Err(_) => {
+            count(counter::SOCKET_UPDATE_FAILED);
+            0
+        }
     }
-    Ok(())
 }
 
 #[inline(never)]

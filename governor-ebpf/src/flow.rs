@@ -44,11 +44,7 @@ pub fn sample(entry: *mut SockEntry, sk: &impl SockRead) {
     {
         f.seen_received = raw;
         f.packets_received = u64::from(sk.field::<u32>(offset!(data_segs_in)).unwrap_or(0));
-        // `bytes_received` counts a FIN's sequence number too; a reset
-        // (`sk_err` set) also shuts the receive side without one.
-        let fin = sk.field::<u8>(offset!(sk_shutdown)).unwrap_or(0) & RCV_SHUTDOWN != 0
-            && sk.field::<u32>(offset!(sk_err)).unwrap_or(0) == 0;
-        grew[1] = grown(&raw mut f.bytes_received, raw.saturating_sub(u64::from(fin)));
+        grew[1] = grown(&raw mut f.bytes_received, payload_received(sk, raw));
     }
     if grew == [0, 0] {
         return;
@@ -75,6 +71,36 @@ pub fn sample(entry: *mut SockEntry, sk: &impl SockRead) {
             add(&raw mut (*endpoint).bytes_received, grew[1]);
         }
     }
+}
+
+/// The counts of a flow tracked from `at` on, though the socket `sk`
+/// carried traffic before: they start from the socket's own totals, so
+/// that [`sample`] adds only what moves from here on.
+#[inline(always)]
+pub fn baseline(sk: &impl SockRead, at: u64) -> FlowCounts {
+    let sent: u64 = sk.field(offset!(bytes_sent)).unwrap_or(0);
+    let received: u64 = sk.field(offset!(bytes_received)).unwrap_or(0);
+    FlowCounts {
+        seen_sent: sent,
+        // Each byte once, as `sample` counts them.
+        bytes_sent: sent.saturating_sub(sk.field(offset!(bytes_retrans)).unwrap_or(0)),
+        packets_sent: u64::from(sk.field::<u32>(offset!(data_segs_out)).unwrap_or(0)),
+        seen_received: received,
+        bytes_received: payload_received(sk, received),
+        packets_received: u64::from(sk.field::<u32>(offset!(data_segs_in)).unwrap_or(0)),
+        window_start_ns: at,
+        ..FlowCounts::default()
+    }
+}
+
+/// The payload bytes in `raw`, the socket's `bytes_received`, which counts
+/// a FIN's sequence number too; a reset (`sk_err` set) also shuts the
+/// receive side without one.
+#[inline(always)]
+fn payload_received(sk: &impl SockRead, raw: u64) -> u64 {
+    let fin = sk.field::<u8>(offset!(sk_shutdown)).unwrap_or(0) & RCV_SHUTDOWN != 0
+        && sk.field::<u32>(offset!(sk_err)).unwrap_or(0) == 0;
+    raw.saturating_sub(u64::from(fin))
 }
 
 /// Stores the total `now` and returns what it grew by; a total that went

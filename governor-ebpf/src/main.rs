@@ -20,6 +20,7 @@ mod record;
 mod connect4;
 mod connect6;
 mod flow_sample;
+mod open_at_start;
 mod police_egress;
 mod police_ingress;
 mod reset_received;

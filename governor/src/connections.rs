@@ -344,6 +344,13 @@ impl Tracker {
         }
     }
 
+    /// The owner of the connection at `skaddr` as the mirror has it: the
+    /// kernel's, or the one found in `/proc` for a connection opened before
+    /// governor started.
+    pub fn owner_of(&self, skaddr: u64) -> Option<Owner> {
+        self.index.get(&skaddr).map(|&i| self.conns[i].owner).filter(|o| o.tgid != 0)
+    }
+
     pub fn connections(&self) -> impl Iterator<Item = (&u64, &Conn)> {
         self.index.iter().map(|(skaddr, &i)| (skaddr, &self.conns[i]))
     }

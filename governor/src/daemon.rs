@@ -248,6 +248,19 @@ fn seed_from_proc(config: &Config, probes: &mut Probes, monitor: &mut Monitor) {
             "some processes' namespaces or descriptors could not be read (exited, or not allowed: CAP_SYS_PTRACE)"
         );
     }
+    // After the listeners: accepted connections take their owners.
+    match probes.track_open(&scan.namespaces) {
+        Ok(tracked) => info!(
+            connections = tracked.connections,
+            namespaces = scan.namespaces.len(),
+            failed_namespaces = tracked.failed_namespaces,
+            "tracking the connections opened before start"
+        ),
+        Err(e) => warn!(
+            error = %e,
+            "cannot walk the connections opened before start: they are tracked once they enter CLOSE_WAIT"
+        ),
+    }
     monitor.tracker.add_preexisting(&scan.listeners);
     if !scan.close_wait.is_empty() {
         info!(connections = scan.close_wait.len(), "connections already in CLOSE_WAIT at start, counted from now");

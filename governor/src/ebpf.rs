@@ -9,7 +9,10 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, CgroupAttachMode, CgroupSkbAttachType, Program, RawTracePoint, links::FdLink},
+    programs::{
+        BtfTracePoint, CgroupAttachMode, CgroupSkbAttachType, Iter, Program, RawTracePoint, iter::IterLink,
+        links::FdLink,
+    },
 };
 use governor_common::{
     BandwidthKey, BandwidthRule, BreakerEntry, ConnEvent, EndpointKey, EndpointStats, KernelConfig, ListenerInfo,
@@ -414,6 +417,40 @@ impl Probes {
         Ok(added)
     }
 
+    /// Tracks the established connections the per-socket table does not
+    /// hold, those opened before the programs attached, in each network
+    /// namespace of `namespaces` (`/proc/<pid>/ns/net` files): the
+    /// iterator program walks each namespace's TCP sockets from a thread
+    /// that joined it. A namespace that cannot be joined (its processes
+    /// exited) is counted and skipped.
+    pub fn track_open(&mut self, namespaces: &[PathBuf]) -> Result<TrackedOpen, EbpfError> {
+        const NAME: &str = "gov_open_at_start";
+        let fail = |source| EbpfError::Program { program: NAME, hook: "iter/tcp".to_owned(), source };
+        let btf = aya::Btf::from_sys_fs().map_err(|e| fail(e.into()))?;
+        let program: &mut Iter = self
+            .ebpf
+            .program_mut(NAME)
+            .ok_or(EbpfError::Missing { kind: "program", name: NAME })?
+            .try_into()
+            .map_err(fail)?;
+        program.load("tcp", &btf).map_err(fail)?;
+        let mut tracked = TrackedOpen::default();
+        for path in namespaces {
+            let id = program.attach().map_err(fail)?;
+            let link = program.take_link(id).map_err(fail)?;
+            match walk_in(path, link) {
+                Ok(n) => tracked.connections += n,
+                Err(e) => {
+                    tracing::debug!(namespace = %path.display(), error = %e, "cannot walk a network namespace's sockets");
+                    tracked.failed_namespaces += 1;
+                }
+            }
+        }
+        // Needed once: the walks hold their own references while they run.
+        program.unload().map_err(fail)?;
+        Ok(tracked)
+    }
+
     /// Every entry of the kernel's per-socket table (after lost events).
     pub fn sockets(&self) -> Result<Vec<(u64, SockInfo)>, EbpfError> {
         let map: HashMap<&MapData, u64, SockEntry> =
@@ -627,9 +664,52 @@ impl FlowTable {
             .iter()
             .filter_map(Result::ok)
             .filter(|(_, e)| e.info.established_ns != 0)
-            .map(|(_, e)| crate::flows::FlowRow { info: e.info, counts: e.flow })
+            .map(|(skaddr, e)| crate::flows::FlowRow { skaddr, info: e.info, counts: e.flow })
             .collect())
     }
+}
+
+/// What [`Probes::track_open`] found.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TrackedOpen {
+    /// Connections added to the per-socket table.
+    pub connections: usize,
+    /// Namespaces that could not be joined or walked.
+    pub failed_namespaces: usize,
+}
+
+/// Runs the iterator of `link` in the network namespace of the file at
+/// `path`, from a thread of its own that joins the namespace (the walk is
+/// of the namespace of the thread that starts it) and ends with it; the
+/// number of connections it started tracking (one byte of output each).
+/// A thread joins the namespace only when it is not governor's own: joining
+/// needs `CAP_SYS_ADMIN`, which governor may run without.
+fn walk_in(path: &Path, link: IterLink) -> std::io::Result<usize> {
+    use std::{io::Read as _, os::fd::AsRawFd as _};
+    let walk = |link: IterLink| {
+        let mut output = link.into_file().map_err(std::io::Error::other)?;
+        let mut marks = Vec::new();
+        output.read_to_end(&mut marks)?;
+        Ok(marks.len())
+    };
+    let namespace = std::fs::File::open(path)?;
+    let own = std::fs::metadata("/proc/thread-self/ns/net")?;
+    if namespace.metadata()?.ino() == own.ino() {
+        return walk(link);
+    }
+    std::thread::scope(|scope| {
+        scope
+            .spawn(move || {
+                // SAFETY: plain system call on a descriptor this closure
+                // owns; it changes only this thread, which ends here.
+                if unsafe { libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                walk(link)
+            })
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the namespace walk panicked")))
+    })
 }
 
 /// The flow sampler program (`gov_flow_sample`), attached to nothing: each

@@ -47,6 +47,8 @@ impl FlowSort {
 /// One established connection: its socket entry and byte counts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FlowRow {
+    /// The socket's kernel address (the table's key).
+    pub skaddr: u64,
     pub info: SockInfo,
     pub counts: FlowCounts,
 }
@@ -166,7 +168,7 @@ mod tests {
             state: 1,
             ..SockInfo::default()
         };
-        FlowRow { info, counts }
+        FlowRow { skaddr: 0, info, counts }
     }
 
     #[test]

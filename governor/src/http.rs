@@ -209,9 +209,21 @@ async fn flows(State(state): State<Arc<AppState>>, query: Result<Query<FlowQuery
     // Walking the kernel table takes two system calls per flow: off the
     // async workers.
     let ephemeral = state.flows.as_ref().map_or((1, 0), |f| f.ephemeral);
-    let table = tokio::task::spawn_blocking(move || state.flows.as_ref().map_or(Ok(Vec::new()), FlowTable::read));
+    let reader = Arc::clone(&state);
+    let table = tokio::task::spawn_blocking(move || reader.flows.as_ref().map_or(Ok(Vec::new()), FlowTable::read));
     match table.await {
-        Ok(Ok(table)) => Json(flows::top(&table, query, now().ns, ephemeral)).into_response(),
+        Ok(Ok(mut table)) => {
+            // The kernel does not know the owners of connections opened
+            // before governor started; the mirror has those found since.
+            let monitor = state.monitor.lock().expect("monitor lock poisoned");
+            for row in table.iter_mut().filter(|r| r.info.owner.tgid == 0) {
+                if let Some(owner) = monitor.tracker.owner_of(row.skaddr) {
+                    row.info.owner = owner;
+                }
+            }
+            drop(monitor);
+            Json(flows::top(&table, query, now().ns, ephemeral)).into_response()
+        }
         Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     }

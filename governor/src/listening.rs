@@ -69,6 +69,9 @@ pub struct Scan {
     pub unreadable: usize,
     /// Listening sockets no readable process holds.
     pub unowned: usize,
+    /// One `ns/net` file per network namespace found: the namespaces to
+    /// walk for the connections open before start.
+    pub namespaces: Vec<std::path::PathBuf>,
 }
 
 /// A socket of interest as `/proc/<pid>/net/tcp{,6}` shows it: listening,
@@ -158,6 +161,17 @@ pub fn scan(proc_root: &Path, cgroup_root: &Path) -> Scan {
         }
     }
     let mut wanted: HashMap<u64, (u64, Socket)> = HashMap::new();
+    scan.namespaces = namespaces.values().map(|pid| proc_root.join(format!("{pid}/ns/net"))).collect();
+    // Namespaces no process is in may still hold sockets (of processes in
+    // other namespaces) when a file keeps them: `ip netns add`, CNI
+    // plugins. Those this mount namespace can see are walked too.
+    if let Ok(mountinfo) = fs::read_to_string("/proc/self/mountinfo") {
+        for path in bound_namespaces(&mountinfo) {
+            if fs::metadata(&path).is_ok_and(|meta| !namespaces.contains_key(&meta.ino())) {
+                scan.namespaces.push(path);
+            }
+        }
+    }
     for (&netns, &pid) in &namespaces {
         for (file, family) in [("tcp", AF_INET), ("tcp6", AF_INET6)] {
             // A namespace without IPv6 has no tcp6 table.
@@ -206,6 +220,43 @@ pub fn scan(proc_root: &Path, cgroup_root: &Path) -> Scan {
     scan.listeners.sort_by_key(|l| l.inode);
     scan.close_wait.sort_by_key(|h| h.inode);
     scan
+}
+
+/// The files network namespaces are bound to, from a `mountinfo` text:
+/// the mount points of `nsfs` mounts of a `net:[inode]`. Mount points are
+/// written with octal escapes for blanks and backslashes.
+pub fn bound_namespaces(mountinfo: &str) -> Vec<std::path::PathBuf> {
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (fields, tail) = line.split_once(" - ")?;
+            let mut fields = fields.split(' ');
+            let root = fields.nth(3)?;
+            let point = fields.next()?;
+            (tail.split(' ').next() == Some("nsfs") && root.starts_with("net:[")).then(|| unescape(point).into())
+        })
+        .collect()
+}
+
+/// `mountinfo`'s octal escapes (`\040` for a space) undone.
+fn unescape(field: &str) -> String {
+    let mut out = Vec::with_capacity(field.len());
+    let bytes = field.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes.get(i + 1..i + 4).and_then(|d| u8::from_str_radix(std::str::from_utf8(d).ok()?, 8).ok());
+        match (bytes[i], octal) {
+            (b'\\', Some(byte)) => {
+                out.push(byte);
+                i += 4;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Who holds some sockets.

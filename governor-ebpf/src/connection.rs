@@ -565,21 +565,12 @@ pub fn announce(entry: *mut SockEntry, skaddr: u64) {
         return;
     }
     let Some(mut reserved) = EVENTS.reserve::<ConnEvent>(0) else { return };
-    let event = reserved.as_mut_ptr();
-    // SAFETY: `event` points at reserved ring buffer memory of the right
-    // size, every field is written before it is submitted; `entry` is a
-    // live map value.
-    unsafe {
-        (*event).timestamp_ns = now();
-        (*event).kind = kind;
-        (*event).error = 0;
-        (*event).skaddr = skaddr;
-        (*event).info = (*entry).info;
-        // Only the sweep has time for the two reads, and only an entry
-        // without an owner needs them.
-        (*event).inode = if (*entry).info.owner.tgid == 0 { socket_inode(skaddr) } else { 0 };
-        (*event).pad = 0;
-    }
+    // SAFETY: a live map value.
+    let info = unsafe { &(*entry).info };
+    // Only the sweep has time for the two reads, and only an entry without
+    // an owner needs them.
+    let inode = if info.owner.tgid == 0 { socket_inode(skaddr) } else { 0 };
+    fill(reserved.as_mut_ptr(), Event { at: now(), kind, error: 0, skaddr, inode }, info);
     if crate::maps::compare_exchange(word, current, current | tell) == current {
         reserved.submit(u64::from(aya_ebpf::bindings::BPF_RB_NO_WAKEUP));
     } else {
@@ -602,8 +593,7 @@ fn socket_inode(skaddr: u64) -> u32 {
 
 /// Sends a connection event stamped `at` (a clock reading the caller
 /// already has, when it has one); a full ring buffer is counted, never
-/// waited for. The entry is filled in place: a `ConnEvent` on the stack would not
-/// fit beside the record copy.
+/// waited for.
 #[inline(always)]
 fn emit(kind: u32, at: u64, skaddr: u64, info: &SockInfo, error: u32) {
     emit_inode(kind, at, skaddr, info, error, 0);
@@ -616,17 +606,33 @@ fn emit_inode(kind: u32, at: u64, skaddr: u64, info: &SockInfo, error: u32, inod
         count(counter::EVENTS_LOST);
         return;
     };
-    let event = entry.as_mut_ptr();
+    fill(entry.as_mut_ptr(), Event { at, kind, error, skaddr, inode }, info);
+    entry.submit(u64::from(aya_ebpf::bindings::BPF_RB_NO_WAKEUP));
+}
+
+/// What a connection event says besides the socket's entry.
+struct Event {
+    at: u64,
+    kind: u32,
+    error: u32,
+    skaddr: u64,
+    inode: u32,
+}
+
+/// Writes every field of the reserved `event`: the ring buffer entry is
+/// filled in place, as a `ConnEvent` on the stack would not fit beside
+/// the callers' own.
+#[inline(always)]
+fn fill(event: *mut ConnEvent, e: Event, info: &SockInfo) {
     // SAFETY: `event` points at reserved ring buffer memory of the right
-    // size; every field is written before the entry is submitted.
+    // size, written here before it is submitted.
     unsafe {
-        (*event).timestamp_ns = at;
-        (*event).kind = kind;
-        (*event).error = error;
-        (*event).skaddr = skaddr;
+        (*event).timestamp_ns = e.at;
+        (*event).kind = e.kind;
+        (*event).error = e.error;
+        (*event).skaddr = e.skaddr;
         (*event).info = *info;
-        (*event).inode = inode;
+        (*event).inode = e.inode;
         (*event).pad = 0;
     }
-    entry.submit(u64::from(aya_ebpf::bindings::BPF_RB_NO_WAKEUP));
 }

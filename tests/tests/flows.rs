@@ -141,49 +141,78 @@ fn retransmitted_segments_are_counted_once() {
 /// bytes they move from then on are added to their endpoint.
 #[test]
 fn connections_open_before_governor_started_are_tracked_and_only_their_later_bytes_counted() {
-    /// Moved each way before governor starts: in the flows' own totals,
-    /// not in the endpoint's.
-    const EARLIER: u64 = 4 << 20;
     require_root();
     let (client_ns, server_ns) = (Netns::new("flow-pc"), Netns::new("flow-ps"));
-    client_ns.link(&server_ns, &["10.218.0.1/24"], &["10.218.0.2/24"]);
-    let label = "10.218.0.2:20164";
-    let server_addr: SocketAddr = label.parse().expect("addr");
-    let listener = server_ns.run(move || TcpListener::bind(server_addr).expect("listen"));
-    let mut client = client_ns.run(move || TcpStream::connect(server_addr).expect("connect"));
-    let (mut server, _) = listener.accept().expect("accept");
-    exchange(&mut client, &mut server, EARLIER);
-    let client_local = client.local_addr().expect("client address").to_string();
-
+    client_ns.link(&server_ns, &["10.218.0.1/24", "fd00:218::1/64"], &["10.218.0.2/24", "fd00:218::2/64"]);
+    // One connection of each family, established and used before governor
+    // starts.
+    let mut open =
+        ["10.218.0.2:20164", "[fd00:218::2]:20165"].map(|label| OpenBefore::connect(&client_ns, &server_ns, label));
     let mut gov = Governor::start();
     assert!(gov.log().contains("tracking the connections opened before start"), "{}", gov.log());
     // Both ends are this process's: the accepted one through its listener,
     // the outgoing one through its socket's inode in /proc.
     let pid = std::process::id();
-    gov.wait_json("/api/v1/flows?sort=bytes&limit=100", "both ends listed with their owner", |d| {
-        [client_local.as_str(), label].iter().all(|local| flow(d, local).is_some_and(|f| f["pid"] == pid))
+    gov.wait_json("/api/v1/flows?sort=bytes&limit=100", "every end listed with its owner", |d| {
+        open.iter().flat_map(OpenBefore::ends).all(|(local, _)| flow(d, &local).is_some_and(|f| f["pid"] == pid))
     });
-    exchange(&mut client, &mut server, BYTES);
+    for conn in &mut open {
+        exchange(&mut conn.client, &mut conn.server, BYTES);
+    }
 
     let doc = gov.json("/api/v1/flows?sort=bytes&limit=100");
-    for (local, direction) in [(client_local.as_str(), "active"), (label, "passive")] {
-        let f = flow(&doc, local).unwrap_or_else(|| panic!("flow {local} not listed:\n{doc:#}"));
-        assert_eq!((&f["endpoint"], &f["direction"]), (&label.into(), &direction.into()), "{f:#}");
-        // A flow's totals are its socket's, from before governor too.
-        assert!(within_one_percent(&f["bytes_sent"], EARLIER + BYTES), "sent: {f:#}");
-        assert!(within_one_percent(&f["bytes_received"], EARLIER + BYTES), "received: {f:#}");
+    for conn in &open {
+        for (local, direction) in conn.ends() {
+            let f = flow(&doc, &local).unwrap_or_else(|| panic!("flow {local} not listed:\n{doc:#}"));
+            assert_eq!((&f["endpoint"], &f["direction"]), (&conn.label.into(), &direction.into()), "{f:#}");
+            // A flow's totals are its socket's, from before governor too.
+            assert!(within_one_percent(&f["bytes_sent"], OpenBefore::EARLIER + BYTES), "sent: {f:#}");
+            assert!(within_one_percent(&f["bytes_received"], OpenBefore::EARLIER + BYTES), "received: {f:#}");
+        }
+        // The endpoint gets what both ends moved since governor started:
+        // 2 × 10 MiB each way, not 2 × 14 MiB.
+        for direction in ["sent", "received"] {
+            let name = series("governor_endpoint_bytes_total", &[("direction", direction), ("endpoint", conn.label)]);
+            let value = gov.settle(&name, 2 * BYTES);
+            assert!(value.abs_diff(2 * BYTES) * 100 <= 2 * BYTES, "{name} = {value}");
+        }
     }
-    // The endpoint gets what both ends moved since governor started:
-    // 2 × 10 MiB each way, not 2 × 14 MiB.
-    for direction in ["sent", "received"] {
-        let name = series("governor_endpoint_bytes_total", &[("direction", direction), ("endpoint", label)]);
-        let value = gov.settle(&name, 2 * BYTES);
-        assert!(value.abs_diff(2 * BYTES) * 100 <= 2 * BYTES, "{name} = {value}");
-    }
-    drop((client, server));
+    let ends: Vec<(String, &str)> = open.iter().flat_map(OpenBefore::ends).collect();
+    drop(open);
     gov.wait_json("/api/v1/flows?limit=100", "flows gone after close", |d| {
-        flow(d, &client_local).is_none() && flow(d, label).is_none()
+        ends.iter().all(|(local, _)| flow(d, local).is_none())
     });
+}
+
+/// A connection from `client_ns` to `label` in `server_ns`, made and
+/// used before governor starts. Its listener stays open: what tells an
+/// accepted connection found open from an outgoing one is a listener on
+/// its local address.
+struct OpenBefore {
+    label: &'static str,
+    client: TcpStream,
+    server: TcpStream,
+    _listener: TcpListener,
+}
+
+impl OpenBefore {
+    /// Moved each way before governor starts: in the flows' own totals,
+    /// not in the endpoint's.
+    const EARLIER: u64 = 4 << 20;
+
+    fn connect(client_ns: &Netns, server_ns: &Netns, label: &'static str) -> Self {
+        let addr: SocketAddr = label.parse().expect("addr");
+        let listener = server_ns.run(move || TcpListener::bind(addr).expect("listen"));
+        let mut client = client_ns.run(move || TcpStream::connect(addr).expect("connect"));
+        let (mut server, _) = listener.accept().expect("accept");
+        exchange(&mut client, &mut server, Self::EARLIER);
+        Self { label, client, server, _listener: listener }
+    }
+
+    /// Each end's local address as governor writes it, and its direction.
+    fn ends(&self) -> [(String, &'static str); 2] {
+        [(self.client.local_addr().expect("client address").to_string(), "active"), (self.label.to_owned(), "passive")]
+    }
 }
 
 /// `bytes` from `client` to `server`, then as many back.

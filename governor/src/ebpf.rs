@@ -436,9 +436,11 @@ impl Probes {
         program.load("tcp", &btf).map_err(fail)?;
         let mut tracked = TrackedOpen::default();
         for path in namespaces {
-            let id = program.attach().map_err(fail)?;
-            let link = program.take_link(id).map_err(fail)?;
-            match walk_in(path, link) {
+            let walked = match program.attach().and_then(|id| program.take_link(id)) {
+                Ok(link) => walk_in(path, link),
+                Err(e) => Err(std::io::Error::other(e)),
+            };
+            match walked {
                 Ok(n) => tracked.connections += n,
                 Err(e) => {
                     tracing::debug!(namespace = %path.display(), error = %e, "cannot walk a network namespace's sockets");
@@ -689,8 +691,16 @@ fn walk_in(path: &Path, link: IterLink) -> std::io::Result<usize> {
     let walk = |link: IterLink| {
         let mut output = link.into_file().map_err(std::io::Error::other)?;
         let mut marks = Vec::new();
-        output.read_to_end(&mut marks)?;
-        Ok(marks.len())
+        // The kernel ends a read after a million sockets that wrote
+        // nothing (EAGAIN); the next read goes on from there.
+        for _ in 0..1000 {
+            match output.read_to_end(&mut marks) {
+                Ok(_) => return Ok(marks.len()),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Err(std::io::Error::other("the walk did not end after a thousand reads"))
     };
     let namespace = std::fs::File::open(path)?;
     let own = std::fs::metadata("/proc/thread-self/ns/net")?;
@@ -698,15 +708,16 @@ fn walk_in(path: &Path, link: IterLink) -> std::io::Result<usize> {
         return walk(link);
     }
     std::thread::scope(|scope| {
-        scope
-            .spawn(move || {
+        std::thread::Builder::new()
+            .name("governor-netns-walk".to_owned())
+            .spawn_scoped(scope, move || {
                 // SAFETY: plain system call on a descriptor this closure
                 // owns; it changes only this thread, which ends here.
                 if unsafe { libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 walk(link)
-            })
+            })?
             .join()
             .unwrap_or_else(|_| Err(std::io::Error::other("the namespace walk panicked")))
     })

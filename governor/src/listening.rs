@@ -161,17 +161,7 @@ pub fn scan(proc_root: &Path, cgroup_root: &Path) -> Scan {
         }
     }
     let mut wanted: HashMap<u64, (u64, Socket)> = HashMap::new();
-    scan.namespaces = namespaces.values().map(|pid| proc_root.join(format!("{pid}/ns/net"))).collect();
-    // Namespaces no process is in may still hold sockets (of processes in
-    // other namespaces) when a file keeps them: `ip netns add`, CNI
-    // plugins. Those this mount namespace can see are walked too.
-    if let Ok(mountinfo) = fs::read_to_string("/proc/self/mountinfo") {
-        for path in bound_namespaces(&mountinfo) {
-            if fs::metadata(&path).is_ok_and(|meta| !namespaces.contains_key(&meta.ino())) {
-                scan.namespaces.push(path);
-            }
-        }
-    }
+    scan.namespaces = namespaces_to_walk(proc_root, &namespaces);
     for (&netns, &pid) in &namespaces {
         for (file, family) in [("tcp", AF_INET), ("tcp6", AF_INET6)] {
             // A namespace without IPv6 has no tcp6 table.
@@ -222,41 +212,70 @@ pub fn scan(proc_root: &Path, cgroup_root: &Path) -> Scan {
     scan
 }
 
+/// One file per network namespace to walk for the connections open before
+/// start: those of the processes found (`namespaces`, by inode), governor's
+/// own (even when `proc_root` shows no process of it), and those that no
+/// process is in but a file keeps (`ip netns add`, CNI plugins), which may
+/// still hold sockets of processes in other namespaces: bind mounts in
+/// governor's mount namespace, and with a host `/proc` mounted elsewhere,
+/// in the host's (through its pid 1).
+fn namespaces_to_walk(proc_root: &Path, namespaces: &BTreeMap<u64, u32>) -> Vec<std::path::PathBuf> {
+    let mut seen: HashSet<u64> = namespaces.keys().copied().collect();
+    let mut paths: Vec<std::path::PathBuf> =
+        namespaces.values().map(|pid| proc_root.join(format!("{pid}/ns/net"))).collect();
+    let mut mount_tables = vec![(Path::new("/proc/self/mountinfo").to_owned(), std::path::PathBuf::from("/"))];
+    if proc_root != Path::new("/proc") {
+        mount_tables.push((proc_root.join("1/mountinfo"), proc_root.join("1/root")));
+    }
+    let bound = mount_tables.into_iter().flat_map(|(table, root)| {
+        let points = fs::read(&table).map(|text| bound_namespaces(&text)).unwrap_or_default();
+        points.into_iter().map(move |point| root.join(point.strip_prefix("/").unwrap_or(&point)))
+    });
+    let own = std::iter::once(std::path::PathBuf::from("/proc/thread-self/ns/net"));
+    for path in own.chain(bound) {
+        if fs::metadata(&path).is_ok_and(|meta| seen.insert(meta.ino())) {
+            paths.push(path);
+        }
+    }
+    paths
+}
+
 /// The files network namespaces are bound to, from a `mountinfo` text:
 /// the mount points of `nsfs` mounts of a `net:[inode]`. Mount points are
 /// written with octal escapes for blanks and backslashes.
-pub fn bound_namespaces(mountinfo: &str) -> Vec<std::path::PathBuf> {
+/// Paths are bytes: a mount point need not be UTF-8.
+pub fn bound_namespaces(mountinfo: &[u8]) -> Vec<std::path::PathBuf> {
+    use std::os::unix::ffi::OsStringExt as _;
     mountinfo
-        .lines()
+        .split(|&b| b == b'\n')
         .filter_map(|line| {
-            let (fields, tail) = line.split_once(" - ")?;
-            let mut fields = fields.split(' ');
+            let split = line.windows(3).position(|w| w == b" - ")?;
+            let (fields, tail) = (&line[..split], &line[split + 3..]);
+            let mut fields = fields.split(|&b| b == b' ');
             let root = fields.nth(3)?;
             let point = fields.next()?;
-            (tail.split(' ').next() == Some("nsfs") && root.starts_with("net:[")).then(|| unescape(point).into())
+            let fstype = tail.split(|&b| b == b' ').next()?;
+            (fstype == b"nsfs" && root.starts_with(b"net:["))
+                .then(|| std::ffi::OsString::from_vec(unescape(point)).into())
         })
         .collect()
 }
 
 /// `mountinfo`'s octal escapes (`\040` for a space) undone.
-fn unescape(field: &str) -> String {
+fn unescape(field: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(field.len());
-    let bytes = field.as_bytes();
     let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes.get(i + 1..i + 4).and_then(|d| u8::from_str_radix(std::str::from_utf8(d).ok()?, 8).ok());
-        match (bytes[i], octal) {
-            (b'\\', Some(byte)) => {
-                out.push(byte);
-                i += 4;
-            }
-            (byte, _) => {
-                out.push(byte);
-                i += 1;
-            }
+    while let Some(&byte) = field.get(i) {
+        let octal = field.get(i + 1..i + 4).and_then(|d| u8::from_str_radix(std::str::from_utf8(d).ok()?, 8).ok());
+        if let (b'\\', Some(decoded)) = (byte, octal) {
+            out.push(decoded);
+            i += 4;
+        } else {
+            out.push(byte);
+            i += 1;
         }
     }
-    String::from_utf8_lossy(&out).into_owned()
+    out
 }
 
 /// Who holds some sockets.

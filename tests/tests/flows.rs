@@ -150,8 +150,10 @@ fn connections_open_before_governor_started_are_tracked_and_only_their_later_byt
         ["10.218.0.2:20164", "[fd00:218::2]:20165"].map(|label| OpenBefore::connect(&client_ns, &server_ns, label));
     let mut gov = Governor::start();
     assert!(gov.log().contains("tracking the connections opened before start"), "{}", gov.log());
-    // Both ends are this process's: the accepted one through its listener,
-    // the outgoing one through its socket's inode in /proc.
+    // Both ends are this process's, found by their sockets' inodes in
+    // /proc: no process is in these namespaces, so the listeners' owners
+    // are not read from /proc at start, and the walk adds them without one
+    // (which makes the accepted ends passive).
     let pid = std::process::id();
     gov.wait_json("/api/v1/flows?sort=bytes&limit=100", "every end listed with its owner", |d| {
         open.iter().flat_map(OpenBefore::ends).all(|(local, _)| flow(d, &local).is_some_and(|f| f["pid"] == pid))
@@ -177,6 +179,7 @@ fn connections_open_before_governor_started_are_tracked_and_only_their_later_byt
             assert!(value.abs_diff(2 * BYTES) * 100 <= 2 * BYTES, "{name} = {value}");
         }
     }
+    assert_eq!(gov.value("governor_ebpf_socket_update_failures_total"), 0);
     let ends: Vec<(String, &str)> = open.iter().flat_map(OpenBefore::ends).collect();
     drop(open);
     gov.wait_json("/api/v1/flows?limit=100", "flows gone after close", |d| {

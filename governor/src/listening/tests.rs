@@ -122,15 +122,22 @@ fn this_process_is_found_holding_its_own_listeners() {
 #[test]
 fn network_namespaces_bound_to_files_are_read_from_mountinfo() {
     // Lines as this machine's kernel writes them (`ip netns add`), with a
-    // mount point that needs its escapes undone, a mount namespace bound
-    // the same way (not a network one) and an ordinary mount.
-    let mountinfo = "48 47 0:4 net:[4026532178] /run/netns/zz-test rw shared:2 - nsfs nsfs rw\n\
-                     49 47 0:4 net:[4026532300] /run/netns/with\\040space rw shared:2 - nsfs nsfs rw\n\
-                     50 47 0:4 mnt:[4026532301] /run/mnt-ns rw shared:2 - nsfs nsfs rw\n\
-                     24 1 0:22 / /proc rw,nosuid,nodev,noexec,relatime shared:13 - proc proc rw\n\
-                     garbage\n";
+    // mount point that needs its escapes undone, one that is not UTF-8, a
+    // mount namespace bound the same way (not a network one) and an
+    // ordinary mount.
+    let mountinfo = b"48 47 0:4 net:[4026532178] /run/netns/zz-test rw shared:2 - nsfs nsfs rw\n\
+                      49 47 0:4 net:[4026532300] /run/netns/with\\040space rw shared:2 - nsfs nsfs rw\n\
+                      51 47 0:4 net:[4026532302] /run/netns/caf\xe9 rw shared:2 - nsfs nsfs rw\n\
+                      50 47 0:4 mnt:[4026532301] /run/mnt-ns rw shared:2 - nsfs nsfs rw\n\
+                      24 1 0:22 / /proc rw,nosuid,nodev,noexec,relatime shared:13 - proc proc rw\n\
+                      garbage\n";
+    let not_utf8: &std::ffi::OsStr = std::os::unix::ffi::OsStrExt::from_bytes(b"/run/netns/caf\xe9");
     assert_eq!(
         bound_namespaces(mountinfo),
-        [std::path::PathBuf::from("/run/netns/zz-test"), std::path::PathBuf::from("/run/netns/with space")]
+        [
+            std::path::PathBuf::from("/run/netns/zz-test"),
+            std::path::PathBuf::from("/run/netns/with space"),
+            std::path::PathBuf::from(not_utf8),
+        ]
     );
 }
